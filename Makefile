@@ -1,0 +1,55 @@
+# invledger — the two commands a newcomer needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+PYTEST_ARGS ?=
+
+.PHONY: help install browser run test test-fast bench lint fmt migrate verify clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP) browser  ## create .venv and install the project with its test tools
+
+# The page tests drive Debian's chromium headless; installed here when missing and we may (root + apt).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }; }; } || \
+	  echo "chromium is not installed: the browser test will be skipped (apt-get install chromium)"
+
+run: $(STAMP)  ## embedded PostgreSQL, migrate, serve on http://$(HOST):$(PORT) (DEMO=1 adds the engine simulator)
+	LEDGER_HOST=$(HOST) LEDGER_PORT=$(PORT) $(BIN)/invledger serve $(if $(DEMO),--demo,)
+
+test: $(STAMP) browser  ## the whole suite on a real PostgreSQL (embedded unless DATABASE_URL is set)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## the suite without the slow marker
+	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+bench: $(STAMP)  ## benchmarks; QUICK=1 for the short run; writes bench/results.json
+	$(BIN)/python -m bench $(if $(QUICK),--quick,)
+
+lint: $(STAMP)  ## ruff
+	$(BIN)/ruff check .
+
+fmt: $(STAMP)
+	$(BIN)/ruff format .
+
+migrate: $(STAMP)  ## apply database migrations
+	$(BIN)/invledger migrate
+
+verify: $(STAMP)  ## recompute every balance from postings and check every invariant
+	$(BIN)/invledger verify
+
+clean:  ## remove the virtualenv and local state (the embedded database too)
+	rm -rf $(VENV) .ledger .pytest_cache .hypothesis

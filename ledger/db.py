@@ -1,0 +1,76 @@
+"""The connection to PostgreSQL and the one retry loop for transient conflicts.
+
+Serialization failures and deadlocks are the database telling two writers to try again in order;
+they are retried here, transparently and boundedly, and never surface as business errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+log = logging.getLogger("ledger.db")
+T = TypeVar("T")
+
+RETRY_ATTEMPTS_MAX = 12
+RETRY_BACKOFF_BASE_MS = 2
+RETRY_BACKOFF_CAP_MS = 200
+# serialization_failure, deadlock_detected, lock_not_available
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+
+
+def create_engine(url: str, *, pool_size: int = 10, statement_timeout_ms: int = 30_000,
+                  application_name: str = "invledger") -> sa.Engine:
+    options = (f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={statement_timeout_ms}"
+               " -c timezone=UTC")
+    return sa.create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=10,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={"options": options, "application_name": application_name,
+                      "connect_timeout": 10, "prepare_threshold": 2},
+    )
+
+
+def sqlstate(error: BaseException) -> str | None:
+    orig = getattr(error, "orig", None)
+    return getattr(orig, "sqlstate", None)
+
+
+def is_transient(error: BaseException) -> bool:
+    return isinstance(error, DBAPIError) and sqlstate(error) in TRANSIENT_SQLSTATES
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """The database cannot be reached (down, restarting, pool exhausted): the caller should say 503."""
+    if isinstance(error, sa.exc.TimeoutError):
+        return True
+    if isinstance(error, OperationalError) and sqlstate(error) not in TRANSIENT_SQLSTATES:
+        return True
+    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
+
+
+def run_with_retry(engine: sa.Engine, work: Callable[[sa.Connection], T]) -> T:
+    """Run `work` in one transaction; commit, or roll back and retry the whole unit on a transient error."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            with engine.begin() as connection:
+                return work(connection)
+        except DBAPIError as error:
+            if not is_transient(error) or attempt >= RETRY_ATTEMPTS_MAX:
+                raise
+            backoff_ms = min(RETRY_BACKOFF_CAP_MS, RETRY_BACKOFF_BASE_MS * 2 ** attempt)
+            log.info("transient database conflict, retrying",
+                     extra={"sqlstate": sqlstate(error), "attempt": attempt})
+            time.sleep(random.uniform(0, backoff_ms) / 1000)

@@ -1,0 +1,287 @@
+"""The monthly distribution: the performance fee with a high-water mark, per account and month, once.
+
+Definitions, for investment account A and UTC month M (from its first instant `start` to its last `end`),
+all in A's minor units (balances are liabilities:investors:A):
+- opening O   = A's balance at the end of the previous month (after that month's fee);
+- flows F     = money the investor moved in or out, effective in M: deposits − withdrawals (and transfers,
+                and reversals of those and of fees, with their own sign). Trades, true-ups and
+                adjustments are results, not flows;
+- closing C   = A's balance at `end`, before M's fee;
+- profit P    = C − O − F (the month's result, recorded for the reader);
+- HWM         = the high-water mark after the previous month's distribution (`new_hwm`); for A's first
+                distribution, the net capital A contributed before M (deposits − withdrawals), at least 0;
+- adjusted H' = HWM + F: a deposit raises the mark by what it brings, a withdrawal lowers it by what it
+                takes, so moving money is never charged as profit nor forgiven as a loss;
+- fee         = rate × max(0, C − H'), rounded half-even to the currency's scale (the one rounding);
+                capped at A's current balance (a fee never overdraws; the computed fee is kept too);
+- new HWM     = max(H', C − fee): the mark rises only to the balance after a charged fee.
+
+Booking: one transaction per account and month that locks A, writes the `distribution` row with every
+input above and, when fee > 0, the entry Dr investors:A / Cr income:performance-fees and
+Dr platform-cash / Cr custody:A, effective at `end` (the fee belongs to M), plus the outbox notification
+`account.capital_changed` (withdrawal) for the engine. `distribution` is unique per (A, M) and
+append-only, and the entry's idempotency key is `fee:A:YYYY-MM`: one distribution per account and month,
+whatever reruns.
+
+Order and completeness: M is distributed only after M−1 (if A has an earlier distribution), and — unless
+A is closed or the caller says otherwise — only once the engine's daily snapshot for M's last day is
+booked, so M's closing balance is final (a snapshot arriving after the fee would otherwise true it up
+again). Otherwise the account is `Deferred` with the reason, and a later run picks it up.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+import msgspec
+import sqlalchemy as sa
+
+from ledger import chart, rules
+from ledger.book import Ledger, Tx
+from ledger.errors import InvalidEntry
+from ledger.money import Money
+
+ONE_MICROSECOND = timedelta(microseconds=1)
+FLOW_KINDS = ("deposit", "withdrawal", "transfer")  # as ledger.reports: money the investor moved
+ACCOUNTS_PAGE_MAX = 1000
+
+
+# ------------------------------------------------------------------------------------------ pure part
+
+class FeeInputs(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the fee depends on, in minor units of `currency`."""
+
+    currency: str
+    opening_balance_minor: int
+    closing_balance_minor: int
+    net_flows_minor: int
+    opening_hwm_minor: int
+    rate: Decimal
+
+
+class FeeComputation(msgspec.Struct, frozen=True, kw_only=True):
+    profit_minor: int
+    adjusted_hwm_minor: int
+    computed_fee_minor: int
+    new_hwm_minor: int
+
+
+def compute_fee(inputs: FeeInputs) -> FeeComputation:
+    """The fee and the new mark (see the module docstring). Pure; the cap at the balance is applied later."""
+    if not (inputs.rate.is_finite() and Decimal(0) <= inputs.rate <= Decimal(1)):
+        raise InvalidEntry(f"fee rate {inputs.rate} must be from 0 to 1")
+    closing = inputs.closing_balance_minor
+    adjusted = inputs.opening_hwm_minor + inputs.net_flows_minor
+    above = max(0, closing - adjusted)
+    fee = Money.from_decimal_rounded(inputs.rate * Money(minor=above, currency=inputs.currency).to_decimal(),
+                                     inputs.currency).minor
+    return FeeComputation(
+        profit_minor=closing - inputs.opening_balance_minor - inputs.net_flows_minor,
+        adjusted_hwm_minor=adjusted, computed_fee_minor=fee, new_hwm_minor=max(adjusted, closing - fee))
+
+
+# ------------------------------------------------------------------------------------------ periods
+
+def month_of(text: str) -> date:
+    """`YYYY-MM` → the first day of that month."""
+    try:
+        year, month = (int(part) for part in text.split("-"))
+        return date(year, month, 1)
+    except ValueError:
+        raise InvalidEntry(f"month {text!r} is not YYYY-MM") from None
+
+
+def month_key(month: date) -> str:
+    return f"{month.year:04d}-{month.month:02d}"
+
+
+def next_month(month: date) -> date:
+    return date(month.year + month.month // 12, month.month % 12 + 1, 1)
+
+
+def previous_month(month: date) -> date:
+    return date(month.year - (month.month == 1), (month.month - 2) % 12 + 1, 1)
+
+
+def month_bounds(month: date) -> tuple[datetime, datetime]:
+    """The first and the last instant (inclusive) of the UTC month."""
+    start = datetime.combine(month.replace(day=1), time.min, UTC)
+    return start, datetime.combine(next_month(month), time.min, UTC) - ONE_MICROSECOND
+
+
+# ------------------------------------------------------------------------------------------ booking
+
+class Distribution(msgspec.Struct, frozen=True, kw_only=True):
+    """A booked distribution (a `distribution` row). `replayed`: it existed before this call."""
+
+    account_id: str
+    month: date
+    currency: str
+    opening_balance_minor: int
+    closing_balance_minor: int
+    net_flows_minor: int
+    profit_minor: int
+    opening_hwm_minor: int
+    adjusted_hwm_minor: int
+    rate: Decimal
+    computed_fee_minor: int
+    fee_minor: int
+    new_hwm_minor: int
+    entry_id: int | None
+    created_at: datetime
+    replayed: bool = False
+
+    def money(self, field: str) -> Money:
+        return Money(minor=getattr(self, field), currency=self.currency)
+
+
+class Deferred(msgspec.Struct, frozen=True, kw_only=True):
+    """Not distributed now (and nothing written): `reason` says what must happen first."""
+
+    account_id: str
+    month: date
+    reason: str
+    kind: Literal["previous_month", "snapshot_missing"]
+
+
+_ROW = """account_id, month, currency, opening_balance_minor, closing_balance_minor, net_flows_minor, profit_minor,
+          opening_hwm_minor, adjusted_hwm_minor, rate, computed_fee_minor, fee_minor, new_hwm_minor, entry_id,
+          created_at"""
+
+
+def _distribution(row: Any, *, replayed: bool) -> Distribution:
+    return Distribution(**{k: row[k] for k in Distribution.__struct_fields__ if k != "replayed"}, replayed=replayed)
+
+
+def distribute_account(tx: Tx, account_id: str, month: date, *, require_snapshot: bool = True,
+                       now: datetime | None = None) -> Distribution | Deferred:
+    """Book A's distribution for `month` in `tx`, or return the one booked before (see module docstring)."""
+    month = month.replace(day=1)
+    start, end = month_bounds(month)
+    if end > (now or datetime.now(UTC)):
+        raise InvalidEntry(f"month {month_key(month)} is not over yet")
+    account = tx.lock_account(account_id)
+    c = tx.connection
+    existing = c.execute(sa.text(f"SELECT {_ROW} FROM distribution WHERE account_id = :a AND month = :m"),
+                         {"a": account_id, "m": month}).mappings().first()
+    if existing is not None:
+        return _distribution(existing, replayed=True)
+    last = c.execute(sa.text("""
+        SELECT month, new_hwm_minor FROM distribution WHERE account_id = :a AND month < :m
+         ORDER BY month DESC LIMIT 1"""), {"a": account_id, "m": month}).first()
+    if last is not None and last.month != previous_month(month):
+        return Deferred(account_id=account_id, month=month, kind="previous_month",
+                        reason=f"{month_key(next_month(last.month))} is not distributed yet for {account_id}; "
+                               "months are distributed in order")
+    last_day = end.date()
+    if require_snapshot and account.status != "closed" and c.execute(sa.text(
+            "SELECT 1 FROM daily_performance WHERE account_id = :a AND date = :d"),
+            {"a": account_id, "d": last_day}).first() is None:
+        return Deferred(account_id=account_id, month=month, kind="snapshot_missing",
+                        reason=f"no engine snapshot (daily.performance) for {account_id} on {last_day} yet; "
+                               "the month's closing balance is not final")
+    investors = tx.resolve([chart.investors(account_id)])[chart.investors(account_id)]
+    opening = tx.balance(account_id, as_of=start - ONE_MICROSECOND)
+    closing = tx.balance(account_id, as_of=end)
+    flows = _net_flows_minor(c, investors.id, start, end)
+    if last is not None:
+        opening_hwm = last.new_hwm_minor
+    else:
+        opening_hwm = max(0, _net_flows_minor(c, investors.id, None, start - ONE_MICROSECOND))
+    computed = compute_fee(FeeInputs(currency=account.currency, opening_balance_minor=opening.minor,
+                                     closing_balance_minor=closing.minor, net_flows_minor=flows,
+                                     opening_hwm_minor=opening_hwm, rate=account.fee_rate))
+    fee_minor = min(computed.computed_fee_minor, max(0, tx.balance(account_id).minor))
+    inputs = {"month": month_key(month), "opening_balance": str(opening), "closing_balance": str(closing),
+              "net_flows": _text(flows, account.currency), "profit": _text(computed.profit_minor, account.currency),
+              "opening_hwm": _text(opening_hwm, account.currency),
+              "adjusted_hwm": _text(computed.adjusted_hwm_minor, account.currency), "rate": str(account.fee_rate),
+              "computed_fee": _text(computed.computed_fee_minor, account.currency),
+              "new_hwm": _text(computed.new_hwm_minor, account.currency)}
+    entry_id = None
+    if fee_minor > 0:
+        fee = Money(minor=fee_minor, currency=account.currency)
+        posted = tx.post(rules.performance_fee(
+            account_id, fee, idempotency_key=f"fee:{account_id}:{month_key(month)}", effective_at=end,
+            memo=f"performance fee for {month_key(month)} ({account.fee_rate} above the high-water mark)",
+            metadata=inputs))
+        entry_id = posted.entry_id
+        if not posted.replayed:
+            tx.emit(account_id, "account.capital_changed", {
+                "account_id": account_id, "operation": "withdrawal", "amount": str(fee),
+                "new_total_capital": str(posted.balances_after[chart.investors(account_id)]),
+                "entry_id": entry_id, "reason": "performance_fee", "month": month_key(month)})
+    row = c.execute(sa.text(f"""
+        INSERT INTO distribution (account_id, month, currency, opening_balance_minor, closing_balance_minor,
+                                  net_flows_minor, profit_minor, opening_hwm_minor, adjusted_hwm_minor, rate,
+                                  computed_fee_minor, fee_minor, new_hwm_minor, entry_id)
+        VALUES (:a, :m, :cur, :o, :c, :f, :p, :h, :ah, :rate, :cf, :fee, :nh, :e)
+        RETURNING {_ROW}"""), {
+        "a": account_id, "m": month, "cur": account.currency, "o": opening.minor, "c": closing.minor, "f": flows,
+        "p": computed.profit_minor, "h": opening_hwm, "ah": computed.adjusted_hwm_minor, "rate": account.fee_rate,
+        "cf": computed.computed_fee_minor, "fee": fee_minor, "nh": computed.new_hwm_minor,
+        "e": entry_id}).mappings().one()
+    return _distribution(row, replayed=False)
+
+
+def _net_flows_minor(c: sa.Connection, investors_id: int, start: datetime | None, end: datetime) -> int:
+    """Deposits − withdrawals (credit-normal: a credit to investors:A is money in) effective in [start, end]."""
+    return -int(c.execute(sa.text("""
+        SELECT COALESCE(sum(CASE p.side WHEN 'D' THEN p.amount_minor ELSE -p.amount_minor END), 0)::bigint
+          FROM posting p JOIN journal_entry e ON e.id = p.entry_id
+          LEFT JOIN journal_entry r ON r.id = e.reverses_entry_id
+         WHERE p.ledger_account_id = :id
+           AND (CAST(:start AS timestamptz) IS NULL OR p.effective_at >= :start) AND p.effective_at <= :end
+           AND (COALESCE(r.kind, e.kind) = ANY(CAST(:kinds AS text[])) OR r.kind = 'fee')"""),
+        {"id": investors_id, "start": start, "end": end, "kinds": list(FLOW_KINDS)}).scalar_one())
+
+
+def _text(minor: int, currency: str) -> str:
+    return str(Money(minor=minor, currency=currency))
+
+
+# ------------------------------------------------------------------------------------------ reads
+
+def accounts_for_month(ledger: Ledger, month: date, *, after: str | None = None,
+                       limit: int = ACCOUNTS_PAGE_MAX) -> list[str]:
+    """Accounts to distribute for `month`, by id after `after`: every account not closed before M began."""
+    start, _ = month_bounds(month)
+    with ledger.engine.connect() as c:
+        return list(c.execute(sa.text("""
+            SELECT a.account_id FROM investment_account a
+             WHERE (a.status <> 'closed' OR EXISTS (
+                        SELECT 1 FROM account_event ev WHERE ev.account_id = a.account_id AND ev.kind = 'closed'
+                           AND ev.occurred_at >= :start))
+               AND (CAST(:after AS text) IS NULL OR a.account_id > :after)
+             ORDER BY a.account_id LIMIT :limit"""),
+            {"start": start, "after": after, "limit": max(1, min(limit, ACCOUNTS_PAGE_MAX))}).scalars())
+
+
+def distributions(ledger: Ledger, account_id: str) -> list[Distribution]:
+    """A's distributions, oldest first."""
+    with ledger.engine.connect() as c:
+        rows = c.execute(sa.text(f"SELECT {_ROW} FROM distribution WHERE account_id = :a ORDER BY month"),
+                         {"a": account_id}).mappings().all()
+    return [_distribution(row, replayed=True) for row in rows]
+
+
+def high_water_mark(ledger: Ledger, account_id: str) -> Money:
+    """A's high-water mark now: the last distribution's new mark adjusted by the flows since its month
+    ended (or, before any distribution, the net capital contributed, at least 0)."""
+    account = ledger.account(account_id)
+
+    def read(tx: Tx) -> Money:
+        investors = tx.resolve([chart.investors(account_id)])[chart.investors(account_id)]
+        last = tx.connection.execute(sa.text("""
+            SELECT month, new_hwm_minor FROM distribution WHERE account_id = :a ORDER BY month DESC LIMIT 1"""),
+            {"a": account_id}).first()
+        now = datetime.now(UTC) + timedelta(days=1)
+        if last is None:
+            return Money(minor=max(0, _net_flows_minor(tx.connection, investors.id, None, now)),
+                         currency=account.currency)
+        _, end = month_bounds(last.month)
+        flows = _net_flows_minor(tx.connection, investors.id, end + ONE_MICROSECOND, now)
+        return Money(minor=last.new_hwm_minor + flows, currency=account.currency)
+    return ledger._read(read)

@@ -1,0 +1,142 @@
+"""The core's values: frozen, validated on construction where it is cheap, no database types."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+import msgspec
+
+from ledger.money import Money
+
+Side = Literal["D", "C"]
+AccountStatus = Literal["active", "paused", "closed"]
+EntryKind = Literal["deposit", "withdrawal", "trade", "true_up", "adjustment", "fee", "reversal", "transfer"]
+AccountType = Literal["asset", "liability", "equity", "income", "expense"]
+
+
+class Leg(msgspec.Struct, frozen=True, kw_only=True):
+    """One side of an entry: `amount` (positive) debited or credited to the ledger account `account`."""
+
+    account: str
+    side: Side
+    amount: Money
+
+
+class EntryDraft(msgspec.Struct, frozen=True, kw_only=True):
+    """What a caller asks the ledger to book.
+
+    Guarantees once posted: immutable; exactly one entry per `idempotency_key`; posting the same
+    draft again returns that entry; another draft under the same key is a `DuplicateConflict`.
+    `effective_at` None means "now", and then it is not part of the content compared on replay.
+    `no_overdraft` names ledger accounts whose normal balance must not go below zero by this entry.
+    """
+
+    kind: EntryKind
+    idempotency_key: str
+    legs: tuple[Leg, ...]
+    investment_account_id: str | None = None
+    effective_at: datetime | None = None
+    memo: str = ""
+    metadata: dict[str, Any] = {}
+    reverses_entry_id: int | None = None
+    no_overdraft: tuple[str, ...] = ()
+
+
+class Posted(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to a post: the entry, whether it was a replay, and the balances right after it."""
+
+    entry_id: int
+    replayed: bool
+    effective_at: datetime
+    recorded_at: datetime
+    balances_after: dict[str, Money]
+
+
+class PostingView(msgspec.Struct, frozen=True, kw_only=True):
+    account: str
+    side: Side
+    amount: Money
+    seq: int
+    balance_after: Money
+
+
+class Entry(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    idempotency_key: str
+    kind: EntryKind
+    investment_account_id: str | None
+    effective_at: datetime
+    recorded_at: datetime
+    memo: str
+    metadata: dict[str, Any]
+    reverses_entry_id: int | None
+    reversed_by_entry_id: int | None
+    postings: tuple[PostingView, ...]
+
+
+class AccountSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """An investment account to open. `initial_capital`, when given, is booked as the first deposit."""
+
+    account_id: str
+    product_id: str
+    agent_type: str
+    currency: str
+    fee_rate: Decimal
+    initial_capital: Money | None = None
+    agent_config: dict[str, Any] = {}
+
+
+class InvestmentAccount(msgspec.Struct, frozen=True, kw_only=True):
+    account_id: str
+    product_id: str
+    agent_type: str
+    currency: str
+    fee_rate: Decimal
+    status: AccountStatus
+    agent_config: dict[str, Any]
+    balance: Money
+    created_at: datetime
+    updated_at: datetime
+
+
+class StatementLine(msgspec.Struct, frozen=True, kw_only=True):
+    entry_id: int
+    seq: int
+    effective_at: datetime
+    recorded_at: datetime
+    kind: EntryKind
+    memo: str
+    side: Side
+    amount: Money
+    balance: Money  # running balance (normal sign) after this line, in effective-time order
+
+
+class Statement(msgspec.Struct, frozen=True, kw_only=True):
+    account: str
+    currency: str
+    start: datetime | None
+    end: datetime
+    opening_balance: Money
+    lines: tuple[StatementLine, ...]
+    closing_balance: Money  # of this page: the running balance after its last line
+    next_cursor: str | None
+
+
+class TrialBalanceRow(msgspec.Struct, frozen=True, kw_only=True):
+    account: str
+    type: AccountType
+    currency: str
+    debit: Money
+    credit: Money
+
+
+class TrialBalance(msgspec.Struct, frozen=True, kw_only=True):
+    as_of: datetime
+    rows: tuple[TrialBalanceRow, ...]
+    totals: dict[str, tuple[Money, Money]]  # currency -> (debits, credits); equal when the books balance
+
+    @property
+    def balanced(self) -> bool:
+        return all(debit == credit for debit, credit in self.totals.values())

@@ -1,0 +1,1 @@
+"""HTTP only: the litestar app, its controllers and the mapping of domain errors to answers."""

@@ -1,0 +1,118 @@
+"""The litestar application: routes under /api/v1, OpenAPI at /schema, errors in one place."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from litestar import Litestar, Response, get
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from api import pages
+from api.auth import KeyStore
+from api.controllers.accounts import AccountController
+from api.controllers.alerts import AlertController
+from api.controllers.journal import JournalController
+from api.controllers.outbox import OutboxController
+from api.controllers.reconciliations import ReconciliationController
+from api.controllers.reports import ReportController
+from api.controllers.webhooks import ml_engine_webhook
+from api.errors import HANDLERS
+from integration.webhooks import WebhookProcessor
+from invledger import __version__, metrics
+from invledger.config import Settings
+from ledger import Ledger
+
+REQUEST_BODY_MAX_BYTES = 1024 * 1024
+
+
+@get("/api/v1/health", tags=["operations"], summary="Liveness: the process answers")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/api/v1/ready", tags=["operations"], summary="Readiness: database, broker, engine circuit",
+     sync_to_thread=True)
+def ready(ledger: Ledger, state: State) -> Response[dict[str, Any]]:
+    checks: dict[str, Any] = {}
+    try:
+        with ledger.engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as error:  # noqa: BLE001 — any failure means "not ready"
+        checks["database"] = f"unavailable: {type(error).__name__}"
+    for name, probe in state.get("readiness", {}).items():
+        checks[name] = probe()
+    ok = checks["database"] == "ok" and checks.get("broker", "ok") == "ok"
+    return Response({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+
+
+@get("/metrics", tags=["operations"], summary="Prometheus metrics", sync_to_thread=True, include_in_schema=True)
+def prometheus_metrics() -> Response[bytes]:
+    return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@get("/api/v1/metrics", tags=["operations"], summary="Prometheus metrics", sync_to_thread=True)
+def prometheus_metrics_v1() -> Response[bytes]:
+    return prometheus_metrics.fn()
+
+
+def _timing_middleware(app: Any) -> Any:
+    async def middleware(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("path_template") or ("other" if status["code"] == 404 else scope.get("path", ""))
+            metrics.REQUEST_SECONDS.labels(scope.get("method", ""), route, str(status["code"])).observe(
+                time.perf_counter() - started)
+    return middleware
+
+
+def create_app(ledger: Ledger, settings: Settings, *, readiness: dict[str, Callable[[], str]] | None = None,
+               route_handlers: list[Any] | None = None, on_startup: list[Any] | None = None,
+               on_shutdown: list[Any] | None = None, jobs: Callable[..., None] | None = None) -> Litestar:
+    """The app. `readiness` adds checks to /ready (e.g. broker, engine circuit); `jobs(actor_name, **kwargs)`
+    enqueues a job (POST /reconciliations needs it; without it that route answers 503)."""
+    webhooks = WebhookProcessor(ledger, adjustment_alert_threshold=settings.adjustment_alert_threshold)
+    metrics.register_database(ledger.engine)
+
+    def constant(value: Any) -> Provide:
+        return Provide(lambda: value, sync_to_thread=False)
+
+    return Litestar(
+        route_handlers=[health, ready, prometheus_metrics, prometheus_metrics_v1, ml_engine_webhook,
+                        AccountController, JournalController, OutboxController, ReportController, AlertController,
+                        ReconciliationController, pages.ROUTER, *(route_handlers or [])],
+        dependencies={"ledger": constant(ledger), "settings": constant(settings), "webhooks": constant(webhooks)},
+        state=State({"key_store": KeyStore(ledger.engine), "readiness": readiness or {}, "settings": settings,
+                     "jobs": jobs}),
+        exception_handlers=HANDLERS,
+        logging_config=None,  # logs are JSON lines, configured once by invledger.logs
+        middleware=[_timing_middleware],
+        template_config=pages.TEMPLATE_CONFIG,
+        request_max_body_size=REQUEST_BODY_MAX_BYTES,
+        on_startup=on_startup or [],
+        on_shutdown=on_shutdown or [],
+        openapi_config=OpenAPIConfig(
+            title="invledger", version=__version__, path="/schema",
+            description="Double-entry ledger for investment accounts traded by an ML Engine. "
+                        "Money is a decimal string at the currency's scale; times are RFC 3339 UTC.",
+            components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
+            security=[{"bearer": []}]),
+    )

@@ -1,0 +1,125 @@
+"""Investment accounts: open, list, read, move money, pause/resume/close, balances and statements."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.params import Parameter
+
+from api import idempotency, tabular
+from api.auth import require_role
+from api.errors import ApiError
+from api.formats import respond
+from api.schemas import (
+    CreateAccount,
+    MoneyMovement,
+    StatusChange,
+    account_out,
+    parse_time,
+    posted_out,
+    statement_out,
+)
+from invledger.config import Settings
+from ledger import AccountSpec, Ledger, Money, chart
+from ledger.money import parse_amount
+
+LIMIT_DEFAULT = 100
+
+
+class AccountController(Controller):
+    path = "/api/v1/accounts"
+    tags = ["accounts"]
+    guards = [require_role]
+
+    @post("/", opt={"role": "operator"}, sync_to_thread=True, summary="Open an investment account")
+    def create(self, data: CreateAccount, ledger: Ledger, settings: Settings) -> Response[dict[str, Any]]:
+        fee_rate = data.fee_rate if data.fee_rate is not None else settings.default_fee_rate
+        if not fee_rate.is_finite() or not Decimal(0) <= fee_rate <= Decimal(1) or fee_rate.as_tuple().exponent < -6:
+            raise ApiError(422, "invalid", "fee_rate must be a decimal from 0 to 1 with at most 6 places")
+        initial = None
+        if data.initial_capital is not None:
+            initial = Money.from_decimal(data.initial_capital, data.currency)
+            if initial.minor < 0:
+                raise ApiError(422, "invalid_amount", "initial_capital may not be negative")
+        account, created = ledger.open_account(AccountSpec(
+            account_id=data.account_id, product_id=data.product_id, agent_type=data.agent_type,
+            currency=data.currency, fee_rate=fee_rate, initial_capital=initial, agent_config=data.agent_config))
+        return Response(account_out(account), status_code=201 if created else 200)
+
+    @get("/", sync_to_thread=True, summary="List investment accounts (cursor pagination by account id)")
+    def list(self, ledger: Ledger, status: str | None = None, cursor: str | None = None,
+             limit: int = Parameter(default=LIMIT_DEFAULT, ge=1, le=1000)) -> dict[str, Any]:
+        if status is not None and status not in ("active", "paused", "closed"):
+            raise ApiError(422, "invalid", "status must be active, paused or closed")
+        accounts = ledger.accounts(status=status, after=cursor, limit=limit)
+        return {"items": [account_out(a) for a in accounts],
+                "next_cursor": accounts[-1].account_id if len(accounts) == limit else None}
+
+    @get("/{account_id:str}", sync_to_thread=True, summary="One account: status, balance, currency")
+    def read(self, account_id: str, ledger: Ledger) -> dict[str, Any]:
+        return account_out(ledger.account(account_id))
+
+    def _move(self, ledger: Ledger, account_id: str, data: MoneyMovement, key: str | None,
+              kind: str) -> Response[dict[str, Any]]:
+        key = idempotency.require_key(key)
+        currency = ledger.account(account_id).currency
+        amount = parse_amount(data.amount, currency)
+
+        def work(tx) -> tuple[int, dict[str, Any]]:
+            move = tx.deposit if kind == "deposit" else tx.withdraw
+            posted = move(account_id, amount.to_decimal(), idempotency_key=f"api:{kind}:{account_id}:{key}",
+                          reference=data.reference)
+            return 201, posted_out(posted, account_id, amount)
+
+        status, body = idempotency.once(ledger, f"{kind}:{account_id}", key,
+                                        {"amount": str(amount), "reference": data.reference}, work)
+        return Response(body, status_code=status)
+
+    @post("/{account_id:str}/deposits", opt={"role": "operator"}, sync_to_thread=True,
+          summary="Deposit (Idempotency-Key required)")
+    def deposit(self, account_id: str, data: MoneyMovement, ledger: Ledger,
+                idempotency_key: str | None = Parameter(header="Idempotency-Key", default=None),
+                ) -> Response[dict[str, Any]]:
+        return self._move(ledger, account_id, data, idempotency_key, "deposit")
+
+    @post("/{account_id:str}/withdrawals", opt={"role": "operator"}, sync_to_thread=True,
+          summary="Withdraw (Idempotency-Key required; 409 if it would overdraw)")
+    def withdraw(self, account_id: str, data: MoneyMovement, ledger: Ledger,
+                 idempotency_key: str | None = Parameter(header="Idempotency-Key", default=None),
+                 ) -> Response[dict[str, Any]]:
+        return self._move(ledger, account_id, data, idempotency_key, "withdrawal")
+
+    def _status(self, ledger: Ledger, account_id: str, action: str, data: StatusChange | None) -> dict[str, Any]:
+        return account_out(ledger.change_status(account_id, action, reason=data.reason if data else ""))
+
+    @post("/{account_id:str}/pause", opt={"role": "operator"}, sync_to_thread=True, status_code=200)
+    def pause(self, account_id: str, ledger: Ledger, data: StatusChange | None = None) -> dict[str, Any]:
+        return self._status(ledger, account_id, "pause", data)
+
+    @post("/{account_id:str}/resume", opt={"role": "operator"}, sync_to_thread=True, status_code=200)
+    def resume(self, account_id: str, ledger: Ledger, data: StatusChange | None = None) -> dict[str, Any]:
+        return self._status(ledger, account_id, "resume", data)
+
+    @post("/{account_id:str}/close", opt={"role": "operator"}, sync_to_thread=True, status_code=200)
+    def close(self, account_id: str, ledger: Ledger, data: StatusChange | None = None) -> dict[str, Any]:
+        return self._status(ledger, account_id, "close", data)
+
+    @get("/{account_id:str}/balance", sync_to_thread=True, summary="Balance now or as of a time (JSON or CSV)")
+    def balance(self, request: Request, account_id: str, ledger: Ledger, as_of: str | None = None) -> Response:
+        at = parse_time(as_of, "as_of", end_of_day=True)
+        money = ledger.balance(account_id, as_of=at)
+        return respond(request, tabular.balance_out(account_id, money, at), tabular.balance_rows,
+                       headers=tabular.BALANCE_HEADERS, filename=f"balance-{account_id}")
+
+    @get("/{account_id:str}/statement", sync_to_thread=True,
+         summary="Opening balance, lines with running balance, closing balance (JSON or CSV)")
+    def statement(self, account_id: str, ledger: Ledger, from_: str | None = Parameter(query="from", default=None),
+                  to: str | None = None, cursor: str | None = None,
+                  limit: int = Parameter(default=LIMIT_DEFAULT, ge=1, le=1000), *, request: Request) -> Response:
+        ledger.account(account_id)
+        statement = ledger.statement(chart.investors(account_id), start=parse_time(from_, "from"),
+                                     end=parse_time(to, "to", end_of_day=True), cursor=cursor, limit=limit)
+        return respond(request, statement_out(statement), tabular.statement_rows,
+                       headers=tabular.STATEMENT_HEADERS, filename=f"statement-{account_id}")

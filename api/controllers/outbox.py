@@ -1,0 +1,40 @@
+"""Notifications owed to the ML Engine: see what waits or died, and retry dead ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, get, post
+from litestar.params import Parameter
+
+from api.auth import require_role
+from api.errors import ApiError
+from api.schemas import rfc3339
+from integration import outbox
+from ledger import Ledger
+
+
+def _out(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, **{k: rfc3339(row[k]) if row[k] else None
+                      for k in ("created_at", "next_attempt_at", "delivered_at")}}
+
+
+class OutboxController(Controller):
+    path = "/api/v1/outbox"
+    tags = ["operations"]
+    guards = [require_role]
+
+    @get("/", sync_to_thread=True, opt={"role": "operator"}, summary="Outbox rows (status pending|delivered|dead)")
+    def list(self, ledger: Ledger, status: str | None = None, cursor: int | None = None,
+             limit: int = Parameter(default=100, ge=1, le=1000)) -> dict[str, Any]:
+        if status is not None and status not in ("pending", "delivered", "dead"):
+            raise ApiError(422, "invalid", "status must be pending, delivered or dead")
+        rows = outbox.listing(ledger.engine, status=status, after=cursor, limit=limit)
+        return {"items": [_out(r) for r in rows], "next_cursor": rows[-1]["id"] if len(rows) == limit else None}
+
+    @post("/{outbox_id:int}/retry", sync_to_thread=True, opt={"role": "operator"}, status_code=200,
+          summary="Queue a dead notification again")
+    def retry(self, outbox_id: int, ledger: Ledger) -> dict[str, Any]:
+        if outbox.retry_dead(ledger.engine, outbox_id) == 0:
+            raise ApiError(409, "not_dead", f"outbox row {outbox_id} is not dead (or does not exist)")
+        return {"id": outbox_id, "status": "pending"}

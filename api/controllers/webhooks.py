@@ -1,0 +1,39 @@
+"""POST /api/v1/webhooks/ml-engine: verify the signature over the raw bytes, then store and apply."""
+
+from __future__ import annotations
+
+import logging
+
+from anyio import to_thread
+from litestar import Request, Response, post
+
+from api.errors import ApiError
+from integration import signature
+from integration.events import WEBHOOK_BODY_MAX_BYTES
+from integration.webhooks import WebhookProcessor
+from invledger import metrics
+from invledger.config import Settings
+
+log = logging.getLogger("api.webhooks")
+
+
+@post("/api/v1/webhooks/ml-engine", tags=["webhooks"], summary="ML Engine events (HMAC-signed)",
+      request_max_body_size=WEBHOOK_BODY_MAX_BYTES)
+async def ml_engine_webhook(request: Request, settings: Settings, webhooks: WebhookProcessor) -> Response:
+    body = await request.body()
+    if len(body) > WEBHOOK_BODY_MAX_BYTES:
+        raise ApiError(413, "too_large", f"webhook bodies are limited to {WEBHOOK_BODY_MAX_BYTES} bytes")
+    try:
+        scheme = signature.verify(settings.ml_engine_webhook_secrets, body, request.headers)
+    except signature.SignatureError as error:
+        metrics.WEBHOOKS.labels(event_type="unknown", result="unauthorized").inc()
+        raise ApiError(401, "unauthorized", str(error)) from None
+    outcome = await to_thread.run_sync(webhooks.receive, body, request.headers, scheme)
+    metrics.WEBHOOKS.labels(event_type=outcome.event_type, result=outcome.result).inc()
+    if outcome.entry_ids and not outcome.duplicate:
+        metrics.ENTRIES.inc(len(outcome.entry_ids))
+    if outcome.result in ("review", "rejected"):
+        log.warning("webhook kept for review" if outcome.result == "review" else "webhook rejected",
+                    extra={"event_type": outcome.event_type, "stored_event_id": outcome.event_id,
+                           "reason": outcome.reason})
+    return Response(outcome.body(), status_code=outcome.status_code)

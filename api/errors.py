@@ -1,0 +1,83 @@
+"""The one place where errors become HTTP answers: always {"error": CODE, "detail": TEXT}."""
+
+from __future__ import annotations
+
+import logging
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from psycopg import DataError as PsycopgDataError
+from sqlalchemy.exc import DataError
+
+from ledger import errors as ledger_errors
+from ledger.db import is_unavailable
+
+log = logging.getLogger("api.errors")
+
+STATUS_OF: dict[type[ledger_errors.LedgerError], int] = {
+    ledger_errors.InvalidAmount: 422,
+    ledger_errors.UnknownCurrency: 422,
+    ledger_errors.InvalidEntry: 422,
+    ledger_errors.UnknownAccount: 404,
+    ledger_errors.UnknownEntry: 404,
+    ledger_errors.DuplicateConflict: 409,
+    ledger_errors.InsufficientFunds: 409,
+    ledger_errors.AccountStateConflict: 409,
+    ledger_errors.AlreadyReversed: 409,
+    ledger_errors.IntegrityViolation: 500,
+}
+
+
+class ApiError(Exception):
+    """An HTTP-level refusal raised by a controller (bad header, auth, …)."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+def answer(status: int, code: str, detail: str) -> Response:
+    return Response({"error": code, "detail": detail}, status_code=status)
+
+
+def on_ledger_error(_: Request, error: ledger_errors.LedgerError) -> Response:
+    status = next((s for cls, s in STATUS_OF.items() if isinstance(error, cls)), 400)
+    if status >= 500:
+        log.error("integrity violation", extra={"detail": error.detail})
+    return answer(status, error.code, error.detail)
+
+
+def on_api_error(_: Request, error: ApiError) -> Response:
+    return answer(error.status, error.code, error.detail)
+
+
+def on_http_exception(_: Request, error: HTTPException) -> Response:
+    status = error.status_code
+    if isinstance(error, ValidationException):
+        extra = error.extra if isinstance(error.extra, list) else []
+        detail = "; ".join(f"{e.get('key', '')}: {e.get('message', '')}".strip(": ") for e in extra
+                           if isinstance(e, dict)) or error.detail
+        code = "malformed" if "JSON" in str(detail) or "decode" in str(detail).lower() else "invalid"
+        return answer(400 if code == "malformed" else 422, code, str(detail))
+    code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+            413: "too_large", 429: "too_many_requests"}.get(status, "error")
+    return answer(status, code, str(error.detail))
+
+
+def on_unexpected(_: Request, error: Exception) -> Response:
+    if isinstance(error, DataError) or isinstance(error, PsycopgDataError):
+        # e.g. a NUL byte in a text field, a number out of the column's range: the input, not us.
+        return answer(422, "invalid", "a field holds a value the ledger cannot store (NUL byte or out of range)")
+    if is_unavailable(error):
+        log.warning("database unavailable", extra={"error": type(error).__name__})
+        return answer(503, "unavailable", "the database is unavailable; retry later")
+    log.exception("unexpected error")
+    return answer(500, "internal", "the server could not complete the request")
+
+
+HANDLERS = {
+    ledger_errors.LedgerError: on_ledger_error,
+    ApiError: on_api_error,
+    HTTPException: on_http_exception,
+    Exception: on_unexpected,
+}

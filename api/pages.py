@@ -1,0 +1,317 @@
+"""Pages for people (contract §5): server-rendered HTML at /, with the API's figures and the API's roles.
+
+Sign-in: the login form takes an API key, checks it, and sets it as the `invledger_key` cookie —
+HttpOnly (no script can read it), SameSite=Strict (no other site's page can send it), Secure on HTTPS,
+8 hours. Pages without a valid cookie redirect to /login.
+
+Every POST (acknowledge, sign out, sign in) is refused unless it comes from our own origin
+(`Sec-Fetch-Site` / `Origin`), and the signed-in ones must also carry a CSRF token: an HMAC of the
+session key, so it is bound to the session, needs no server-side state, and cannot be computed without
+the HttpOnly cookie. Responses carry a strict Content-Security-Policy (no scripts at all), no framing
+and no caching. Pages show exactly the strings the API returns (`api.tabular`), so the figures agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from anyio import to_thread
+from litestar import Controller, Request, Response, Router, get, post
+from litestar.connection import ASGIConnection
+from litestar.datastructures import ResponseHeader
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import QueryParameter
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect, Template
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+
+from api import tabular, views
+from api.auth import RANK, KeyStore
+from api.controllers.alerts import acknowledge
+from api.errors import STATUS_OF, ApiError
+from api.schemas import parse_time, rfc3339, statement_out
+from ledger import Ledger, chart, reports
+from ledger.errors import LedgerError
+
+HERE = Path(__file__).parent
+COOKIE = "invledger_key"
+SESSION_MAX_AGE_S = 8 * 3600
+ACCOUNTS_PAGE_SIZE = 50
+TRIAL_BALANCE_PAGE_SIZE = 200
+STATEMENT_PAGE_SIZE = 100
+ALERTS_PAGE_SIZE = 100
+CHART_WIDTH, CHART_HEIGHT, CHART_PAD = 760, 260, 48
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+def _percent(value: str | Decimal | None, places: int = 4) -> str:
+    """A return as a percentage for people ("0.01234567" → "1.2346 %"); the API keeps the fraction."""
+    if value is None or value == "":
+        return "—"
+    return f"{(Decimal(value) * 100).quantize(Decimal(1).scaleb(-places))} %"
+
+
+def _rfc3339(value: datetime | str | None) -> str:
+    return "" if value is None else value if isinstance(value, str) else rfc3339(value)
+
+
+def _configure(engine: JinjaTemplateEngine) -> None:
+    engine.engine.filters["percent"] = _percent
+    engine.engine.filters["rfc3339"] = _rfc3339
+
+
+TEMPLATE_CONFIG = TemplateConfig(directory=HERE / "templates", engine=JinjaTemplateEngine,
+                                 engine_callback=_configure)
+
+
+# ------------------------------------------------------------------------------------- sign-in, CSRF
+
+class LoginRequired(Exception):
+    """No valid session: send the person to the login form."""
+
+
+class PageForbidden(Exception):
+    def __init__(self, needed: str, role: str) -> None:
+        super().__init__(f"this needs the {needed} role; you are signed in as {role}")
+
+
+def csrf_token(key: str) -> str:
+    return hmac.new(hashlib.sha256(key.encode()).digest(), b"invledger-pages-csrf-v1", hashlib.sha256).hexdigest()
+
+
+def _same_origin(request: Request) -> bool:
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("origin")
+    return origin is None or urlsplit(origin).netloc == request.headers.get("host", "")
+
+
+async def _check_post(request: Request) -> dict[str, Any]:
+    """The form of a signed-in POST, after the origin and CSRF checks."""
+    form = await request.form()
+    token = str(form.get("csrf_token", ""))
+    expected = csrf_token(request.cookies.get(COOKIE, ""))
+    if not _same_origin(request) or not hmac.compare_digest(token, expected):
+        raise ApiError(403, "csrf", "this form was not sent from this site's page; reload the page and try again")
+    return dict(form)
+
+
+async def page_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    key = connection.cookies.get(COOKIE)
+    if not key:
+        raise LoginRequired()
+    store: KeyStore = connection.app.state.key_store
+    found = await to_thread.run_sync(store.role_of, key)
+    if found is None:
+        raise LoginRequired()
+    role, prefix = found
+    needed = handler.opt.get("role", "finance")
+    if RANK[role] < RANK[needed]:
+        raise PageForbidden(needed, role)
+    state = connection.scope.setdefault("state", {})
+    state.update(principal=f"{role}:{prefix}", role=role, csrf_token=csrf_token(key))
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this site (no //host, no scheme): no open redirect."""
+    if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
+        return "/"
+    return target
+
+
+def _page(request: Request, name: str, status_code: int = 200, **context: Any) -> Template:
+    state = request.scope.get("state", {})
+    return Template(template_name=name, status_code=status_code, headers=SECURITY_HEADERS, context={
+        "role": state.get("role"), "principal": state.get("principal"), "csrf_token": state.get("csrf_token"),
+        "can_write": RANK.get(state.get("role") or "", 0) >= RANK["operator"], "path": request.url.path,
+        **context})
+
+
+def _on_login_required(request: Request, _: LoginRequired) -> Response:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return Redirect(path=f"/login?next={quote(target, safe='')}", status_code=303, headers=SECURITY_HEADERS)
+
+
+def _on_forbidden(request: Request, error: PageForbidden) -> Template:
+    return _page(request, "error.html", 403, title="Not allowed", message=str(error))
+
+
+def _on_api_error(request: Request, error: ApiError) -> Template:
+    return _page(request, "error.html", error.status, title="Cannot show this", message=error.detail)
+
+
+def _on_ledger_error(request: Request, error: LedgerError) -> Template:
+    status = next((s for cls, s in STATUS_OF.items() if isinstance(error, cls)), 400)
+    return _page(request, "error.html", status, title="Cannot show this", message=error.detail)
+
+
+@get("/login", sync_to_thread=False, include_in_schema=False)
+def login_form(request: Request, next_: str | None = QueryParameter(name="next", default=None)) -> Template:
+    return _page(request, "login.html", next=_safe_next(next_), error=None)
+
+
+@post("/login", include_in_schema=False)
+async def login(request: Request) -> Response:
+    form = await request.form()
+    key = str(form.get("api_key", "")).strip()
+    target = _safe_next(str(form.get("next", "")))
+    if not _same_origin(request):
+        raise ApiError(403, "csrf", "sign in from this site's login page")
+    store: KeyStore = request.app.state.key_store
+    found = await to_thread.run_sync(store.role_of, key) if key else None
+    if found is None:
+        return _page(request, "login.html", 401, next=target, error="That key is unknown or revoked.")
+    response = Redirect(path=target, status_code=303, headers=SECURITY_HEADERS)
+    response.set_cookie(key=COOKIE, value=key, max_age=SESSION_MAX_AGE_S, path="/", httponly=True,
+                        samesite="strict", secure=request.url.scheme == "https")
+    return response
+
+
+@post("/logout", include_in_schema=False, guards=[page_guard])
+async def logout(request: Request) -> Response:
+    await _check_post(request)
+    response = Redirect(path="/login", status_code=303, headers=SECURITY_HEADERS)
+    response.delete_cookie(key=COOKIE, path="/")
+    return response
+
+
+# -------------------------------------------------------------------------------------------- chart
+
+def _minor(text: str) -> int:
+    """"1250.50" → 125050: a wire amount back to minor units, exact (every amount has the currency's scale)."""
+    return int(text.replace(".", "", 1))
+
+
+def balance_chart(days: list[dict[str, Any]], currency: str) -> dict[str, Any] | None:
+    """The closing-balance curve as SVG coordinates, in integers (money never passes through float)."""
+    if not days:
+        return None
+    values = [_minor(d["closing_balance"]) for d in days]
+    low, high = min(values), max(values)
+    span = max(high - low, 1)
+    width, height = CHART_WIDTH - 2 * CHART_PAD, CHART_HEIGHT - 2 * CHART_PAD
+    bottom = CHART_PAD + height
+    steps = max(len(values) - 1, 1)
+    points = [(CHART_PAD + i * width // steps, CHART_PAD + (high - v) * height // span) for i, v in enumerate(values)]
+    line = " ".join(f"{x},{y}" for x, y in points)
+    return {"width": CHART_WIDTH, "height": CHART_HEIGHT, "pad": CHART_PAD, "bottom": bottom,
+            "right": CHART_PAD + width, "points": line,
+            "area": f"{points[0][0]},{bottom} {line} {points[-1][0]},{bottom}",
+            "dots": [{"x": x, "y": y, "date": d["date"], "balance": d["closing_balance"]}
+                     for (x, y), d in zip(points, days, strict=True)] if len(days) <= 120 else [],
+            "high": days[values.index(high)]["closing_balance"], "low": days[values.index(low)]["closing_balance"],
+            "first": days[0]["date"], "last": days[-1]["date"], "currency": currency}
+
+
+# -------------------------------------------------------------------------------------------- pages
+
+def _day(text: str | None, name: str, *, end: bool = False) -> date | None:
+    at = parse_time(text, name, end_of_day=end)
+    return None if at is None else at.date()
+
+
+class PagesController(Controller):
+    path = "/"
+    guards = [page_guard]
+    include_in_schema = False
+
+    @get("/", sync_to_thread=True)
+    def accounts(self, request: Request, ledger: Ledger, cursor: str | None = None) -> Template:
+        items = ledger.accounts(after=cursor, limit=ACCOUNTS_PAGE_SIZE)
+        totals = reports.trial_balance(ledger, limit=1)
+        open_alerts = views.alerts(ledger.engine, status="open", limit=ALERTS_PAGE_SIZE)
+        runs = views.reconciliation_runs(ledger.engine, limit=1)
+        return _page(request, "accounts.html", title="Accounts",
+                     accounts=[{"account_id": a.account_id, "status": a.status, "currency": a.currency,
+                                "balance": str(a.balance), "product_id": a.product_id, "agent_type": a.agent_type}
+                               for a in items],
+                     next_cursor=items[-1].account_id if len(items) == ACCOUNTS_PAGE_SIZE else None,
+                     books=tabular.trial_balance_out(totals), open_alerts=len(open_alerts),
+                     open_alerts_more=len(open_alerts) == ALERTS_PAGE_SIZE, latest_run=(runs or [None])[0],
+                     runs_available=runs is not None)
+
+    @get("/accounts/{account_id:str}", sync_to_thread=True)
+    def account(self, request: Request, ledger: Ledger, account_id: str,
+                from_: str | None = QueryParameter(name="from", default=None), to: str | None = None,
+                as_of: str | None = None, cursor: str | None = None) -> Template:
+        account = ledger.account(account_id)
+        at = parse_time(as_of, "as_of", end_of_day=True)
+        balance_as_of = tabular.balance_out(account_id, ledger.balance(account_id, as_of=at), at) if at else None
+        perf = tabular.performance_out(reports.performance(ledger, account_id, _day(from_, "from"),
+                                                           _day(to, "to", end=True)))
+        statement = statement_out(ledger.statement(
+            chart.investors(account_id), start=reports.start_of_day(date.fromisoformat(perf["from"])),
+            end=reports.end_of_day(date.fromisoformat(perf["to"])), cursor=cursor, limit=STATEMENT_PAGE_SIZE))
+        return _page(request, "account.html", title=f"Account {account_id}",
+                     account={"account_id": account.account_id, "status": account.status, "currency": account.currency,
+                              "balance": str(account.balance), "fee_rate": str(account.fee_rate),
+                              "product_id": account.product_id, "agent_type": account.agent_type},
+                     balance_as_of=balance_as_of, as_of=as_of or "", performance=perf, statement=statement,
+                     chart=balance_chart(perf["days"], account.currency))
+
+    @get("/trial-balance", sync_to_thread=True)
+    def trial_balance(self, request: Request, ledger: Ledger, as_of: str | None = None,
+                      cursor: str | None = None) -> Template:
+        page = reports.trial_balance(ledger, parse_time(as_of, "as_of", end_of_day=True), after=cursor,
+                                     limit=TRIAL_BALANCE_PAGE_SIZE)
+        return _page(request, "trial_balance.html", title="Trial balance", report=tabular.trial_balance_out(page),
+                     as_of=as_of or "")
+
+    @get("/balance-sheet", sync_to_thread=True)
+    def balance_sheet(self, request: Request, ledger: Ledger, as_of: str | None = None) -> Template:
+        sheet = reports.balance_sheet(ledger, parse_time(as_of, "as_of", end_of_day=True))
+        return _page(request, "balance_sheet.html", title="Balance sheet", report=tabular.balance_sheet_out(sheet),
+                     as_of=as_of or "")
+
+    @get("/income-statement", sync_to_thread=True)
+    def income_statement(self, request: Request, ledger: Ledger,
+                         from_: str | None = QueryParameter(name="from", default=None),
+                         to: str | None = None) -> Template:
+        statement = reports.income_statement(ledger, parse_time(from_, "from"), parse_time(to, "to", end_of_day=True))
+        return _page(request, "income_statement.html", title="Income statement",
+                     report=tabular.income_statement_out(statement), from_=from_ or "", to=to or "")
+
+    @get("/reconciliations", sync_to_thread=True)
+    def reconciliations(self, request: Request, ledger: Ledger) -> Template:
+        runs = views.reconciliation_runs(ledger.engine)
+        return _page(request, "reconciliations.html", title="Reconciliation", runs=runs)
+
+    @get("/alerts", sync_to_thread=True)
+    def alerts(self, request: Request, ledger: Ledger, status: str | None = "open", cursor: int | None = None,
+               acknowledged: int | None = None) -> Template:
+        status = status if status in views.ALERT_STATUSES else None
+        rows = views.alerts(ledger.engine, status=status, after=cursor, limit=ALERTS_PAGE_SIZE)
+        return _page(request, "alerts.html", title="Alerts", status=status or "all",
+                     alerts=[tabular.alert_out(r) for r in rows], acknowledged=acknowledged,
+                     next_cursor=rows[-1]["id"] if len(rows) == ALERTS_PAGE_SIZE else None)
+
+    @post("/alerts/{alert_id:int}/ack", opt={"role": "operator"})
+    async def acknowledge_alert(self, request: Request, ledger: Ledger, alert_id: int) -> Response:
+        await _check_post(request)
+        principal = request.scope.get("state", {}).get("principal", "unknown")
+        await to_thread.run_sync(acknowledge, ledger, alert_id, f"{principal} (page)")
+        return Redirect(path=f"/alerts?acknowledged={alert_id}", status_code=303, headers=SECURITY_HEADERS)
+
+
+ROUTER = Router(
+    path="/", route_handlers=[login_form, login, logout, PagesController,
+                              create_static_files_router(path="/static", directories=[HERE / "static"],
+                                                         include_in_schema=False)],
+    exception_handlers={LoginRequired: _on_login_required, PageForbidden: _on_forbidden, ApiError: _on_api_error,
+                        LedgerError: _on_ledger_error},
+    response_headers=[ResponseHeader(name=k, value=v) for k, v in SECURITY_HEADERS.items()])

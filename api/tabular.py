@@ -1,0 +1,219 @@
+"""Reports as JSON bodies and as rows (for CSV and terminal tables): the one place that shapes them.
+
+The API, the pages and `invledger report` all use these, so a figure is the same string everywhere:
+money at the currency's scale, returns with `reports.RETURN_PLACES` decimals, times RFC 3339 UTC.
+Nothing here touches HTTP; `api/controllers/reports.py` chooses JSON or CSV from the Accept header.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from ledger.money import Money
+from ledger.reports import BalanceSheet, IncomeStatement, Performance, SheetLine, TrialBalancePage
+
+Row = dict[str, Any]
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def rfc3339(at: datetime | None) -> str | None:
+    return None if at is None else at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def ratio(value: Decimal | None) -> str | None:
+    """A return or ratio as a plain decimal string ("0.00000000", never "0E-8")."""
+    return None if value is None else f"{value:f}"
+
+
+# ----------------------------------------------------------------------------------------------- csv
+
+def _cell(value: object) -> str:
+    """A CSV cell; text that a spreadsheet would run as a formula is prefixed with ' (numbers are left)."""
+    if value is None:
+        return ""
+    text = str(value)
+    if text.startswith(_FORMULA_START):
+        try:
+            Decimal(text)
+        except ArithmeticError:
+            return "'" + text
+    return text
+
+
+def to_csv(rows: list[Row], headers: list[str] | None = None) -> str:
+    """RFC 4180 text with a header line; `headers` for an empty report."""
+    out = io.StringIO()
+    fields = headers or (list(rows[0]) if rows else [])
+    if not fields:
+        return ""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(fields)
+    writer.writerows([_cell(row.get(f)) for f in fields] for row in rows)
+    return out.getvalue()
+
+
+# ------------------------------------------------------------------------------------- trial balance
+
+TRIAL_BALANCE_HEADERS = ["account", "type", "currency", "debit", "credit"]
+
+
+def trial_balance_out(tb: TrialBalancePage) -> dict[str, Any]:
+    return {"as_of": rfc3339(tb.as_of), "balanced": tb.balanced,
+            "rows": [{"account": r.account, "type": r.type, "currency": r.currency, "debit": str(r.debit),
+                      "credit": str(r.credit)} for r in tb.rows],
+            "totals": {c: {"debit": str(d), "credit": str(cr)} for c, (d, cr) in sorted(tb.totals.items())},
+            "next_cursor": tb.next_cursor}
+
+
+def trial_balance_rows(body: Mapping[str, Any]) -> list[Row]:
+    return list(body["rows"]) + [{"account": f"TOTAL {c}", "type": "", "currency": c, **t}
+                           for c, t in body["totals"].items()]
+
+
+# ------------------------------------------------------------------------------------- balance sheet
+
+BALANCE_SHEET_HEADERS = ["currency", "section", "line", "accounts", "balance"]
+
+
+def _sheet_lines(lines: tuple[SheetLine, ...]) -> list[Row]:
+    return [{"group": line.group, "accounts": line.accounts, "balance": str(line.balance)} for line in lines]
+
+
+def balance_sheet_out(sheet: BalanceSheet) -> dict[str, Any]:
+    return {"as_of": rfc3339(sheet.as_of), "balanced": sheet.balanced, "currencies": [{
+        "currency": c.currency, "assets": _sheet_lines(c.assets), "liabilities": _sheet_lines(c.liabilities),
+        "equity": _sheet_lines(c.equity), "retained_earnings": str(c.retained_earnings),
+        "total_assets": str(c.total_assets), "total_liabilities": str(c.total_liabilities),
+        "total_equity": str(c.total_equity),
+        "total_liabilities_and_equity": str(c.total_liabilities + c.total_equity), "balanced": c.balanced}
+        for c in sheet.currencies]}
+
+
+def balance_sheet_rows(body: Mapping[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for c in body["currencies"]:
+        currency = c["currency"]
+        for section in ("assets", "liabilities", "equity"):
+            rows += [{"currency": currency, "section": section, "line": line["group"], "accounts": line["accounts"],
+                      "balance": line["balance"]} for line in c[section]]
+        rows.append({"currency": currency, "section": "equity", "line": "retained earnings (income − expenses)",
+                     "accounts": "", "balance": c["retained_earnings"]})
+        rows += [{"currency": currency, "section": "total", "line": name.replace("_", " "), "accounts": "",
+                  "balance": c[name]}
+                 for name in ("total_assets", "total_liabilities", "total_equity", "total_liabilities_and_equity")]
+    return rows
+
+
+# ---------------------------------------------------------------------------------- income statement
+
+INCOME_STATEMENT_HEADERS = ["currency", "section", "account", "amount"]
+
+
+def income_statement_out(statement: IncomeStatement) -> dict[str, Any]:
+    return {"from": rfc3339(statement.start), "to": rfc3339(statement.end), "currencies": [{
+        "currency": c.currency,
+        "income": [{"account": line.account, "amount": str(line.amount)} for line in c.income],
+        "expenses": [{"account": line.account, "amount": str(line.amount)} for line in c.expenses],
+        "total_income": str(c.total_income), "total_expenses": str(c.total_expenses),
+        "net_income": str(c.net_income)} for c in statement.currencies]}
+
+
+def income_statement_rows(body: Mapping[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for c in body["currencies"]:
+        currency = c["currency"]
+        for section in ("income", "expenses"):
+            rows += [{"currency": currency, "section": section, **line} for line in c[section]]
+        rows += [{"currency": currency, "section": "total", "account": name.replace("_", " "), "amount": c[name]}
+                 for name in ("total_income", "total_expenses", "net_income")]
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ balances
+
+BALANCE_HEADERS = ["account_id", "currency", "balance", "as_of"]
+
+
+def balance_out(account_id: str, money: Money, as_of: datetime | None) -> dict[str, Any]:
+    return {"account_id": account_id, "currency": money.currency, "balance": str(money), "as_of": rfc3339(as_of)}
+
+
+def balance_rows(body: Mapping[str, Any]) -> list[Row]:
+    return [dict(body)]
+
+
+# ----------------------------------------------------------------------------------------- statement
+
+STATEMENT_HEADERS = ["effective_at", "recorded_at", "entry_id", "kind", "memo", "debit", "credit", "balance"]
+
+
+def statement_rows(body: Mapping[str, Any]) -> list[Row]:
+    """Opening balance first, then the lines with their running balance, then the closing balance."""
+    return ([{"effective_at": body["from"], "kind": "opening", "balance": body["opening_balance"]}]
+            + list(body["lines"])
+            + [{"effective_at": body["to"], "kind": "closing", "balance": body["closing_balance"]}])
+
+
+# --------------------------------------------------------------------------------------- performance
+
+PERFORMANCE_TABLE_HEADERS = ["date", "opening_balance", "flows", "profit", "closing_balance", "daily_return",
+                             "drawdown", "trades_executed", "winning_trades", "losing_trades"]  # for a terminal
+PERFORMANCE_HEADERS = ["date", "opening_balance", "flows", "profit", "closing_balance", "daily_return", "index",
+                       "drawdown", "trades_executed", "winning_trades", "losing_trades", "trades_source",
+                       "engine_closing_balance", "engine_daily_return"]
+
+
+def performance_out(p: Performance) -> dict[str, Any]:
+    return {"account_id": p.account_id, "currency": p.currency, "from": p.start.isoformat(),
+            "to": p.end.isoformat(), "opening_balance": str(p.opening_balance), "net_flows": str(p.net_flows),
+            "profit": str(p.profit), "closing_balance": str(p.closing_balance),
+            "time_weighted_return": ratio(p.time_weighted_return), "max_drawdown": ratio(p.max_drawdown),
+            "days": [{"date": d.date.isoformat(), "opening_balance": str(d.opening_balance), "flows": str(d.flows),
+                      "profit": str(d.profit), "closing_balance": str(d.closing_balance),
+                      "daily_return": ratio(d.daily_return), "index": ratio(d.index), "drawdown": ratio(d.drawdown),
+                      "trades_executed": d.trades_executed, "winning_trades": d.winning_trades,
+                      "losing_trades": d.losing_trades, "trades_source": d.trades_source,
+                      "engine_closing_balance": _text(d.engine_closing_balance),
+                      "engine_daily_return": ratio(d.engine_daily_return)} for d in p.days]}
+
+
+def performance_rows(body: Mapping[str, Any]) -> list[Row]:
+    """The daily rows, then a PERIOD row: its daily_return is the time-weighted return and its drawdown
+    the maximum drawdown of the period."""
+    days = list(body["days"])
+    won = [d["winning_trades"] for d in days if d["winning_trades"] is not None]
+    lost = [d["losing_trades"] for d in days if d["losing_trades"] is not None]
+    executed = [d["trades_executed"] for d in days if d["trades_executed"] is not None]
+    return days + [{
+        "date": f"PERIOD {body['from']}..{body['to']}", "opening_balance": body["opening_balance"],
+        "flows": body["net_flows"], "profit": body["profit"], "closing_balance": body["closing_balance"],
+        "daily_return": body["time_weighted_return"], "index": days[-1]["index"] if days else "",
+        "drawdown": body["max_drawdown"], "trades_executed": sum(executed) if executed else None,
+        "winning_trades": sum(won) if won else None, "losing_trades": sum(lost) if lost else None}]
+
+
+# -------------------------------------------------------------------------------------------- alerts
+
+ALERT_HEADERS = ["id", "kind", "status", "account_id", "event_key", "message", "created_at", "updated_at",
+                 "acknowledged_at", "acknowledged_by", "resolved_at"]
+
+
+def alert_rows(body: Mapping[str, Any]) -> list[Row]:
+    return list(body["items"])
+
+
+def alert_out(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "kind": row["kind"], "status": row["status"], "account_id": row["account_id"],
+            "event_key": row["event_key"], "message": row["message"], "details": row.get("details") or {},
+            "created_at": rfc3339(row["created_at"]), "updated_at": rfc3339(row["updated_at"]),
+            "acknowledged_at": rfc3339(row["acknowledged_at"]), "acknowledged_by": row["acknowledged_by"],
+            "resolved_at": rfc3339(row["resolved_at"])}

@@ -1,0 +1,79 @@
+"""Alerts: stored, raised once per open problem, resolved when it goes away, acknowledged by people.
+
+Sending to ALERT_WEBHOOK_URL happens after commit (see `notify_pending`), so a failed send never
+loses an alert and never blocks the write that raised it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+import msgspec
+import sqlalchemy as sa
+
+log = logging.getLogger("integration.alerts")
+_json = msgspec.json.Encoder(order="deterministic")
+NOTIFY_BATCH_MAX = 100
+NOTIFY_TIMEOUT_S = 5.0
+
+
+def raise_alert(connection: sa.Connection, *, kind: str, dedup_key: str, message: str,
+                account_id: str | None = None, event_key: str | None = None,
+                details: dict[str, Any] | None = None) -> int | None:
+    """Open an alert unless one is already open (or acknowledged) for `dedup_key`; its id if new."""
+    return connection.execute(sa.text("""
+        INSERT INTO alert (kind, dedup_key, message, account_id, event_key, details)
+        VALUES (:kind, :dedup_key, :message, :account_id, :event_key, CAST(:details AS jsonb))
+        ON CONFLICT (dedup_key) WHERE status <> 'resolved' DO NOTHING RETURNING id"""), {
+        "kind": kind, "dedup_key": dedup_key, "message": message[:2000], "account_id": account_id,
+        "event_key": event_key, "details": _json.encode(details or {}).decode()}).scalar()
+
+
+def resolve_alert(connection: sa.Connection, dedup_key: str) -> bool:
+    return bool(connection.execute(sa.text("""
+        UPDATE alert SET status = 'resolved', resolved_at = now(), updated_at = now()
+         WHERE dedup_key = :k AND status <> 'resolved'"""), {"k": dedup_key}).rowcount)
+
+
+def acknowledge(connection: sa.Connection, alert_id: int, by: str) -> dict[str, Any] | None:
+    row = connection.execute(sa.text("""
+        UPDATE alert SET status = CASE WHEN status = 'open' THEN 'acknowledged' ELSE status END,
+               acknowledged_at = COALESCE(acknowledged_at, now()), acknowledged_by = COALESCE(acknowledged_by, :by),
+               updated_at = now()
+         WHERE id = :id RETURNING *"""), {"id": alert_id, "by": by}).mappings().first()
+    return dict(row) if row else None
+
+
+def notify_pending(engine: sa.Engine, url: str | None, *, client: httpx.Client | None = None) -> int:
+    """POST alerts not yet sent to `url` (Slack-compatible `text`); mark them sent. Returns how many."""
+    if not url:
+        return 0
+    sent = 0
+    own = client is None
+    client = client or httpx.Client(timeout=NOTIFY_TIMEOUT_S, follow_redirects=False)
+    try:
+        with engine.begin() as connection:
+            rows = connection.execute(sa.text("""
+                SELECT id, kind, account_id, event_key, message, status, created_at FROM alert
+                 WHERE notified_at IS NULL ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED"""),
+                {"n": NOTIFY_BATCH_MAX}).mappings().all()
+            for row in rows:
+                payload = {"text": f"[invledger] {row['kind']}: {row['message']}", "alert_id": row["id"],
+                           "kind": row["kind"], "account_id": row["account_id"], "event_key": row["event_key"],
+                           "status": row["status"], "created_at": row["created_at"].isoformat()}
+                try:
+                    response = client.post(url, content=_json.encode(payload),
+                                           headers={"content-type": "application/json"})
+                    response.raise_for_status()
+                except httpx.HTTPError as error:
+                    log.warning("alert notification failed", extra={"alert_id": row["id"], "error": str(error)})
+                    break
+                connection.execute(sa.text("UPDATE alert SET notified_at = now() WHERE id = :id"),
+                                   {"id": row["id"]})
+                sent += 1
+    finally:
+        if own:
+            client.close()
+    return sent

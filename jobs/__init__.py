@@ -1,0 +1,1 @@
+"""Scheduling and dramatiq actors only; the work itself lives in `ledger/` and `integration/`."""

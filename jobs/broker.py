@@ -1,0 +1,69 @@
+"""The dramatiq broker, chosen by BROKER_URL: RabbitMQ (amqp://), Redis (redis://), or in-process.
+
+In-process (BROKER_URL unset) uses dramatiq's StubBroker with a Worker inside `serve`, so a newcomer
+needs nothing else; messages then live in memory, which is safe because the durable truth (outbox
+rows, run records) is in PostgreSQL and every job re-reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
+
+log = logging.getLogger("jobs.broker")
+MESSAGE_AGE_LIMIT_MS = 60 * 60 * 1000
+MESSAGE_TIME_LIMIT_MS = 30 * 60 * 1000
+
+
+def _middleware() -> list:
+    return [AgeLimit(max_age=MESSAGE_AGE_LIMIT_MS), TimeLimit(time_limit=MESSAGE_TIME_LIMIT_MS),
+            ShutdownNotifications(), Callbacks(), Pipelines(), Retries(max_retries=3, min_backoff=1000)]
+
+
+def make_broker(url: str | None) -> dramatiq.Broker:
+    if not url:
+        return StubBroker(middleware=_middleware())
+    if url.startswith(("amqp://", "amqps://")):
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        return RabbitmqBroker(url=url, middleware=_middleware(), confirm_delivery=True)
+    if url.startswith(("redis://", "rediss://")):
+        from dramatiq.brokers.redis import RedisBroker
+
+        return RedisBroker(url=url, middleware=_middleware())
+    raise ValueError("BROKER_URL must start with amqp://, amqps://, redis:// or rediss://")
+
+
+def install(url: str | None) -> dramatiq.Broker:
+    """Make the broker for `url` the global one and bind every actor of jobs.actors to it."""
+    broker = make_broker(url)
+    dramatiq.set_broker(broker)
+    from jobs import actors
+
+    for actor in actors.ALL:
+        actor.broker = broker
+        broker.declare_actor(actor)
+    log.info("broker installed", extra={"broker": type(broker).__name__})
+    return broker
+
+
+def is_in_process(broker: dramatiq.Broker) -> bool:
+    return isinstance(broker, StubBroker)
+
+
+def probe(broker: dramatiq.Broker) -> str:
+    """'ok' when the broker answers (for /ready)."""
+    if is_in_process(broker):
+        return "ok"
+    try:
+        broker.get_declared_queues()
+        if hasattr(broker, "channel"):
+            broker.channel.queue_declare(queue="default", durable=True, passive=True)  # type: ignore[attr-defined]
+        elif hasattr(broker, "client"):
+            broker.client.ping()  # type: ignore[attr-defined]
+        return "ok"
+    except Exception as error:  # noqa: BLE001
+        return f"unavailable: {type(error).__name__}"

@@ -1,0 +1,131 @@
+"""Accounts API over ASGI on the real database: auth, validation, idempotency, overdraft, status."""
+
+from __future__ import annotations
+
+import uuid
+
+from tests.api.conftest import auth
+
+
+def new_id() -> str:
+    return f"api-{uuid.uuid4().hex[:10]}"
+
+
+def open_account(client, keys, initial="1000.00", **extra) -> str:
+    account_id = new_id()
+    response = client.post("/api/v1/accounts", headers=auth(keys["operator"]), json={
+        "account_id": account_id, "product_id": "p-1", "agent_type": "swing", "currency": "USD",
+        "initial_capital": initial, **extra})
+    assert response.status_code == 201, response.text
+    return account_id
+
+
+def test_health_needs_no_key(client) -> None:
+    assert client.get("/api/v1/health").json() == {"status": "ok"}
+    ready = client.get("/api/v1/ready")
+    assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"
+
+
+def test_no_key_is_401_and_finance_cannot_write(client, keys) -> None:
+    response = client.get("/api/v1/accounts")
+    assert response.status_code == 401 and response.json()["error"] == "unauthorized"
+    assert client.get("/api/v1/accounts", headers=auth("ilk_nothere_bogus")).status_code == 401
+    response = client.post("/api/v1/accounts", headers=auth(keys["finance"]),
+                           json={"account_id": new_id(), "product_id": "p", "agent_type": "a"})
+    assert response.status_code == 403 and set(response.json()) == {"error", "detail"}
+    assert client.get("/api/v1/accounts", headers=auth(keys["finance"])).status_code == 200
+
+
+def test_open_read_and_list(client, keys) -> None:
+    account_id = open_account(client, keys, "1250.5")
+    body = client.get(f"/api/v1/accounts/{account_id}", headers=auth(keys["finance"])).json()
+    assert body["balance"] == "1250.50" and body["status"] == "active" and body["currency"] == "USD"
+    assert body["fee_rate"] == "0.200000"
+    again = client.post("/api/v1/accounts", headers=auth(keys["operator"]), json={
+        "account_id": account_id, "product_id": "p-1", "agent_type": "swing", "currency": "USD",
+        "initial_capital": "1250.50"})
+    assert again.status_code == 200  # the same account again is not a second one
+    other = client.post("/api/v1/accounts", headers=auth(keys["operator"]), json={
+        "account_id": account_id, "product_id": "p-2", "agent_type": "swing"})
+    assert other.status_code == 409
+    assert client.get("/api/v1/accounts/nope-missing", headers=auth(keys["finance"])).status_code == 404
+    page = client.get("/api/v1/accounts?limit=1", headers=auth(keys["finance"])).json()
+    assert len(page["items"]) == 1 and page["next_cursor"]
+
+
+def test_deposit_idempotency(client, keys) -> None:
+    account_id = open_account(client, keys)
+    url = f"/api/v1/accounts/{account_id}/deposits"
+    headers = {**auth(keys["operator"]), "Idempotency-Key": "dep-1"}
+    first = client.post(url, headers=headers, json={"amount": "10.25", "reference": "wire 1"})
+    assert first.status_code == 201 and first.json()["balance"] == "1010.25"
+    again = client.post(url, headers=headers, json={"amount": "10.25", "reference": "wire 1"})
+    assert again.status_code == 201 and again.json() == first.json()
+    conflict = client.post(url, headers=headers, json={"amount": "10.26", "reference": "wire 1"})
+    assert conflict.status_code == 409 and conflict.json()["error"] == "idempotency_conflict"
+    missing = client.post(url, headers=auth(keys["operator"]), json={"amount": "1"})
+    assert missing.status_code == 400
+    assert client.get(f"/api/v1/accounts/{account_id}", headers=auth(keys["finance"])).json()["balance"] == "1010.25"
+
+
+def test_bad_amounts_are_422_and_change_nothing(client, keys) -> None:
+    account_id = open_account(client, keys)
+    url = f"/api/v1/accounts/{account_id}/deposits"
+    for i, amount in enumerate(["0", "-5", "1.001", "NaN", "Infinity", "1e400", "abc", 1e-7]):
+        response = client.post(url, headers={**auth(keys["operator"]), "Idempotency-Key": f"bad-{i}"},
+                               json={"amount": amount})
+        assert response.status_code in (400, 422), (amount, response.text)
+        assert set(response.json()) == {"error", "detail"}
+    malformed = client.post(url, headers={**auth(keys["operator"]), "Idempotency-Key": "m",
+                                          "content-type": "application/json"}, content=b"{not json")
+    assert malformed.status_code == 400
+    assert client.get(f"/api/v1/accounts/{account_id}", headers=auth(keys["finance"])).json()["balance"] == "1000.00"
+
+
+def test_overdraft_is_409_and_balance_unchanged(client, keys) -> None:
+    account_id = open_account(client, keys, "100.00")
+    response = client.post(f"/api/v1/accounts/{account_id}/withdrawals",
+                           headers={**auth(keys["operator"]), "Idempotency-Key": "w1"}, json={"amount": "100.01"})
+    assert response.status_code == 409 and response.json()["error"] == "insufficient_funds"
+    ok = client.post(f"/api/v1/accounts/{account_id}/withdrawals",
+                     headers={**auth(keys["operator"]), "Idempotency-Key": "w2"}, json={"amount": "100.00"})
+    assert ok.status_code == 201 and ok.json()["balance"] == "0.00"
+
+
+def test_pause_resume_close_and_journal(client, keys) -> None:
+    account_id = open_account(client, keys)
+    op = auth(keys["operator"])
+    assert client.post(f"/api/v1/accounts/{account_id}/pause", headers=op).json()["status"] == "paused"
+    assert client.post(f"/api/v1/accounts/{account_id}/resume", headers=op).json()["status"] == "active"
+    assert client.post(f"/api/v1/accounts/{account_id}/close", headers=op).json()["status"] == "closed"
+    assert client.post(f"/api/v1/accounts/{account_id}/resume", headers=op).status_code == 409
+    deposit = client.post(f"/api/v1/accounts/{account_id}/deposits", headers={**op, "Idempotency-Key": "x"},
+                          json={"amount": "1.00"})
+    assert deposit.status_code == 409
+    journal = client.get(f"/api/v1/journal?account={account_id}", headers=auth(keys["finance"])).json()
+    assert [e["kind"] for e in journal["items"]] == ["deposit"]
+    entry_id = journal["items"][0]["entry_id"]
+    entry = client.get(f"/api/v1/journal/{entry_id}", headers=auth(keys["finance"])).json()
+    assert {p["side"] for p in entry["postings"]} == {"debit", "credit"}
+    assert client.put(f"/api/v1/journal/{entry_id}", headers=op, json={}).status_code in (404, 405)
+    assert client.delete(f"/api/v1/journal/{entry_id}", headers=op).status_code in (404, 405)
+
+
+def test_reversal_once(client, keys) -> None:
+    account_id = open_account(client, keys)
+    op = auth(keys["operator"])
+    dep = client.post(f"/api/v1/accounts/{account_id}/deposits", headers={**op, "Idempotency-Key": "r"},
+                      json={"amount": "5.00"}).json()
+    first = client.post(f"/api/v1/journal/{dep['entry_id']}/reversal", headers=op, json={"reason": "typo"})
+    assert first.status_code == 201
+    second = client.post(f"/api/v1/journal/{dep['entry_id']}/reversal", headers=op, json={"reason": "typo"})
+    assert second.status_code == 409 and second.json()["error"] == "already_reversed"
+    assert client.get(f"/api/v1/accounts/{account_id}/balance", headers=op).json()["balance"] == "1000.00"
+
+
+def test_statement_and_openapi(client, keys) -> None:
+    account_id = open_account(client, keys)
+    statement = client.get(f"/api/v1/accounts/{account_id}/statement", headers=auth(keys["finance"])).json()
+    assert statement["opening_balance"] == "0.00" and statement["closing_balance"] == "1000.00"
+    assert client.get("/schema/openapi.json").status_code == 200
+    assert "invledger_webhooks_total" in client.get("/metrics").text

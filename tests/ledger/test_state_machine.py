@@ -97,6 +97,9 @@ def _investors(account_id: str) -> str:
     return f"liabilities:investors:{account_id}"
 
 
+_STARTED = datetime.now(UTC)
+
+
 class LedgerMachine(RuleBasedStateMachine):
     """Each run opens its own accounts, so runs never see each other's balances."""
 
@@ -114,7 +117,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.entries: dict[int, ModelEntry] = {}
         self.order = 0
         self.steps = 0
-        self.started = datetime.now(UTC)
+        self.started = _STARTED  # fixed: the bounds of a strategy must not move between examples
 
     # ------------------------------------------------------------------------------ helpers
 

@@ -1,0 +1,255 @@
+"""Several instances at once (issue 7, item 4): two `serve`, two `worker` and two `scheduler` processes on
+RabbitMQ against one PostgreSQL.
+
+Webhooks, deposits and withdrawals go to either server at random from many threads, with redeliveries and
+replayed idempotency keys mixed in. Afterwards: every balance equals what the 2xx answers acknowledged
+(exactly once), no client saw a 5xx (a deadlock or serialization failure is retried, never surfaced),
+the engine got every capital notification exactly once (its capital equals the acknowledged deposits and
+withdrawals), a job enqueued for the same period by two processes ran once, and `verify` is clean.
+
+Each test run gets a RabbitMQ virtual host of its own (made with `rabbitmqctl`, removed at the end), so the
+processes' default queue cannot meet another run's messages. It needs a real broker: it runs when
+BROKER_URL is an amqp:// URL (CI's second pass), and says so when skipped in the embedded pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from api.auth import create_key
+from integration.signature import sign
+from integration.simulator import Simulator
+from ledger.verify import verify
+
+pytestmark = [pytest.mark.slow, pytest.mark.broker]
+
+SECRET = "instances-webhook-secret-0123456789"
+ENGINE_KEY = "instances-engine-key"
+ACCOUNTS = 6
+SENDERS = 12
+REQUESTS_PER_SENDER = 60
+INITIAL = Decimal("5000.00")
+BIN = Path(sys.executable).parent
+
+
+def _amqp_url() -> str:
+    url = os.environ.get("BROKER_URL", "")
+    if not url.startswith("amqp://"):
+        pytest.skip("several instances need a shared broker: runs when BROKER_URL=amqp://… (CI's services pass)")
+    if shutil.which("rabbitmqctl") is None:
+        pytest.fail("BROKER_URL is RabbitMQ but rabbitmqctl is not on PATH (needed for a vhost of our own)")
+    return url
+
+
+@pytest.fixture
+def vhost_url() -> Iterator[str]:
+    base = _amqp_url()
+    vhost = f"invledger-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True, timeout=60)
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+                   check=True, capture_output=True, timeout=60)
+    parts = urlsplit(base)
+    yield urlunsplit((parts.scheme, parts.netloc, "/" + vhost, "", ""))
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Processes:
+    """`invledger` subprocesses with one environment; logs kept under the test's tmp dir."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env, self.logs = env, logs
+        self.running: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, *args: str, **extra_env: str) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 — closed with the process
+        process = subprocess.Popen([str(BIN / "invledger"), *args], env={**self.env, **extra_env},
+                                   stdout=log, stderr=subprocess.STDOUT)
+        self.running.append((name, process))
+        return process
+
+    def stop_all(self) -> None:
+        for _, process in self.running:
+            process.terminate()
+        for _, process in self.running:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def log_text(self) -> str:
+        return "".join((self.logs / f"{name}.log").read_text(errors="replace") for name, _ in self.running)
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"server exited with {process.returncode}"
+        try:
+            if httpx.get(url + "/api/v1/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"{url} did not come up in {timeout_s} s")
+
+
+def _wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def test_two_servers_two_workers_two_schedulers(migrated_url: str, engine: sa.Engine, vhost_url: str,
+                                               tmp_path: Path) -> None:
+    sim = Simulator(seed=5, api_key=ENGINE_KEY, start_date=datetime.now(UTC).date()).serve()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_", "ML_ENGINE_"))}
+    env.update(DATABASE_URL=migrated_url, BROKER_URL=vhost_url, ML_ENGINE_URL=sim.api_url,
+               ML_ENGINE_API_KEY=ENGINE_KEY, ML_ENGINE_WEBHOOK_SECRET=SECRET, LEDGER_DATA_DIR=str(tmp_path / "data"),
+               ML_ENGINE_TIMEOUT_MS="3000", ML_ENGINE_RETRY_DELAY_MS="50", LOG_LEVEL="WARNING")
+    procs = Processes(env, tmp_path)
+    try:
+        servers = []
+        for i in range(2):
+            port = _free_port()
+            servers.append((f"http://127.0.0.1:{port}",
+                            procs.start(f"serve-{i}", "serve", LEDGER_HOST="127.0.0.1", LEDGER_PORT=str(port))))
+        for i in range(2):
+            procs.start(f"worker-{i}", "worker")
+            procs.start(f"scheduler-{i}", "scheduler")
+        for url, process in servers:
+            _wait_ready(url, process)
+        urls = [url for url, _ in servers]
+        operator = create_key(engine, "operator", "instances-test")
+        headers = {"Authorization": f"Bearer {operator}"}
+
+        account_ids = [f"inst-{uuid.uuid4().hex[:8]}" for _ in range(ACCOUNTS)]
+        for account_id in account_ids:
+            answer = httpx.post(random.choice(urls) + "/api/v1/accounts", headers=headers, timeout=30, json={
+                "account_id": account_id, "product_id": "p", "agent_type": "swing", "currency": "USD",
+                "initial_capital": str(INITIAL)})
+            assert answer.status_code == 201, answer.text
+
+        expected = {a: INITIAL for a in account_ids}       # ledger balance the 2xx answers promise
+        capital = {a: INITIAL for a in account_ids}        # what the engine must end with
+        statuses: Counter[int] = Counter()
+        lock = threading.Lock()
+
+        def sender(n: int) -> None:
+            rng = random.Random(n)
+            sent: list[tuple[str, bytes | dict, dict[str, str]]] = []
+            with httpx.Client(timeout=30) as http:
+                for i in range(REQUESTS_PER_SENDER):
+                    account_id = rng.choice(account_ids)
+                    roll = rng.random()
+                    if sent and roll < 0.15:  # a redelivery or a replayed idempotency key: changes nothing
+                        kind, payload, extra = rng.choice(sent)
+                        effect = Decimal(0)
+                    elif roll < 0.65:
+                        pnl = Decimal(rng.randint(-500, 900)) / 100 or Decimal("0.01")
+                        data = {"trade_id": f"t-{n}-{i}-{uuid.uuid4().hex[:6]}", "account_id": account_id,
+                                "symbol": "EURUSD", "side": "buy", "quantity": 1000, "entry_price": "1.0841",
+                                "exit_price": "1.0853", "status": "closed", "profit_loss": str(pnl),
+                                "executed_at": (datetime.now(UTC) - timedelta(seconds=rng.randint(1, 3600)))
+                                .isoformat().replace("+00:00", "Z")}
+                        body = json.dumps({"event_type": "trade.executed", "data": data}).encode()
+                        kind, payload, extra = "webhook", body, {"X-ML-Signature": sign(SECRET, body),
+                                                                 "content-type": "application/json"}
+                        effect = pnl
+                    else:
+                        amount = Decimal(rng.randint(1, 2000)) / 100
+                        operation = "deposits" if roll < 0.85 else "withdrawals"
+                        kind = f"/api/v1/accounts/{account_id}/{operation}"
+                        payload = {"amount": str(amount), "reference": f"r-{n}-{i}"}
+                        extra = {**headers, "Idempotency-Key": uuid.uuid4().hex}
+                        effect = amount if operation == "deposits" else -amount
+                    base = rng.choice(urls)
+                    if kind == "webhook":
+                        answer = http.post(base + "/api/v1/webhooks/ml-engine", content=payload, headers=extra)
+                    else:
+                        answer = http.post(base + kind, json=payload, headers=extra)
+                    with lock:
+                        statuses[answer.status_code] += 1
+                        if answer.status_code in (200, 201) and effect:
+                            target = kind.split("/")[4] if kind != "webhook" else account_id
+                            expected[target] += effect
+                            if kind != "webhook":
+                                capital[target] += effect
+                    if answer.status_code in (200, 201):
+                        sent.append((kind, payload, extra))
+
+        threads = [threading.Thread(target=sender, args=(n,)) for n in range(SENDERS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not [s for s in statuses if s >= 500], f"a server error surfaced: {dict(statuses)}"
+        assert set(statuses) <= {200, 201}, dict(statuses)  # small withdrawals: no overdraft expected
+
+        # Every capital notification reaches the engine exactly once (two workers, two schedulers).
+        def outbox_drained() -> bool:
+            with engine.connect() as c:
+                pending = sa.text("SELECT count(*) FROM outbox_event WHERE status <> 'delivered'")
+                return c.execute(pending).scalar_one() == 0
+        _wait_for(outbox_drained, 90, "the outbox to drain")
+        state = sim.state()["accounts"]
+        for account_id in account_ids:
+            balance = httpx.get(f"{random.choice(urls)}/api/v1/accounts/{account_id}/balance", headers=headers,
+                                timeout=10).json()["balance"]
+            assert Decimal(balance) == expected[account_id], account_id
+            assert Decimal(str(state[account_id]["capital"])) == capital[account_id], account_id
+
+        # A job enqueued for one period by two processes at once runs once.
+        period = f"instances-{uuid.uuid4().hex[:6]}"
+        senders = [subprocess.Popen([sys.executable, "-c", (
+            "import sys; from jobs import broker; broker.install(sys.argv[1]); from jobs import actors; "
+            "actors.reconcile.send(period=sys.argv[2])"), vhost_url, period], env=env) for _ in range(2)]
+        assert [p.wait(timeout=60) for p in senders] == [0, 0]
+
+        def reconciled() -> bool:
+            with engine.connect() as c:
+                return c.execute(sa.text("SELECT count(*) FROM job_run WHERE run_key = :k AND status = 'done'"),
+                                 {"k": f"reconcile:{period}"}).scalar_one() == 1
+        _wait_for(reconciled, 120, "the reconciliation run")
+        time.sleep(3)  # the second message, were it to start the work again, has had its chance
+        with engine.connect() as c:
+            runs = c.execute(sa.text("SELECT status, attempts FROM job_run WHERE run_key = :k"),
+                             {"k": f"reconcile:{period}"}).all()
+        assert [(r.status, r.attempts) for r in runs] == [("done", 1)]  # one record, worked on once
+
+        report = verify(engine)
+        assert report.ok, report.findings
+        acknowledged = statuses[200] + statuses[201]
+        print(json.dumps({"figure": "several_instances", "servers": 2, "workers": 2, "schedulers": 2,
+                          "requests": sum(statuses.values()), "acknowledged": acknowledged, "lost": 0,
+                          "duplicated": 0, "server_errors": 0}))
+    finally:
+        procs.stop_all()
+        sim.stop()

@@ -7,7 +7,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 PYTEST_ARGS ?=
 
-.PHONY: help install browser run test test-fast bench lint fmt migrate verify clean
+.PHONY: help install browser run soak test test-fast bench lint fmt migrate verify clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ test: $(STAMP) browser  ## the whole suite on a real PostgreSQL (embedded unless
 
 test-fast: $(STAMP)  ## the suite without the slow marker
 	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+soak: $(STAMP)  ## the 10-minute soak alone (SOAK_SECONDS to change it); prints its figures as JSON
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(BIN)/python -m pytest -s -m soak tests/reliability/test_soak.py
 
 bench: $(STAMP)  ## benchmarks; QUICK=1 for the short run; writes bench/results.json
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)

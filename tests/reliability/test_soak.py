@@ -31,7 +31,8 @@ from integration.simulator import Faults, Simulator
 from ledger import AccountSpec, Ledger
 from ledger.verify import verify
 
-pytestmark = [pytest.mark.slow, pytest.mark.soak]
+pytestmark = [pytest.mark.slow, pytest.mark.soak,
+              pytest.mark.timeout(float(os.environ.get("SOAK_SECONDS", "600")) + 400)]
 
 SECRET = "soak-webhook-secret-0123456789"
 ENGINE_KEY = "soak-engine-key"

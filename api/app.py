@@ -22,7 +22,7 @@ from api.controllers.outbox import OutboxController
 from api.controllers.reconciliations import ReconciliationController
 from api.controllers.reports import ReportController
 from api.controllers.webhooks import ml_engine_webhook
-from api.errors import HANDLERS
+from api.errors import HANDLERS, document_error_answers
 from integration.webhooks import WebhookProcessor
 from invledger import __version__, metrics
 from invledger.config import Settings
@@ -52,12 +52,18 @@ def ready(ledger: Ledger, state: State) -> Response[dict[str, Any]]:
     return Response({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
 
-@get("/metrics", tags=["operations"], summary="Prometheus metrics", sync_to_thread=True, include_in_schema=True)
+# litestar adds "; charset=utf-8" to text/* itself; the route's media type is what the OpenAPI documents.
+PROMETHEUS_MEDIA_TYPE = "text/plain; version=0.0.4"
+
+
+@get("/metrics", tags=["operations"], summary="Prometheus metrics", sync_to_thread=True, include_in_schema=True,
+     media_type=PROMETHEUS_MEDIA_TYPE)
 def prometheus_metrics() -> Response[bytes]:
-    return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(metrics.render(), media_type=PROMETHEUS_MEDIA_TYPE)
 
 
-@get("/api/v1/metrics", tags=["operations"], summary="Prometheus metrics", sync_to_thread=True)
+@get("/api/v1/metrics", tags=["operations"], summary="Prometheus metrics", sync_to_thread=True,
+     media_type=PROMETHEUS_MEDIA_TYPE)
 def prometheus_metrics_v1() -> Response[bytes]:
     return prometheus_metrics.fn()
 
@@ -95,7 +101,7 @@ def create_app(ledger: Ledger, settings: Settings, *, readiness: dict[str, Calla
     def constant(value: Any) -> Provide:
         return Provide(lambda: value, sync_to_thread=False)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[health, ready, prometheus_metrics, prometheus_metrics_v1, ml_engine_webhook,
                         AccountController, JournalController, OutboxController, ReportController, AlertController,
                         ReconciliationController, pages.ROUTER, *(route_handlers or [])],
@@ -116,3 +122,5 @@ def create_app(ledger: Ledger, settings: Settings, *, readiness: dict[str, Calla
             components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
             security=[{"bearer": []}]),
     )
+    document_error_answers(app.openapi_schema)
+    return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -65,6 +66,8 @@ def on_http_exception(_: Request, error: HTTPException) -> Response:
 
 
 def on_unexpected(_: Request, error: Exception) -> Response:
+    if isinstance(error, RecursionError):  # litestar's JSON decoder on a body nested thousands deep
+        return answer(400, "malformed", "the JSON is nested too deeply")
     if isinstance(error, DataError) or isinstance(error, PsycopgDataError):
         # e.g. a NUL byte in a text field, a number out of the column's range: the input, not us.
         return answer(422, "invalid", "a field holds a value the ledger cannot store (NUL byte or out of range)")
@@ -81,3 +84,56 @@ HANDLERS = {
     HTTPException: on_http_exception,
     Exception: on_unexpected,
 }
+
+
+# ------------------------------------------------------------------------------ the answers, documented
+
+_ERROR_TEXT = {400: "Malformed request", 401: "No or unknown API key (or webhook signature)",
+               403: "The key's role is too low", 404: "No such resource", 409: "Conflict with recorded state",
+               413: "Body too large", 422: "Invalid value", 503: "Database or job queue unavailable; retry later"}
+_PUBLIC_PATHS = {"/api/v1/health", "/api/v1/ready", "/metrics", "/api/v1/metrics", "/api/v1/webhooks/ml-engine"}
+_WEBHOOK_PATH = "/api/v1/webhooks/ml-engine"
+
+
+def document_error_answers(openapi: Any) -> None:
+    """Add the error answers each operation can give (all `{"error", "detail"}`) to the generated OpenAPI.
+
+    litestar documents only the success answer; clients (and schemathesis) need the refusals too.
+    """
+    from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Schema
+    from litestar.openapi.spec.enums import OpenAPIType
+
+    error_schema = Schema(type=OpenAPIType.OBJECT, required=["error", "detail"],
+                          properties={"error": Schema(type=OpenAPIType.STRING),
+                                      "detail": Schema(type=OpenAPIType.STRING)})
+
+    def error(status: int) -> OpenAPIResponse:
+        return OpenAPIResponse(description=_ERROR_TEXT[status],
+                               content={"application/json": OpenAPIMediaType(schema=error_schema)})
+
+    for path, item in (openapi.paths or {}).items():
+        for method in ("get", "post", "put", "patch", "delete"):
+            operation = getattr(item, method, None)
+            if operation is None:
+                continue
+            responses = operation.responses = dict(operation.responses or {})
+            if path in _PUBLIC_PATHS:
+                operation.security = []
+                codes: set[int] = set()
+            else:
+                codes = {400, 401, 403, 422, 503}
+            if "{" in path:
+                codes.add(404)
+            if method == "post":
+                codes |= {400, 409, 413, 422, 503}
+            if path == "/api/v1/ready":
+                codes.add(503)
+            if path == _WEBHOOK_PATH:
+                responses.pop("201", None)
+                responses["200"] = OpenAPIResponse(description="Applied, or already applied (duplicate)")
+                responses["202"] = OpenAPIResponse(description="Stored and kept for review")
+                codes = {400, 401, 413, 422, 503}
+            if path == "/api/v1/accounts" and method == "post":
+                responses.setdefault("200", OpenAPIResponse(description="The account already exists as asked"))
+            for status in sorted(codes):
+                responses[str(status)] = error(status)  # ours, not litestar's default 400 body

@@ -18,7 +18,7 @@ import hmac
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
 from anyio import to_thread
@@ -36,7 +36,7 @@ from api import tabular, views
 from api.auth import RANK, KeyStore
 from api.controllers.alerts import acknowledge
 from api.errors import STATUS_OF, ApiError
-from api.schemas import parse_time, rfc3339, statement_out
+from api.schemas import PeriodStart, parse_time, rfc3339, statement_out
 from ledger import Ledger, chart, reports
 from ledger.errors import LedgerError
 
@@ -161,7 +161,7 @@ def _on_ledger_error(request: Request, error: LedgerError) -> Template:
 
 
 @get("/login", sync_to_thread=False, include_in_schema=False)
-def login_form(request: Request, next_: str | None = QueryParameter(name="next", default=None)) -> Template:
+def login_form(request: Request, next_: Annotated[str | None, QueryParameter(name="next")] = None) -> Template:
     return _page(request, "login.html", next=_safe_next(next_), error=None)
 
 
@@ -247,7 +247,7 @@ class PagesController(Controller):
 
     @get("/accounts/{account_id:str}", sync_to_thread=True)
     def account(self, request: Request, ledger: Ledger, account_id: str,
-                from_: str | None = QueryParameter(name="from", default=None), to: str | None = None,
+                from_: PeriodStart = None, to: str | None = None,
                 as_of: str | None = None, cursor: str | None = None) -> Template:
         account = ledger.account(account_id)
         at = parse_time(as_of, "as_of", end_of_day=True)
@@ -280,7 +280,7 @@ class PagesController(Controller):
 
     @get("/income-statement", sync_to_thread=True)
     def income_statement(self, request: Request, ledger: Ledger,
-                         from_: str | None = QueryParameter(name="from", default=None),
+                         from_: PeriodStart = None,
                          to: str | None = None) -> Template:
         statement = reports.income_statement(ledger, parse_time(from_, "from"), parse_time(to, "to", end_of_day=True))
         return _page(request, "income_statement.html", title="Income statement",

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 import msgspec
+from litestar.params import HeaderParameter, QueryParameter
 
 from api.errors import ApiError
 from ledger.model import Entry, InvestmentAccount, Posted, Statement, TrialBalance
@@ -17,6 +18,9 @@ AccountId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,6
 Short = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3,5}$")]
 Reference = Annotated[str, msgspec.Meta(max_length=500)]
+# Parameters whose wire name is not a Python name: `from` (a keyword) and the Idempotency-Key header.
+PeriodStart = Annotated[str | None, QueryParameter(name="from")]
+IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key")]
 
 
 class CreateAccount(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from integration import reconcile
 from ledger.money import Money
 from ledger.reports import BalanceSheet, IncomeStatement, Performance, SheetLine, TrialBalancePage
 
@@ -217,3 +218,34 @@ def alert_out(row: Mapping[str, Any]) -> dict[str, Any]:
             "created_at": rfc3339(row["created_at"]), "updated_at": rfc3339(row["updated_at"]),
             "acknowledged_at": rfc3339(row["acknowledged_at"]), "acknowledged_by": row["acknowledged_by"],
             "resolved_at": rfc3339(row["resolved_at"])}
+
+
+# ------------------------------------------------------------------------------------ reconciliation
+
+RECONCILIATION_RESULTS = reconcile.RESULTS  # matched, break, engine_unavailable, unknown_account, status_mismatch
+RUN_HEADERS = ["run_id", "run_key", "period", "trigger", "status", "accounts", *RECONCILIATION_RESULTS,
+               "alerts_raised", "alerts_resolved", "created_at", "started_at", "finished_at", "error"]
+RESULT_HEADERS = ["account_id", "currency", "result", "ledger_balance", "engine_balance", "difference", "in_flight",
+                  "ledger_status", "engine_status", "detail"]
+
+
+def run_out(run: Any) -> dict[str, Any]:
+    """A reconciliation run (an `integration.runs.Run`): accounts per result under the contract's names."""
+    c = run.counts
+    counts = {result: c.get("breaks" if result == "break" else result, 0) for result in RECONCILIATION_RESULTS}
+    return {"run_id": run.id, "run_key": run.run_key, "period": run.period, "trigger": run.trigger,
+            "status": run.status, "attempts": run.attempts, "tolerance": run.parameters.get("tolerance"),
+            "accounts": c.get("accounts", 0), "accounts_total": c.get("total"), "counts": counts,
+            "alerts_raised": c.get("alerts_raised", 0), "alerts_resolved": c.get("alerts_resolved", 0),
+            "created_at": rfc3339(run.created_at), "started_at": rfc3339(run.started_at),
+            "finished_at": rfc3339(run.finished_at), "error": run.error}
+
+
+def run_rows(body: Mapping[str, Any]) -> list[Row]:
+    """One row per run, its counts flattened into columns."""
+    return [{**{k: v for k, v in run.items() if k != "counts"}, **run["counts"]} for run in body["items"]]
+
+
+def result_rows(body: Mapping[str, Any]) -> list[Row]:
+    """A run's per-account lines (the run itself is in the JSON body and the file name)."""
+    return list(body["results"])

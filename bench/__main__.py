@@ -12,13 +12,14 @@ from pathlib import Path
 
 import msgspec
 
-from bench import cpu, history, latency, reference, report, throughput
+from bench import books, cpu, history, latency, reference, report, throughput, webhooks
+from bench import reconcile as reconciliation
 from bench.report import Result, progress
 from bench.server import bench_database, server_facts
 from ledger import Ledger
 from ledger.db import create_engine
 
-GROUPS = ("pgbench", "post", "asof")
+GROUPS = ("pgbench", "post", "asof", "books", "webhooks", "reconcile")
 ENGINE_POOL_SIZE = 40
 STATEMENT_TIMEOUT_MS = 600_000  # VACUUM of a few million postings must not be cut short
 
@@ -29,16 +30,25 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     writers: tuple[int, ...] = (1, 8, 32)
     accounts: tuple[int, ...] = (10, 10_000)
     processes: bool = True
+    copy_rows: int
     history_sizes: tuple[int, ...]
     as_of_calls: int
     statement_calls: int
+    book_accounts: int  # the large book for trial balance and balance sheet ...
+    book_entries_per_account: int  # ... two postings per entry
+    webhook_s: float
+    webhook_accounts: int = 1_000
+    memory_s: float  # server RSS under webhook load (issue 6 asks for 5 minutes; the lead's long run)
     settle_budget_s: float  # waiting for a neighbour's load to pass, all runs together
+    reconcile_accounts: int = 10_000  # one reconciliation run of this many accounts, 20 ms engine latency
 
 
-QUICK = Plan(reference_s=4, post_s=4, history_sizes=(1_000, 100_000), as_of_calls=300, statement_calls=100,
-             settle_budget_s=40)
-FULL = Plan(reference_s=10, post_s=10, history_sizes=(1_000, 100_000, 1_000_000), as_of_calls=500,
-            statement_calls=300, settle_budget_s=90)
+QUICK = Plan(reference_s=4, post_s=4, processes=False, copy_rows=300_000, history_sizes=(1_000, 100_000),
+             as_of_calls=300, statement_calls=100, book_accounts=10_000, book_entries_per_account=50, webhook_s=5,
+             memory_s=20, settle_budget_s=30, reconcile_accounts=1_000)
+FULL = Plan(reference_s=10, post_s=10, processes=False, copy_rows=1_000_000, history_sizes=(1_000, 100_000, 1_000_000),
+            as_of_calls=500, statement_calls=300, book_accounts=100_000, book_entries_per_account=25, webhook_s=10,
+            memory_s=120, settle_budget_s=60)
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -46,6 +56,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short runs, histories up to 100k postings")
     parser.add_argument("--only", metavar="NAME", action="append", choices=GROUPS,
                         help=f"run only this group ({', '.join(GROUPS)}); may be repeated")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the README's table from bench/results.json and exit (runs nothing)")
     return parser.parse_args(argv)
 
 
@@ -66,34 +78,62 @@ def _run(plan: Plan, groups: tuple[str, ...], results: list[Result], facts: dict
             version, settings = server_facts(engine)
             facts["postgres_version"], facts["postgres_settings"] = version, settings
             reference_tps: dict[tuple[int, int], float] = {}
+            limits: dict[str, float] = {}
             if "pgbench" in groups:
                 progress("pgbench reference")
-                found, reference_tps = reference.run(db, engine, duration_s=plan.reference_s,
-                                                     clients_set=plan.writers, accounts_set=plan.accounts)
+                found, reference_tps, limits = reference.run(db, engine, duration_s=plan.reference_s,
+                                                             clients_set=plan.writers, accounts_set=plan.accounts,
+                                                             copy_rows=plan.copy_rows)
                 results.extend(found)
             if "post" in groups:
                 progress("posting throughput through Ledger.post")
                 results.extend(throughput.run(db.url, engine, duration_s=plan.post_s, writers_set=plan.writers,
                                               accounts_set=plan.accounts, reference_tps=reference_tps,
-                                              with_processes=plan.processes))
+                                              journal_tps=limits.get("journal_tps"), with_processes=plan.processes))
+            ledger = Ledger(engine)
+            bulk = history.is_superuser(engine)
             if "asof" in groups:
                 progress("as-of balance latency: generating histories")
-                ledger = Ledger(engine)
                 histories = []
                 for size in plan.history_sizes:
-                    made, result = history.generate(ledger, size)
+                    made, result = history.generate(engine, size, bulk=bulk)
                     histories.append(made)
                     results.append(result)
                 progress(f"VACUUM ANALYZE took {history.vacuum_analyze(engine):.1f}s")
+                found = []
                 for seed, made in enumerate(histories):
-                    results.extend(latency.measure(ledger, made, calls=plan.as_of_calls,
-                                                   statement_calls=plan.statement_calls, seed=seed))
+                    found += latency.measure(ledger, made, calls=plan.as_of_calls,
+                                             statement_calls=plan.statement_calls, seed=seed)
+                results.extend(found + latency.targets(found, plan.history_sizes))
+            if "books" in groups:
+                progress(f"large book: {plan.book_accounts} accounts x {plan.book_entries_per_account} entries")
+                book = history.build_book(engine, plan.book_accounts, plan.book_entries_per_account, bulk=bulk)
+                progress(f"book of {book.postings} postings built in {book.elapsed_s}s; VACUUM ANALYZE took "
+                         f"{history.vacuum_analyze(engine):.1f}s")
+                results.extend(books.measure(ledger, book, target_size="10M postings, 100k accounts"))
+            if "asof" in groups or "books" in groups:
+                progress("verify: ledger/verify.py checks over the built histories and book")
+                results.append(history.verify_built(engine))
+            if "webhooks" in groups:
+                progress("signed trade.executed webhooks over HTTP")
+                results.extend(webhooks.run(db.url, engine, duration_s=plan.webhook_s, senders_set=plan.writers,
+                                            accounts=plan.webhook_accounts, memory_s=plan.memory_s,
+                                            reference=limits))
+                results.append(webhooks.backfill(engine, threads=8, duration_s=plan.webhook_s,
+                                                 accounts=plan.webhook_accounts,
+                                                 copy_rows_per_s=limits.get("copy_rows_per_s")))
         finally:
             engine.dispose()
+    if "reconcile" in groups:  # on a database of its own: it reconciles every open account
+        progress("reconciliation time and peak RSS")
+        results.extend(reconciliation.measure(plan.reconcile_accounts))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
+    if args.markdown:
+        print(report.markdown_table(msgspec.json.decode(report.RESULTS_PATH.read_bytes())))
+        return 0
     plan = QUICK if args.quick else FULL
     groups = tuple(args.only) if args.only else GROUPS
     results: list[Result] = []

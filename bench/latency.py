@@ -120,3 +120,30 @@ def measure(ledger: Ledger, history: History, *, calls: int, statement_calls: in
              f"SQL p50 {raw['p50_ms']} p99 {raw['p99_ms']} ms, oldest 1% p50 {early['p50_ms']} ms; "
              f"statement p50 {page_summary['p50_ms']} p99 {page_summary['p99_ms']} ms ({page_summary['calls']} pages)")
     return results
+
+
+AS_OF_P50_TARGET_MS = 2.0  # issue 6: as-of balance at 1M postings: p50 <= 2 ms ...
+AS_OF_GROWTH_MAX = 1.5  # ... and <= 1.5 x the p50 at 1k postings
+STATEMENT_P50_TARGET_MS = 10.0  # account statement page (100 lines) at 1M postings
+
+
+def targets(results: list[Result], sizes: tuple[int, ...]) -> list[Result]:
+    """The issue-6 targets, on the largest history measured (1M in full mode) against the smallest."""
+    by_name = {r.name: r for r in results}
+    small, large = min(sizes), max(sizes)
+    out = []
+    for call, prefix in (("Ledger.balance", "asof.balance"), ("SQL ledger_balance_as_of", "asof.sql")):
+        p50_small, p50_large = by_name[f"{prefix}.n{small}.p50"].value, by_name[f"{prefix}.n{large}.p50"].value
+        growth = round(p50_large / p50_small, 2)
+        slopes = {f"n{n}": by_name[f"{prefix}.n{n}.p50"].value for n in sizes}
+        out.append(Result(name=f"{prefix}.n{large}.p50_target", value=p50_large, unit="ms",
+                          target=AS_OF_P50_TARGET_MS, met=p50_large <= AS_OF_P50_TARGET_MS,
+                          params={"call": call, "postings": large, "p50_by_size_ms": slopes,
+                                  "target_is_for": "1,000,000 postings"}))
+        out.append(Result(name=f"{prefix}.growth.n{large}_over_n{small}", value=growth, unit="ratio",
+                          target=AS_OF_GROWTH_MAX, met=growth <= AS_OF_GROWTH_MAX,
+                          params={"call": call, "p50_by_size_ms": slopes}))
+    page = by_name[f"statement.page.n{large}.p50"]
+    page.target, page.met = STATEMENT_P50_TARGET_MS, page.value <= STATEMENT_P50_TARGET_MS
+    page.params["target_is_for"] = "1,000,000 postings"
+    return out

@@ -16,6 +16,7 @@ from bench.report import Result, progress
 from bench.server import BenchDatabase, checkpoint
 
 BALANCE_ROWS_MAX = 20_000  # two balance rows per simulated account, up to 10,000 accounts
+JOURNAL_CLIENTS_MIN = 8  # issue 6: the reference limit is measured with 8-32 clients
 
 # One entry: two postings inserted and the two balance rows of one account updated, in one transaction —
 # what Ledger.post does for a two-leg entry, without the ledger's triggers, checks and indexes.
@@ -113,8 +114,10 @@ def _measured(db: BenchDatabase, engine: sa.Engine, script: str, *, clients: int
 
 
 def run(db: BenchDatabase, engine: sa.Engine, *, duration_s: int, clients_set: tuple[int, ...],
-        accounts_set: tuple[int, ...]) -> tuple[list[Result], dict[tuple[int, int], float]]:
-    """pgbench two-leg entries per (clients, accounts), then single-row inserts; results and a tps table."""
+        accounts_set: tuple[int, ...], copy_rows: int,
+        ) -> tuple[list[Result], dict[tuple[int, int], float], dict[str, float]]:
+    """pgbench two-leg entries per (clients, accounts), single-row inserts, COPY; results, a tps table per case
+    and the reference figures (`journal_tps`, `copy_rows_per_s`)."""
     prepare(engine)
     results: list[Result] = []
     tps_by_case: dict[tuple[int, int], float] = {}
@@ -138,4 +141,35 @@ def run(db: BenchDatabase, engine: sa.Engine, *, duration_s: int, clients_set: t
             params={"clients": clients, "threads": min(2, clients), "duration_s": duration_s,
                     "protocol": "prepared", "script": "INSERT bench_row (autocommit)",
                     **{key: figures[key] for key in _FIGURES_REPORTED}}))
-    return results, tps_by_case
+    copy = copy_rows_per_s(engine, rows=copy_rows)
+    progress(f"COPY into bench_row: {copy['rows_per_s']:.0f} rows/s ({copy_rows} rows)")
+    results.append(Result(name="pgbench.copy", value=round(copy["rows_per_s"], 1), unit="rows/s",
+                          params={"rows": copy_rows, "elapsed_s": copy["elapsed_s"],
+                                  "how": "psycopg COPY bench_row (payload) FROM STDIN, one transaction"}))
+    limit_cases = {case: tps for case, tps in tps_by_case.items() if case[0] >= JOURNAL_CLIENTS_MIN}
+    best = max(limit_cases, key=limit_cases.get)
+    results.append(Result(
+        name="pgbench.journal_tps", value=round(limit_cases[best], 1), unit="tps",
+        params={"what": "the reference limit: best pgbench two-leg journal run with 8-32 clients; every ledger "
+                        "figure's ratio_to_pgbench divides by this", "clients": best[0], "accounts": best[1],
+                "runs": {f"c{c}.a{a}": round(t, 1) for (c, a), t in sorted(limit_cases.items())}}))
+    reference = {"journal_tps": limit_cases[best], "copy_rows_per_s": copy["rows_per_s"]}
+    return results, tps_by_case, reference
+
+
+def copy_rows_per_s(engine: sa.Engine, *, rows: int) -> dict[str, float]:
+    """Raw bulk-load speed of the same server: COPY of `rows` single-column rows in one transaction."""
+    checkpoint(engine)
+    settle()
+    connection = engine.raw_connection()
+    try:
+        began = time.perf_counter()
+        driver = connection.driver_connection  # psycopg's own connection: COPY FROM STDIN
+        with driver.cursor() as cursor, cursor.copy("COPY bench_row (payload) FROM STDIN") as copy:
+            for start in range(0, rows, 10_000):
+                copy.write("".join(f"{i}\n" for i in range(start, min(rows, start + 10_000))))
+        driver.commit()
+        elapsed_s = time.perf_counter() - began
+    finally:
+        connection.close()
+    return {"rows_per_s": rows / elapsed_s, "elapsed_s": round(elapsed_s, 2)}

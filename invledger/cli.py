@@ -123,14 +123,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             in_process["scheduler"].shutdown(wait=False)  # type: ignore[attr-defined]
             in_process["worker"].stop()  # type: ignore[attr-defined]
 
-    from integration import health
     from jobs import actors
 
-    readiness = {"broker": lambda: job_broker.probe(broker),
-                 "engine_circuit": lambda: getattr(context.engine_client(), "breaker_state", "unknown"),
-                 "engine_health": lambda: health.readiness(rt.engine)}
-    app = create_app(rt.ledger, settings, readiness=readiness, on_startup=[start_jobs], on_shutdown=[stop_jobs],
-                     jobs=actors.enqueue)
+    app = create_app(rt.ledger, settings, readiness=context.readiness(broker), on_startup=[start_jobs],
+                     on_shutdown=[stop_jobs], jobs=actors.enqueue)
     log.info("serving", extra={"url": f"http://{host}:{port}", "docs": f"http://{host}:{port}/schema",
                                "jobs": "in-process" if job_broker.is_in_process(broker) else "broker"})
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, server_header=False)
@@ -428,11 +424,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json"), default="table")
 
     p = add("report", cmd_report, "Print a report: trial-balance, balance-sheet, income-statement, "
-                                  "balance ACCOUNT, statement ACCOUNT or performance ACCOUNT.")
+                                  "balance ACCOUNT, statement ACCOUNT, performance ACCOUNT, "
+                                  "reconciliations [RUN_ID] or alerts.")
     p.add_argument("report", choices=("trial-balance", "balance-sheet", "income-statement", "balance", "statement",
-                                      "performance"))
+                                      "performance", "reconciliations", "alerts"))
     p.add_argument("account", nargs="?", help="for balance, statement and performance: an investment account id "
-                                              "(statement also takes a ledger account name)")
+                                              "(statement also takes a ledger account name); for "
+                                              "reconciliations: a run id, to list that run's per-account results")
+    p.add_argument("--status", choices=("open", "acknowledged", "resolved"), help="for alerts (default: all)")
+    p.add_argument("--result", choices=("matched", "break", "engine_unavailable", "unknown_account",
+                                        "status_mismatch"), help="for reconciliations RUN_ID (default: all)")
     p.add_argument("--as-of", type=lambda t: parse_time(t, end_of_day=True),
                    help="RFC 3339 time, or a date meaning the end of that UTC day")
     p.add_argument("--from", dest="start", type=parse_time, help="first day (inclusive) or time")

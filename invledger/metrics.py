@@ -53,14 +53,19 @@ class DatabaseCollector:
             yield family
 
 
-_registered: set[int] = set()
+_database: DatabaseCollector | None = None
 
 
 def register_database(engine: sa.Engine, breaker_state: Callable[[], str] | None = None) -> None:
-    if id(engine) in _registered:
-        return
-    _registered.add(id(engine))
-    REGISTRY.register(DatabaseCollector(engine, breaker_state))
+    """Read the database gauges from `engine` (the latest app's: one process may build several apps, e.g. tests
+    with a database each; the gauges' names must be registered once)."""
+    global _database
+    if _database is not None:
+        if _database.engine is engine:
+            return
+        REGISTRY.unregister(_database)
+    _database = DatabaseCollector(engine, breaker_state)
+    REGISTRY.register(_database)
 
 
 def render() -> bytes:

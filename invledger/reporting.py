@@ -17,12 +17,28 @@ from typing import Any, TextIO
 import msgspec
 
 from api import tabular
+from api.controllers.alerts import alerts_page
+from api.controllers.reconciliations import run_page, runs_page
+from api.errors import ApiError
 from api.schemas import statement_out
 from ledger import Ledger, beancount, chart, reports
 
-REPORTS = ("trial-balance", "balance-sheet", "income-statement", "balance", "statement", "performance")
+REPORTS = ("trial-balance", "balance-sheet", "income-statement", "balance", "statement", "performance",
+           "reconciliations", "alerts")
 NEEDS_ACCOUNT = ("balance", "statement", "performance")
+AS_OF_ONLY = ("trial-balance", "balance-sheet", "balance")  # contract §3: [--as-of T | --from D --to D]
+PERIOD_ONLY = ("income-statement", "performance")  # a statement takes either (--as-of is its --to)
 STATEMENT_PAGE = 1000
+OPERATIONS_PAGE = 100  # runs and alerts per round trip (the API's largest page of runs)
+RESULTS_PAGE = 1000
+TABLE_HEADERS = {  # CSV columns -> the narrower set a terminal table shows (the CSV and JSON have them all)
+    tuple(tabular.PERFORMANCE_HEADERS): tabular.PERFORMANCE_TABLE_HEADERS,
+    tuple(tabular.RUN_HEADERS): ["run_id", "period", "trigger", "status", "accounts", *tabular.RECONCILIATION_RESULTS,
+                                 "finished_at"],
+    tuple(tabular.RESULT_HEADERS): ["account_id", "result", "ledger_balance", "engine_balance", "difference",
+                                    "ledger_status", "engine_status"],
+    tuple(tabular.ALERT_HEADERS): ["id", "kind", "status", "account_id", "created_at", "message"],
+}
 
 
 class ReportError(Exception):
@@ -34,6 +50,12 @@ def body_of(ledger: Ledger, args: argparse.Namespace) -> tuple[dict[str, Any], C
     kind = args.report
     if kind in NEEDS_ACCOUNT and not args.account:
         raise ReportError(f"report {kind} needs an ACCOUNT (an investment account id)")
+    if kind in AS_OF_ONLY and (args.start or args.end):
+        raise ReportError(f"report {kind} is as of a time: give --as-of, not --from/--to")
+    if kind in PERIOD_ONLY and args.as_of:
+        raise ReportError(f"report {kind} covers a period: give --from/--to, not --as-of")
+    if kind in ("reconciliations", "alerts") and (args.as_of or args.start or args.end):
+        raise ReportError(f"report {kind} takes no --as-of, --from or --to")
     if kind == "trial-balance":
         page = reports.trial_balance(ledger, args.as_of)
         body = tabular.trial_balance_out(page)
@@ -49,7 +71,7 @@ def body_of(ledger: Ledger, args: argparse.Namespace) -> tuple[dict[str, Any], C
         return (tabular.income_statement_out(reports.income_statement(ledger, args.start, args.end)),
                 tabular.income_statement_rows, tabular.INCOME_STATEMENT_HEADERS)
     if kind == "balance":
-        at = args.as_of or args.end
+        at = args.as_of
         return (tabular.balance_out(args.account, ledger.balance(args.account, as_of=at), at), tabular.balance_rows,
                 tabular.BALANCE_HEADERS)
     if kind == "statement":
@@ -70,7 +92,31 @@ def body_of(ledger: Ledger, args: argparse.Namespace) -> tuple[dict[str, Any], C
         result = reports.performance(ledger, args.account, args.start.date() if args.start else None,
                                      args.end.date() if args.end else None)
         return tabular.performance_out(result), tabular.performance_rows, tabular.PERFORMANCE_HEADERS
+    if kind == "reconciliations" and args.account:  # one run with every per-account result
+        if not args.account.isdigit():
+            raise ReportError(f"{args.account!r} is not a run id (the run_id column of `report reconciliations`)")
+        body = _all_pages(lambda cursor: run_page(ledger, int(args.account), args.result, cursor, RESULTS_PAGE),
+                          "results")
+        return body, tabular.result_rows, tabular.RESULT_HEADERS
+    if kind == "reconciliations":
+        return (_all_pages(lambda cursor: runs_page(ledger, cursor, OPERATIONS_PAGE), "items"), tabular.run_rows,
+                tabular.RUN_HEADERS)
+    if kind == "alerts":
+        return (_all_pages(lambda cursor: alerts_page(ledger, args.status, cursor, OPERATIONS_PAGE), "items"),
+                tabular.alert_rows, tabular.ALERT_HEADERS)
     raise ReportError(f"unknown report {kind}")  # pragma: no cover — argparse restricts the choices
+
+
+def _all_pages(page: Callable[[Any], dict[str, Any]], key: str) -> dict[str, Any]:
+    """The API's body with the list under `key` read to the end (next_cursor then None)."""
+    try:
+        body = page(None)
+        while body["next_cursor"] is not None:
+            more = page(body["next_cursor"])
+            body = {**more, key: body[key] + more[key]}
+    except ApiError as error:
+        raise ReportError(error.detail) from None
+    return body
 
 
 def _title(kind: str, body: Mapping[str, Any]) -> list[str]:
@@ -87,6 +133,14 @@ def _title(kind: str, body: Mapping[str, Any]) -> list[str]:
     if kind == "performance":
         return [f"Performance of {body['account_id']} ({body['currency']}) {body['from']} to {body['to']}: "
                 f"time-weighted return {body['time_weighted_return']}, max drawdown {body['max_drawdown']}"]
+    if kind == "reconciliations" and "results" in body:
+        counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in body["counts"].items())
+        return [f"Reconciliation run {body['run_id']} ({body['run_key']}), {body['status']}, finished "
+                f"{body['finished_at'] or '-'}: {counts}"]
+    if kind == "reconciliations":
+        return ["Reconciliation runs, newest first (counts are accounts per result)"]
+    if kind == "alerts":
+        return [f"Alerts, newest first: {len(body['items'])}"]
     return []
 
 
@@ -101,10 +155,13 @@ def write_report(ledger: Ledger, args: argparse.Namespace, emit_table: Callable[
     else:
         for line in _title(args.report, body):
             out.write(line + "\n")
-        if args.report == "performance":
-            headers = tabular.PERFORMANCE_TABLE_HEADERS
-        emit_table([{h: "" if row.get(h) is None else row[h] for h in headers} for row in rows_of(body)], "table",
-                   out)
+        headers = TABLE_HEADERS.get(tuple(headers), headers)
+        emit_table([{h: _one_line(row.get(h)) for h in headers} for row in rows_of(body)], "table", out)
+
+
+def _one_line(value: object) -> str:
+    """A table cell: a message's line breaks and tabs would break the columns."""
+    return "" if value is None else " ".join(str(value).split())
 
 
 def export_beancount(ledger: Ledger, args: argparse.Namespace) -> dict[str, int]:

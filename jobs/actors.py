@@ -41,7 +41,7 @@ def msgspec_to_dict(value) -> dict:
 
 
 # Periodic jobs. Each takes its period as a string (a day, a month, a run key) and is idempotent for it:
-# integration.runs records one run per period and lets one worker at a time do it (see docs/jobs.md).
+# integration.runs records one run per period and lets one worker at a time do it (see docs/design.md, Jobs).
 PERIODIC_TIME_LIMIT_MS = 60 * 60 * 1000
 
 

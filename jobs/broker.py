@@ -58,12 +58,16 @@ def probe(broker: dramatiq.Broker) -> str:
     """'ok' when the broker answers (for /ready)."""
     if is_in_process(broker):
         return "ok"
+    # RabbitMQ: a round trip on this thread's connection (dramatiq keeps one per thread). Not a passive
+    # declare of some queue: one that does not exist yet closes the channel and would say "unavailable".
+    rabbitmq = type(broker).__name__ == "RabbitmqBroker"  # not hasattr: its properties connect
     try:
-        broker.get_declared_queues()
-        if hasattr(broker, "channel"):
-            broker.channel.queue_declare(queue="default", durable=True, passive=True)  # type: ignore[attr-defined]
+        if rabbitmq:
+            broker.connection.process_data_events(time_limit=0)  # type: ignore[attr-defined]
         elif hasattr(broker, "client"):
             broker.client.ping()  # type: ignore[attr-defined]
         return "ok"
     except Exception as error:  # noqa: BLE001
+        if rabbitmq:
+            del broker.connection  # type: ignore[attr-defined]  # the next probe (or send) connects again
         return f"unavailable: {type(error).__name__}"

@@ -51,3 +51,13 @@ def reset() -> None:
     global _runtime, _client
     with _lock:
         _runtime, _client = None, None
+
+
+def readiness(broker: Any) -> dict[str, Callable[[], str]]:
+    """The checks `serve` adds to /ready: the broker answers, the engine client's circuit, the last health check."""
+    from integration import health
+    from jobs import broker as job_broker
+
+    return {"broker": lambda: job_broker.probe(broker),
+            "engine_circuit": lambda: getattr(engine_client(), "breaker_state", "unknown"),
+            "engine_health": lambda: health.readiness(runtime().engine)}

@@ -1,8 +1,23 @@
 """The scheduler: enqueues actors on a timetable (APScheduler; it only enqueues, workers do the work).
 
 APScheduler 3 is maintained, runs cron expressions in UTC, and works both in-process (inside `serve`)
-and standalone (`invledger scheduler`). Running two schedulers is safe: every job is idempotent for its
-period (see jobs/actors.py), so a second enqueue finds the period's run already done.
+and standalone (`invledger scheduler`); periodiq would tie us to a dramatiq middleware and offers no
+in-process mode without a broker.
+
+The timetable (UTC), as the issue and contract §8 ask:
+- 00:30 daily: performance sync and trade back-fill of yesterday;
+- 01:00 daily: reconciliation of every open account;
+- every 5 minutes: engine health;
+- the 1st of each month, 02:00: the previous month's distribution;
+- continuously: outbox delivery (every 5 s) and alert notifications (every 30 s).
+
+Catch-ups. Each daily and monthly job is enqueued again later, for the *same period*: sync hourly at :30
+until 23:30 (still yesterday), reconciliation hourly until 23:00 (still today's run), distribution daily at
+02:00 (still the previous month). A catch-up is a no-op once its period's run is `done` (the run key
+`job:period` is unique in `job_run`, and a run holds an advisory lock while it works — integration/runs.py);
+it only takes up a run that failed, was cut short, or is `partial` (accounts the engine did not answer for,
+distributions deferred for a missing snapshot). So running two schedulers, or a catch-up racing the
+main slot, does each period's work once.
 """
 
 from __future__ import annotations
@@ -47,22 +62,24 @@ def enqueue_distribute() -> None:
     _enqueue("distribute", month_key(previous_month(datetime.now(UTC).date().replace(day=1))))
 
 
+CATCH_UP = "catch_up"
+
+
 def add_jobs(scheduler: BackgroundScheduler | BlockingScheduler) -> None:
-    """The timetable (UTC). The daily and monthly jobs fire again later as catch-ups: each is a no-op once
-    its period's run is done, and takes up a run that failed, was cut short or is `partial`."""
+    """The timetable of the module docstring: each periodic job at its time, then its catch-ups."""
     scheduler.add_job(_enqueue, "interval", seconds=OUTBOX_INTERVAL_S, args=["deliver_outbox"],
                       id="deliver_outbox", max_instances=1, coalesce=True)
     scheduler.add_job(_enqueue, "interval", seconds=ALERTS_INTERVAL_S, args=["notify_alerts"],
                       id="notify_alerts", max_instances=1, coalesce=True)
     periodic = {"max_instances": 1, "coalesce": True, "misfire_grace_time": MISFIRE_GRACE_S}
-    # 00:30 yesterday's performance sync and trade back-fill (seed §6.1); hourly catch-up at :30.
-    scheduler.add_job(enqueue_sync, "cron", minute=30, id="sync_performance", **periodic)
-    # 01:00 nightly reconciliation; hourly catch-up until 23:00.
-    scheduler.add_job(enqueue_reconcile, "cron", hour="1-23", minute=0, id="reconcile", **periodic)
-    # Every 5 minutes: engine health (seed §10.1).
+    scheduler.add_job(enqueue_sync, "cron", hour=0, minute=30, id="sync_performance", **periodic)
+    scheduler.add_job(enqueue_reconcile, "cron", hour=1, minute=0, id="reconcile", **periodic)
     scheduler.add_job(enqueue_health, "cron", minute="*/5", id="check_engine_health", **periodic)
-    # The 1st at 02:00: the previous month's distribution; daily catch-up at 02:00 (deferred accounts).
-    scheduler.add_job(enqueue_distribute, "cron", hour=2, minute=0, id="distribute", **periodic)
+    scheduler.add_job(enqueue_distribute, "cron", day=1, hour=2, minute=0, id="distribute", **periodic)
+    scheduler.add_job(enqueue_sync, "cron", hour="1-23", minute=30, id=f"sync_performance_{CATCH_UP}", **periodic)
+    scheduler.add_job(enqueue_reconcile, "cron", hour="2-23", minute=0, id=f"reconcile_{CATCH_UP}", **periodic)
+    scheduler.add_job(enqueue_distribute, "cron", day="2-31", hour=2, minute=0, id=f"distribute_{CATCH_UP}",
+                      **periodic)
 
 
 def background() -> BackgroundScheduler:

@@ -14,7 +14,9 @@ from api.errors import ApiError
 from api.formats import respond
 from api.schemas import (
     CreateAccount,
+    IdempotencyKey,
     MoneyMovement,
+    PeriodStart,
     StatusChange,
     account_out,
     parse_time,
@@ -80,14 +82,14 @@ class AccountController(Controller):
     @post("/{account_id:str}/deposits", opt={"role": "operator"}, sync_to_thread=True,
           summary="Deposit (Idempotency-Key required)")
     def deposit(self, account_id: str, data: MoneyMovement, ledger: Ledger,
-                idempotency_key: str | None = Parameter(header="Idempotency-Key", default=None),
+                idempotency_key: IdempotencyKey = None,
                 ) -> Response[dict[str, Any]]:
         return self._move(ledger, account_id, data, idempotency_key, "deposit")
 
     @post("/{account_id:str}/withdrawals", opt={"role": "operator"}, sync_to_thread=True,
           summary="Withdraw (Idempotency-Key required; 409 if it would overdraw)")
     def withdraw(self, account_id: str, data: MoneyMovement, ledger: Ledger,
-                 idempotency_key: str | None = Parameter(header="Idempotency-Key", default=None),
+                 idempotency_key: IdempotencyKey = None,
                  ) -> Response[dict[str, Any]]:
         return self._move(ledger, account_id, data, idempotency_key, "withdrawal")
 
@@ -115,7 +117,7 @@ class AccountController(Controller):
 
     @get("/{account_id:str}/statement", sync_to_thread=True,
          summary="Opening balance, lines with running balance, closing balance (JSON or CSV)")
-    def statement(self, account_id: str, ledger: Ledger, from_: str | None = Parameter(query="from", default=None),
+    def statement(self, account_id: str, ledger: Ledger, from_: PeriodStart = None,
                   to: str | None = None, cursor: str | None = None,
                   limit: int = Parameter(default=LIMIT_DEFAULT, ge=1, le=1000), *, request: Request) -> Response:
         ledger.account(account_id)

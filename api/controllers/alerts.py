@@ -27,6 +27,15 @@ def acknowledge(ledger: Ledger, alert_id: int, by: str) -> dict[str, Any]:
     return tabular.alert_out(row)
 
 
+def alerts_page(ledger: Ledger, status: str | None, cursor: int | None, limit: int) -> dict[str, Any]:
+    """A page of alerts, newest first: the body of GET /alerts (and `invledger report alerts`)."""
+    if status is not None and status not in views.ALERT_STATUSES:
+        raise ApiError(422, "invalid", "status must be open, acknowledged or resolved")
+    rows = views.alerts(ledger.engine, status=status, after=cursor, limit=limit)
+    return {"items": [tabular.alert_out(r) for r in rows],
+            "next_cursor": rows[-1]["id"] if len(rows) == limit else None}
+
+
 class AlertController(Controller):
     path = "/api/v1/alerts"
     tags = ["operations"]
@@ -35,12 +44,8 @@ class AlertController(Controller):
     @get("/", sync_to_thread=True, summary="Alerts, newest first (status open|acknowledged|resolved)")
     def list(self, request: Request, ledger: Ledger, status: str | None = None, cursor: int | None = None,
              limit: int = Parameter(default=100, ge=1, le=1000)) -> Response:
-        if status is not None and status not in views.ALERT_STATUSES:
-            raise ApiError(422, "invalid", "status must be open, acknowledged or resolved")
-        rows = views.alerts(ledger.engine, status=status, after=cursor, limit=limit)
-        body = {"items": [tabular.alert_out(r) for r in rows],
-                "next_cursor": rows[-1]["id"] if len(rows) == limit else None}
-        return respond(request, body, tabular.alert_rows, headers=tabular.ALERT_HEADERS, filename="alerts")
+        return respond(request, alerts_page(ledger, status, cursor, limit), tabular.alert_rows,
+                       headers=tabular.ALERT_HEADERS, filename="alerts")
 
     @post("/{alert_id:int}/ack", sync_to_thread=True, opt={"role": "operator"}, status_code=200,
           summary="Acknowledge an alert (idempotent: the first acknowledgement is kept)")

@@ -9,7 +9,7 @@ from litestar.params import Parameter
 
 from api.auth import require_role
 from api.errors import ApiError
-from api.schemas import ReversalRequest, entry_out, parse_time
+from api.schemas import IdempotencyKey, PeriodStart, ReversalRequest, entry_out, parse_time
 from ledger import Ledger
 
 
@@ -32,7 +32,7 @@ class JournalController(Controller):
 
     @get("/", sync_to_thread=True, summary="Entries in effective-time order")
     def list(self, ledger: Ledger, account: str | None = None,
-             from_: str | None = Parameter(query="from", default=None),
+             from_: PeriodStart = None,
              to: str | None = None, cursor: str | None = None,
              limit: int = Parameter(default=100, ge=1, le=1000)) -> dict[str, Any]:
         entries = ledger.journal(account_id=account, start=parse_time(from_, "from"),
@@ -48,7 +48,7 @@ class JournalController(Controller):
     @post("/{entry_id:int}/reversal", opt={"role": "operator"}, sync_to_thread=True,
           summary="Post the mirror entry (409 if already reversed)")
     def reverse(self, entry_id: int, data: ReversalRequest, ledger: Ledger,
-                idempotency_key: str | None = Parameter(header="Idempotency-Key", default=None),
+                idempotency_key: IdempotencyKey = None,
                 ) -> Response[dict[str, Any]]:
         posted = ledger.reverse(entry_id, reason=data.reason,
                                 idempotency_key=(f"api:reversal:{entry_id}:{idempotency_key}"

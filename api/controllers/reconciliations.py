@@ -9,38 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Controller, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import Parameter
 
-from api import views
+from api import tabular, views
 from api.auth import require_role
 from api.errors import ApiError
-from api.schemas import rfc3339
+from api.formats import respond
 from integration import reconcile, runs
 from invledger.config import Settings
 from ledger import Ledger
 
 RUNS_PAGE_DEFAULT = 20
 RESULTS_PAGE_DEFAULT = 100
-
-
-def _counts(run: runs.Run) -> dict[str, int]:
-    """Accounts per result (contract names), from the run's counts."""
-    c = run.counts
-    return {"matched": c.get("matched", 0), "break": c.get("breaks", 0),
-            "engine_unavailable": c.get("engine_unavailable", 0), "unknown_account": c.get("unknown_account", 0),
-            "status_mismatch": c.get("status_mismatch", 0)}
-
-
-def run_out(run: runs.Run) -> dict[str, Any]:
-    c = run.counts
-    return {"run_id": run.id, "run_key": run.run_key, "period": run.period, "trigger": run.trigger,
-            "status": run.status, "attempts": run.attempts, "tolerance": run.parameters.get("tolerance"),
-            "accounts": c.get("accounts", 0), "accounts_total": c.get("total"), "counts": _counts(run),
-            "alerts_raised": c.get("alerts_raised", 0), "alerts_resolved": c.get("alerts_resolved", 0),
-            "created_at": rfc3339(run.created_at), "started_at": rfc3339(run.started_at) if run.started_at else None,
-            "finished_at": rfc3339(run.finished_at) if run.finished_at else None, "error": run.error}
 
 
 def _reader(engine: Any, limit: int) -> list[views.ReconciliationRun]:
@@ -51,12 +33,30 @@ def _reader(engine: Any, limit: int) -> list[views.ReconciliationRun]:
                                              if k in views.ReconciliationLine.__struct_fields__})
                  for line in reconcile.problems(engine, run.id, limit=200)]
         out.append(views.ReconciliationRun(run_id=str(run.id), started_at=run.started_at or run.created_at,
-                                           finished_at=run.finished_at, status=run.status, counts=_counts(run),
-                                           problems=tuple(lines)))
+                                           finished_at=run.finished_at, status=run.status,
+                                           counts=tabular.run_out(run)["counts"], problems=tuple(lines)))
     return out
 
 
 views.use_reconciliation_reader(_reader)
+
+
+def runs_page(ledger: Ledger, cursor: int | None, limit: int) -> dict[str, Any]:
+    """A page of runs, newest first: the body of GET /reconciliations (and `invledger report reconciliations`)."""
+    found = runs.listing(ledger.engine, "reconcile", before=cursor, limit=limit)
+    return {"items": [tabular.run_out(r) for r in found], "next_cursor": found[-1].id if len(found) == limit else None}
+
+
+def run_page(ledger: Ledger, run_id: int, result: str | None, cursor: str | None, limit: int) -> dict[str, Any]:
+    """A run with a page of its per-account results: the body of GET /reconciliations/{run_id}."""
+    run = runs.by_id(ledger.engine, run_id)
+    if run is None or run.job != "reconcile":
+        raise ApiError(404, "not_found", f"reconciliation run {run_id} does not exist")
+    if result is not None and result not in reconcile.RESULTS:
+        raise ApiError(422, "invalid", f"result must be one of {', '.join(reconcile.RESULTS)}")
+    lines = reconcile.results(ledger.engine, run_id, result=result, after=cursor, limit=limit)
+    return {**tabular.run_out(run), "results": [line.out() for line in lines],
+            "next_cursor": lines[-1].account_id if len(lines) == limit else None}
 
 
 class ReconciliationController(Controller):
@@ -74,23 +74,18 @@ class ReconciliationController(Controller):
         run = runs.enqueue_record(ledger.engine, job="reconcile", run_key=run_key, period=period, trigger="api",
                                   parameters={"tolerance": str(settings.reconciliation_tolerance)})
         enqueue("reconcile", period=period, run_key=run_key, trigger="api")
-        return run_out(run)
+        return tabular.run_out(run)
 
-    @get("/", sync_to_thread=True, summary="Reconciliation runs, newest first")
-    def list(self, ledger: Ledger, cursor: int | None = None,
-             limit: int = Parameter(default=RUNS_PAGE_DEFAULT, ge=1, le=100)) -> dict[str, Any]:
-        found = runs.listing(ledger.engine, "reconcile", before=cursor, limit=limit)
-        return {"items": [run_out(r) for r in found], "next_cursor": found[-1].id if len(found) == limit else None}
+    @get("/", sync_to_thread=True, summary="Reconciliation runs, newest first (JSON or CSV)")
+    def list(self, request: Request, ledger: Ledger, cursor: int | None = None,
+             limit: int = Parameter(default=RUNS_PAGE_DEFAULT, ge=1, le=100)) -> Response:
+        return respond(request, runs_page(ledger, cursor, limit), tabular.run_rows, headers=tabular.RUN_HEADERS,
+                       filename="reconciliations")
 
     @get("/{run_id:int}", sync_to_thread=True,
-         summary="One run with its per-account results (result=matched|break|engine_unavailable|…)")
-    def detail(self, ledger: Ledger, run_id: int, result: str | None = None, cursor: str | None = None,
-               limit: int = Parameter(default=RESULTS_PAGE_DEFAULT, ge=1, le=1000)) -> dict[str, Any]:
-        run = runs.by_id(ledger.engine, run_id)
-        if run is None or run.job != "reconcile":
-            raise ApiError(404, "not_found", f"reconciliation run {run_id} does not exist")
-        if result is not None and result not in reconcile.RESULTS:
-            raise ApiError(422, "invalid", f"result must be one of {', '.join(reconcile.RESULTS)}")
-        lines = reconcile.results(ledger.engine, run_id, result=result, after=cursor, limit=limit)
-        return {**run_out(run), "results": [line.out() for line in lines],
-                "next_cursor": lines[-1].account_id if len(lines) == limit else None}
+         summary="One run with its per-account results (result=matched|break|engine_unavailable|…; JSON or CSV)")
+    def detail(self, request: Request, ledger: Ledger, run_id: int, result: str | None = None,
+               cursor: str | None = None, limit: int = Parameter(default=RESULTS_PAGE_DEFAULT, ge=1, le=1000),
+               ) -> Response:
+        return respond(request, run_page(ledger, run_id, result, cursor, limit), tabular.result_rows,
+                       headers=tabular.RESULT_HEADERS, filename=f"reconciliation-{run_id}")

@@ -8,12 +8,12 @@ from __future__ import annotations
 from datetime import date
 
 from litestar import Controller, Request, Response, get
-from litestar.params import Parameter, QueryParameter
+from litestar.params import Parameter
 
 from api import tabular
 from api.auth import require_role
 from api.formats import respond
-from api.schemas import parse_time
+from api.schemas import PeriodStart, parse_time
 from ledger import Ledger, reports
 
 PAGE_LIMIT_DEFAULT = 1000
@@ -49,7 +49,7 @@ class ReportController(Controller):
     @get("/reports/income-statement", sync_to_thread=True,
          summary="Income and expenses of a period (from/to inclusive), per currency")
     def income_statement(self, request: Request, ledger: Ledger,
-                         from_: str | None = QueryParameter(name="from", default=None), to: str | None = None,
+                         from_: PeriodStart = None, to: str | None = None,
                          ) -> Response:
         statement = reports.income_statement(ledger, parse_time(from_, "from"),
                                              parse_time(to, "to", end_of_day=True))
@@ -59,7 +59,7 @@ class ReportController(Controller):
     @get("/accounts/{account_id:str}/performance", sync_to_thread=True, tags=["accounts"],
          summary="Daily series (balances, flows, return, trades won/lost), time-weighted return, max drawdown")
     def performance(self, request: Request, ledger: Ledger, account_id: str,
-                    from_: str | None = QueryParameter(name="from", default=None), to: str | None = None) -> Response:
+                    from_: PeriodStart = None, to: str | None = None) -> Response:
         result = reports.performance(ledger, account_id, parse_day(from_, "from"), parse_day(to, "to"))
         return respond(request, tabular.performance_out(result), tabular.performance_rows,
                        headers=tabular.PERFORMANCE_HEADERS, filename=f"performance-{account_id}")

@@ -7,7 +7,9 @@ import io
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
+import pytest
 import sqlalchemy as sa
 
 from integration import alerts
@@ -198,3 +200,85 @@ def test_cli_reports_equal_the_api(client, keys, ledger: Ledger, tmp_path) -> No
     counts = reporting.export_beancount(ledger, args)
     assert exported.read_text().count("\n  entry_id: ") == counts["entries"]
     assert [p.name for p in tmp_path.iterdir()] == ["books.beancount"]  # no temporary file left
+
+
+def test_reconciliation_runs_as_json_csv_and_from_the_cli(client, keys, ledger: Ledger, engine: sa.Engine) -> None:
+    from integration import outbox, reconcile
+    from integration.client import EngineClient
+    from integration.notify import sender
+    from integration.simulator import Faults, Simulator
+    from invledger import cli, reporting
+
+    account_id = open_account(client, keys, "500.00")  # the engine hears of it through the outbox
+    with Simulator(seed=1) as sim:
+        sim.serve()
+        engine_client = EngineClient(sim.api_url, "", timeout_ms=3000, retry_attempts=2, retry_delay_ms=5)
+        try:
+            outbox.deliver_pending(engine, sender(engine_client), account_ids=[account_id])
+            sim.set_faults(Faults(drift={account_id: Decimal("-0.01")}))
+            outcome = reconcile.run(ledger, engine_client, run_key=f"reconcile:test:{uuid.uuid4().hex}",
+                                    period="2026-01-01", trigger="cli", recheck_delay_ms=0)
+        finally:
+            engine_client.shutdown()
+    run_id = outcome.run.id
+
+    runs = get(client, keys, "/api/v1/reconciliations?limit=1")
+    assert runs["items"][0]["run_id"] == run_id and runs["items"][0]["counts"]["break"] >= 1
+    first = client.get("/api/v1/reconciliations?limit=1", headers={**auth(keys["finance"]), **CSV})
+    [row] = list(csv.DictReader(io.StringIO(first.text)))
+    assert (row["run_id"], row["break"], row["status"]) == (str(run_id), str(runs["items"][0]["counts"]["break"]),
+                                                            "done")
+    assert first.headers.get("X-Next-Cursor") == (str(runs["next_cursor"]) if runs["next_cursor"] else None)
+
+    url = f"/api/v1/reconciliations/{run_id}?result=break&limit=1000"
+    body = get(client, keys, url)
+    line = next(r for r in body["results"] if r["account_id"] == account_id)
+    assert (line["ledger_balance"], line["engine_balance"], line["difference"]) == ("500.00", "499.99", "-0.01")
+    rows = get(client, keys, url, as_csv=True)
+    assert [r["account_id"] for r in rows] == [r["account_id"] for r in body["results"]]
+    assert next(r for r in rows if r["account_id"] == account_id)["difference"] == "-0.01"  # a number, not '-0.01
+    assert client.get("/api/v1/reconciliations/999999999", headers=auth(keys["finance"])).status_code == 404
+
+    with engine.begin() as c:  # a message over two lines stays on one table row
+        alerts.raise_alert(c, kind="integrity", dedup_key=f"test:{uuid.uuid4().hex}", account_id=account_id,
+                           message="first line\nsecond line")
+    parser = cli.build_parser()
+    for argv, api_url in ((["reconciliations", str(run_id), "--result", "break"], url),
+                          (["alerts", "--status", "open"], "/api/v1/alerts?status=open&limit=1000")):
+        for fmt in ("json", "csv"):
+            out = io.StringIO()
+            reporting.write_report(ledger, parser.parse_args(["report", *argv, "--format", fmt]), cli.emit_table, out)
+            answer = client.get(api_url, headers={**auth(keys["finance"]), **(CSV if fmt == "csv" else {})})
+            assert answer.json()["next_cursor"] is None if fmt == "json" else "X-Next-Cursor" not in answer.headers
+            if fmt == "csv":
+                assert out.getvalue() == answer.text, argv
+            else:
+                assert json.loads(out.getvalue()) == answer.json(), argv
+        table = io.StringIO()
+        reporting.write_report(ledger, parser.parse_args(["report", *argv]), cli.emit_table, table)
+        assert "----" in table.getvalue() and account_id in table.getvalue(), argv
+        header, rule, *lines = table.getvalue().splitlines()[1:]
+        gaps = [i for i, ch in enumerate(rule) if ch == " "]
+        assert all(line[i:i + 1] in ("", " ") for line in [header, *lines] for i in gaps), argv  # aligned columns
+    assert "first line second line" in table.getvalue()
+    listing = io.StringIO()
+    reporting.write_report(ledger, parser.parse_args(["report", "reconciliations", "--format", "json"]), cli.emit_table,
+                           listing)
+    assert json.loads(listing.getvalue())["items"][0] == runs["items"][0]
+    for argv, message in ((["reconciliations", "999999999"], "does not exist"),
+                          (["reconciliations", "last-night"], "is not a run id"),
+                          (["alerts", "--as-of", "2026-01-01"], "takes no --as-of"),
+                          (["performance", account_id, "--as-of", "2026-01-01"], "covers a period"),
+                          (["balance", account_id, "--to", "2026-01-01"], "is as of a time")):
+        with pytest.raises(reporting.ReportError, match=message):
+            reporting.write_report(ledger, parser.parse_args(["report", *argv]), cli.emit_table, io.StringIO())
+
+
+def test_the_api_declares_no_deprecated_parameters() -> None:
+    """Litestar's Parameter(query=…)/Parameter(header=…) warn at import; the app imports without one."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", "import api.app"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -11,9 +11,12 @@ distribution work on *every* account and must not see the accounts of other test
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -86,9 +89,13 @@ def db(_admin: sa.Engine, _template: str, database_url: str) -> Iterator[Db]:
 
 # ------------------------------------------------------------------------------------------ the engine
 
+SIM_START = date(2025, 3, 1)  # the simulator's first day: over long ago, so it can be synced and distributed
+SINCE = datetime(2025, 2, 1, tzinfo=UTC)  # when test accounts got their capital: before any simulated day
+
+
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
-    simulator = Simulator(seed=11, api_key=API_KEY, trades_per_day=6).serve()
+    simulator = Simulator(seed=11, api_key=API_KEY, trades_per_day=6, start_date=SIM_START).serve()
     yield simulator
     simulator.stop()
 
@@ -193,10 +200,11 @@ def open_account(ledger: Ledger, account_id: str | None = None, capital: str = "
 
 
 def open_known_account(db: Db, client: EngineClient, *, capital: str = "1000.00", since: Any,
-                       fee_rate: str = "0.20", engine: bool = True) -> str:
+                       fee_rate: str = "0.20", engine: bool = True, account_id: str | None = None) -> str:
     """An account whose capital was deposited at `since` (before any simulated day) and that the engine
-    already knows with that capital (told directly, so its outbox rows are marked delivered)."""
-    account_id = f"acc-{uuid.uuid4().hex[:10]}"
+    already knows with that capital (told directly, so its outbox rows are marked delivered). A given
+    `account_id` makes the simulator's walk for it the same on every run."""
+    account_id = account_id or f"acc-{uuid.uuid4().hex[:10]}"
     db.ledger.open_account(AccountSpec(account_id=account_id, product_id="prod-1", agent_type="swing",
                                        currency="USD", fee_rate=Decimal(fee_rate)))
     db.ledger.post(rules.deposit(account_id, Money.from_decimal(capital, "USD"), idempotency_key=f"{account_id}:cap",
@@ -214,3 +222,14 @@ def open_known_account(db: Db, client: EngineClient, *, capital: str = "1000.00"
 def alerts_of(db: Db, **where: str) -> list[sa.Row]:
     clause = " AND ".join(f"{k} = :{k}" for k in where) or "true"
     return db.rows(f"SELECT * FROM alert WHERE {clause} ORDER BY id", **where)
+
+
+def cli(db: Db, sim: Simulator | None, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    """`invledger ARGS` in a process of its own, configured by environment variables like any deployment."""
+    env = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "ALERT_WEBHOOK_URL")}
+    env.update({"DATABASE_URL": db.url, "LOG_LEVEL": "WARNING"})
+    if sim is not None:
+        env.update({"ML_ENGINE_URL": sim.api_url, "ML_ENGINE_API_KEY": API_KEY, "ML_ENGINE_TIMEOUT_MS": "2000",
+                    "ML_ENGINE_RETRY_ATTEMPTS": "2", "ML_ENGINE_RETRY_DELAY_MS": "10"})
+    return subprocess.run([sys.executable, "-m", "invledger.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout_s)

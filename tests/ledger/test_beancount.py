@@ -11,13 +11,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-import pytest
+from beancount import loader  # a test dependency (pyproject `test` extra): bean-check comes with it
+from beancount.core import data
 
 from ledger import Ledger, Money, beancount, rules
-
-pytest.importorskip("beancount", reason="beancount (bean-check) is a test dependency: pip install beancount")
-from beancount import loader  # noqa: E402
-from beancount.core import data  # noqa: E402
 
 BEAN_CHECK = shutil.which("bean-check", path=str(Path(sys.executable).parent)) or shutil.which("bean-check")
 ACCOUNT_NAME = re.compile(r"^(Assets|Liabilities|Equity|Income|Expenses)(:[A-Z0-9][A-Za-z0-9-]*)+$")

@@ -1,0 +1,153 @@
+"""Reconciliation through the API and a real worker: breaks, outages, alerts raised once, resolved, acknowledged."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import httpx
+import msgspec
+import pytest
+from litestar.testing import TestClient
+
+from api.app import create_app
+from api.auth import create_key
+from integration.simulator import Faults, Simulator, Target
+from invledger.runtime import Runtime
+from jobs import actors
+from tests.integration.support import Receiver
+from tests.jobs.conftest import Db, Jobs, alerts_of, cli, engine_client, open_known_account
+
+SINCE = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def set_faults(sim: Simulator, faults: Faults) -> None:
+    """Through the simulator's admin endpoint, over HTTP, as an operator would."""
+    httpx.post(sim.url + "/admin/faults", content=msgspec.json.encode(faults), timeout=5).raise_for_status()
+
+
+@pytest.fixture
+def api(db: Db, runtime: Runtime) -> Iterator[tuple[TestClient, dict[str, str]]]:
+    app = create_app(db.ledger, runtime.settings, jobs=actors.enqueue)
+    keys = {role: create_key(db.engine, role, f"jobs {role}") for role in ("finance", "operator")}
+    with TestClient(app=app, raise_server_exceptions=False) as client:
+        yield client, keys
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def run_now(client: TestClient, keys: dict[str, str], jobs: Jobs) -> dict:
+    """POST /reconciliations, wait for the worker, and read the run back with its results."""
+    started = client.post("/api/v1/reconciliations", headers=bearer(keys["operator"]))
+    assert started.status_code == 202, started.text
+    assert started.json()["status"] == "queued"
+    jobs.drain()
+    run = client.get(f"/api/v1/reconciliations/{started.json()['run_id']}", headers=bearer(keys["finance"]))
+    assert run.status_code == 200, run.text
+    return run.json()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    receiver.server.start()
+    yield receiver
+    receiver.server.stop()
+
+
+def test_break_and_outage_alerted_once_resolved_when_matched(db: Db, sim: Simulator, runtime: Runtime, jobs: Jobs,
+                                                             api, receiver: Receiver) -> None:
+    client, keys = api
+    runtime.settings = msgspec.structs.replace(runtime.settings, alert_webhook_url=receiver.url)
+    setup = engine_client(sim)
+    drifting, silent, fine = (open_known_account(db, setup, since=SINCE) for _ in range(3))
+    set_faults(sim, Faults(drift={drifting: Decimal("0.01")}, error=Target(accounts=(silent,))))
+
+    first = run_now(client, keys, jobs)
+    assert first["status"] == "done"
+    assert first["counts"] == {"matched": 1, "break": 1, "engine_unavailable": 1, "unknown_account": 0,
+                               "status_mismatch": 0}
+    by_account = {line["account_id"]: line for line in first["results"]}
+    assert by_account[drifting]["result"] == "break"
+    assert by_account[drifting]["difference"] == "0.01"
+    assert (by_account[drifting]["ledger_balance"], by_account[drifting]["engine_balance"]) == ("1000.00", "1000.01")
+    assert by_account[silent]["result"] == "engine_unavailable"
+    assert by_account[silent]["difference"] is None
+    assert by_account[fine]["result"] == "matched" and by_account[fine]["difference"] == "0.00"
+    assert first["alerts_raised"] == 2
+
+    opened = client.get("/api/v1/alerts?status=open", headers=bearer(keys["finance"])).json()["items"]
+    assert sorted((a["kind"], a["account_id"]) for a in opened) == sorted(
+        [("reconciliation_break", drifting), ("engine_unavailable", silent)])
+
+    # ALERT_WEBHOOK_URL: the alerts actor sends each alert once, Slack-compatible.
+    actors.notify_alerts.send()
+    jobs.drain()
+    actors.notify_alerts.send()
+    jobs.drain()
+    sent = [msgspec.json.decode(body) for body in receiver.bodies()]
+    assert sorted(s["account_id"] for s in sent) == sorted([drifting, silent])
+    assert all(s["text"].startswith("[invledger] ") for s in sent)
+
+    second = run_now(client, keys, jobs)
+    assert second["counts"]["break"] == 1 and second["counts"]["engine_unavailable"] == 1
+    assert second["alerts_raised"] == 0
+    assert len(alerts_of(db)) == 2
+
+    # An operator acknowledges the outage; it stays acknowledged (not raised again) while it lasts.
+    outage = next(a for a in opened if a["kind"] == "engine_unavailable")
+    acked = client.post(f"/api/v1/alerts/{outage['id']}/ack", headers=bearer(keys["operator"]))
+    assert acked.status_code == 200, acked.text
+    assert acked.json()["status"] == "acknowledged" and acked.json()["acknowledged_by"]
+    assert client.post(f"/api/v1/alerts/{outage['id']}/ack", headers=bearer(keys["finance"])).status_code == 403
+    assert client.post("/api/v1/alerts/999999/ack", headers=bearer(keys["operator"])).status_code == 404
+
+    set_faults(sim, Faults(error=Target(accounts=(silent,))))  # the drift is gone
+    third = run_now(client, keys, jobs)
+    assert third["counts"]["break"] == 0 and third["counts"]["matched"] == 2
+    assert (third["alerts_raised"], third["alerts_resolved"]) == (0, 1)
+    statuses = {(a.kind, a.account_id): a.status for a in alerts_of(db)}
+    assert statuses == {("reconciliation_break", drifting): "resolved", ("engine_unavailable", silent): "acknowledged"}
+    assert [a["account_id"] for a in client.get("/api/v1/alerts?status=resolved",
+                                                headers=bearer(keys["finance"])).json()["items"]] == [drifting]
+
+    listed = client.get("/api/v1/reconciliations", headers=bearer(keys["finance"])).json()["items"]
+    assert [r["run_id"] for r in listed] == [third["run_id"], second["run_id"], first["run_id"]]
+    breaks = client.get(f"/api/v1/reconciliations/{first['run_id']}?result=break",
+                        headers=bearer(keys["finance"])).json()["results"]
+    assert [line["account_id"] for line in breaks] == [drifting]
+
+
+def test_reconciliation_routes_refuse_what_they_should(db: Db, runtime: Runtime, jobs: Jobs, api) -> None:
+    client, keys = api
+    assert client.post("/api/v1/reconciliations", headers=bearer(keys["finance"])).status_code == 403
+    assert client.post("/api/v1/reconciliations").status_code == 401
+    missing = client.get("/api/v1/reconciliations/424242", headers=bearer(keys["finance"]))
+    assert missing.status_code == 404 and set(missing.json()) == {"error", "detail"}
+    run = run_now(client, keys, jobs)
+    bad = client.get(f"/api/v1/reconciliations/{run['run_id']}?result=nonsense", headers=bearer(keys["finance"]))
+    assert bad.status_code == 422 and bad.json()["error"]
+    assert client.get("/api/v1/alerts?status=nonsense", headers=bearer(keys["finance"])).status_code == 422
+    assert run["counts"]["matched"] == 0 and run["accounts"] == 0  # no accounts: an empty, finished run
+    assert run["status"] == "done"
+    assert datetime.fromisoformat(run["finished_at"]) >= datetime.now(UTC) - timedelta(minutes=5)
+
+
+def test_cli_reconcile_with_progress_once_per_date(db: Db, sim: Simulator) -> None:
+    setup = engine_client(sim)
+    drifting, fine = (open_known_account(db, setup, since=SINCE) for _ in range(2))
+    set_faults(sim, Faults(drift={drifting: Decimal("-0.01")}))
+    first = cli(db, sim, "reconcile", "--date", "2026-01-15")
+    assert first.returncode == 0, first.stderr
+    assert "reconciled 2/2 accounts" in first.stderr
+    assert ": done" in first.stdout and "breaks 1" in first.stdout and "matched 1" in first.stdout
+    assert drifting in first.stdout and "-0.01" in first.stdout and fine not in first.stdout
+    again = cli(db, sim, "reconcile", "--date", "2026-01-15", "--format", "json")
+    assert again.returncode == 0, again.stderr
+    document = msgspec.json.decode(again.stdout)
+    assert document["skipped"] == "done" and document["run"]["run_key"] == "reconcile:2026-01-15"
+    assert [p["account_id"] for p in document["problems"]] == [drifting]
+    assert db.scalar("SELECT count(*) FROM job_run") == 1

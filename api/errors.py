@@ -11,7 +11,7 @@ from psycopg import DataError as PsycopgDataError
 from sqlalchemy.exc import DataError
 
 from ledger import errors as ledger_errors
-from ledger.db import is_unavailable
+from ledger.db import is_transient, is_unavailable
 
 log = logging.getLogger("api.errors")
 
@@ -71,6 +71,11 @@ def on_unexpected(_: Request, error: Exception) -> Response:
     if isinstance(error, DataError) or isinstance(error, PsycopgDataError):
         # e.g. a NUL byte in a text field, a number out of the column's range: the input, not us.
         return answer(422, "invalid", "a field holds a value the ledger cannot store (NUL byte or out of range)")
+    if is_transient(error):
+        # A deadlock or serialization failure still there after run_with_retry's attempts: contention,
+        # not a fault of the request — retrying later is the answer.
+        log.warning("database contention outlasted the retries", extra={"error": type(error).__name__})
+        return answer(503, "busy", "the ledger is busy; retry later")
     if is_unavailable(error):
         log.warning("database unavailable", extra={"error": type(error).__name__})
         return answer(503, "unavailable", "the database is unavailable; retry later")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -13,13 +14,22 @@ from litestar.testing import TestClient
 
 from api.app import create_app
 from api.auth import create_key
+from integration import reconcile, runs
 from integration.simulator import Faults, Simulator, Target
 from invledger.runtime import Runtime
-from jobs import actors
+from jobs import actors, context
 from tests.integration.support import Receiver
-from tests.jobs.conftest import Db, Jobs, alerts_of, cli, engine_client, open_known_account
-
-SINCE = datetime(2025, 1, 1, tzinfo=UTC)
+from tests.jobs.conftest import (
+    SINCE,
+    Db,
+    Jobs,
+    alerts_of,
+    cli,
+    engine_client,
+    open_account,
+    open_known_account,
+    wait_for,
+)
 
 
 def set_faults(sim: Simulator, faults: Faults) -> None:
@@ -151,3 +161,68 @@ def test_cli_reconcile_with_progress_once_per_date(db: Db, sim: Simulator) -> No
     assert document["skipped"] == "done" and document["run"]["run_key"] == "reconcile:2026-01-15"
     assert [p["account_id"] for p in document["problems"]] == [drifting]
     assert db.scalar("SELECT count(*) FROM job_run") == 1
+
+
+def test_what_is_in_flight_is_not_a_break_and_other_results(db: Db, sim: Simulator, runtime: Runtime,
+                                                            jobs: Jobs) -> None:
+    setup = engine_client(sim)
+    depositing, pausing, told_nothing = (open_known_account(db, setup, since=SINCE, account_id=f"rec-{n}")
+                                         for n in ("depositing", "pausing", "told-nothing"))
+    unknown = open_known_account(db, setup, since=SINCE, account_id="rec-unknown", engine=False)
+    being_created = open_account(db.ledger, "rec-being-created")  # its account.created is still in the outbox
+    db.ledger.deposit(depositing, "250.00", idempotency_key="rec-deposit")
+    db.ledger.change_status(pausing, "pause")
+    db.ledger.change_status(told_nothing, "pause", notify=False)  # the engine was never told: a real mismatch
+
+    actors.reconcile.send(period="2026-01-01")
+    jobs.drain()
+    run = runs.get(db.engine, "reconcile:2026-01-01")
+    assert run.status == "done"
+    lines = {line.account_id: line.out() for line in reconcile.results(db.engine, run.id)}
+    assert {a: line["result"] for a, line in lines.items()} == {
+        depositing: "matched", pausing: "matched", told_nothing: "status_mismatch", unknown: "unknown_account",
+        being_created: "unknown_account"}
+    assert (lines[depositing]["difference"], lines[depositing]["in_flight"]) == ("-250.00", "250.00")
+    assert "not yet delivered" in lines[pausing]["detail"]
+    assert (lines[told_nothing]["ledger_status"], lines[told_nothing]["engine_status"]) == ("paused", "active")
+    assert "outbox" in lines[being_created]["detail"]
+    assert sorted((a.kind, a.account_id) for a in alerts_of(db)) == [
+        ("reconciliation_status_mismatch", told_nothing), ("reconciliation_unknown_account", unknown)]
+
+    actors.deliver_outbox.send()  # the engine hears of the deposit, the pause and the creation
+    jobs.drain()
+    wait_for(lambda: db.scalar("SELECT count(*) FROM outbox_event WHERE status <> 'delivered'") == 0,
+             what="the outbox to be delivered")
+    actors.reconcile.send(period="2026-01-02")
+    jobs.drain()
+    again = {line.account_id: line.result for line in reconcile.results(db.engine,
+                                                                        runs.get(db.engine, "reconcile:2026-01-02").id)}
+    assert again == {depositing: "matched", pausing: "matched", told_nothing: "status_mismatch",
+                     unknown: "unknown_account", being_created: "matched"}
+
+
+def test_an_engine_outage_is_one_problem_not_one_alert_per_account(db: Db, sim: Simulator, runtime: Runtime,
+                                                                   jobs: Jobs) -> None:
+    # The breaker opens during the outage; cut its reset time so the run after the outage calls the engine.
+    client = engine_client(sim, breaker_reset_timeout_ms=20)
+    context.install(runtime, client)
+    setup = engine_client(sim)
+    accounts = [open_known_account(db, setup, since=SINCE) for _ in range(reconcile.UNAVAILABLE_ALERTS_MAX + 3)]
+    sim.set_faults(Faults(error=Target(routes=("status",))))
+    for night in ("2026-02-01", "2026-02-02"):
+        actors.reconcile.send(period=night)
+        jobs.drain()
+        counts = runs.get(db.engine, f"reconcile:{night}").counts
+        assert counts["engine_unavailable"] == len(accounts) and counts["breaks"] == 0
+        assert counts["alerts_raised"] == (reconcile.UNAVAILABLE_ALERTS_MAX + 1 if night == "2026-02-01" else 0)
+    run_wide = [a for a in alerts_of(db) if a.account_id is None]
+    assert [(a.kind, a.status) for a in run_wide] == [("engine_unavailable", "open")]
+
+    sim.set_faults(Faults())
+    time.sleep(0.05)
+    actors.reconcile.send(period="2026-02-03")
+    jobs.drain()
+    counts = runs.get(db.engine, "reconcile:2026-02-03").counts
+    assert (counts["matched"], counts["alerts_resolved"]) == (len(accounts), reconcile.UNAVAILABLE_ALERTS_MAX + 1)
+    assert {a.status for a in alerts_of(db)} == {"resolved"}
+    client.shutdown()

@@ -7,8 +7,10 @@ import warnings
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 import migrations
 
@@ -53,6 +55,26 @@ def alembic_config(url: str) -> Config:
 
 
 def migrate(url: str) -> None:
-    """Apply every pending migration (safe when two processes do it at once: an advisory lock)."""
-    command.upgrade(alembic_config(url), "head")
-    log.info("migrations applied")
+    """Apply every pending migration (safe when two processes do it at once: an advisory lock).
+
+    A database already at the head revision is left alone without running alembic, so every CLI
+    command can call this cheaply and quietly.
+    """
+    config = alembic_config(url)
+    head = ScriptDirectory.from_config(config).get_current_head()
+    if _current_revision(url) == head:
+        log.debug("database schema up to date", extra={"revision": head})
+        return
+    command.upgrade(config, "head")
+    log.info("migrations applied", extra={"revision": head})
+
+
+def _current_revision(url: str) -> str | None:
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            if connection.execute(sa.text("SELECT to_regclass('alembic_version')")).scalar() is None:
+                return None
+            return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    finally:
+        engine.dispose()

@@ -113,9 +113,9 @@ def run(url: str, engine: sa.Engine, *, accounts: int, latency_ms: int = LATENCY
     params = {"accounts": accounts, "engine_latency_ms": latency_ms, "concurrency": reconcile.CONCURRENCY_MAX,
               "chunk_size": reconcile.CHUNK_SIZE, "accounts_per_s": round(accounts / elapsed_s, 1),
               "reconciling_process_cpu_s": round(cpu_s, 1)}
-    return [Result(name="reconciliation_time", value=round(elapsed_s, 2), unit="s", target=target_s,
+    return [Result(name=f"reconcile.time.a{accounts}", value=round(elapsed_s, 2), unit="s", target=target_s,
                    met=elapsed_s <= target_s, params=params),
-            Result(name="reconciliation_peak_rss", value=round(peak_rss_mb, 1), unit="MB", target=TARGET_RSS_MB,
+            Result(name=f"reconcile.peak_rss.a{accounts}", value=round(peak_rss_mb, 1), unit="MB", target=TARGET_RSS_MB,
                    met=peak_rss_mb <= TARGET_RSS_MB, params=params)]
 
 

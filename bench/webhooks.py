@@ -50,7 +50,7 @@ def _free_port() -> int:
 class Served:
     """`invledger serve` on the bench database, on a free local port; stopped with SIGTERM (then SIGKILL)."""
 
-    def __init__(self, database_url: str, *, pool_size: int = 20) -> None:
+    def __init__(self, database_url: str, *, pool_size: int = 40) -> None:
         self.port = _free_port()
         self.pool_size = pool_size
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -86,7 +86,8 @@ class Served:
         except psutil.NoSuchProcess:
             return float("nan")
 
-    def stop(self) -> None:
+    def stop(self, *, keep_log: bool = True) -> None:
+        """Stop the server; its log is removed unless asked to keep it (a failed run points at it)."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -95,6 +96,8 @@ class Served:
                 self.process.kill()
                 self.process.wait(timeout=10)
         self._log.close()
+        if not keep_log:
+            self.log_path.unlink(missing_ok=True)
 
 
 class Deliveries:
@@ -202,6 +205,8 @@ def run(database_url: str, engine: sa.Engine, *, duration_s: float, senders_set:
     served = Served(database_url)
     results: list[Result] = []
     journal_tps = reference.get("journal_tps")
+    failures = 0
+    finished = False
     try:
         asyncio.run(_load(served.base_url, deliveries, senders=4, duration_s=2.0))  # warm: imports, pools, caches
         for senders in senders_set:
@@ -234,10 +239,15 @@ def run(database_url: str, engine: sa.Engine, *, duration_s: float, senders_set:
                                   target=P99_TARGET_MS if top else None,
                                   met=latency["p99_ms"] <= P99_TARGET_MS if top else None,
                                   params={"senders": senders}))
+            failures += sum(count for status, count in figures.statuses.items() if status != "200")
+            failures += sum(figures.errors.values())
             if committed < figures.ok:
                 results.append(Result(name=f"webhook.trade.s{senders}.uncommitted", value=figures.ok - committed,
                                       unit="count", target=0, met=False,
                                       params={"what": "200 answers without an applied webhook_event row"}))
+        results.append(Result(name="webhook.trade.failures", value=failures, unit="count", target=0,
+                              met=failures == 0, params={"what": "answers other than 200, and connection errors, "
+                                                                 "over the runs above"}))
         if memory_s > 0:
             senders = max(senders_set)
             start_rss = served.rss_mb()
@@ -252,8 +262,9 @@ def run(database_url: str, engine: sa.Engine, *, duration_s: float, senders_set:
                 params={"start_rss_mb": start_rss, "end_rss_mb": end_rss, "duration_s": memory_s, "senders": senders,
                         "booked": figures.ok, "target_is_for": "5 minutes of load",
                         "start": "after the throughput runs above (warm)"}))
+        finished = True
     finally:
-        served.stop()
+        served.stop(keep_log=not finished)
     return results
 
 

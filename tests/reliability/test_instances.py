@@ -127,11 +127,12 @@ def _wait_for(condition, timeout_s: float, what: str) -> None:
     pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
 
 
-def test_two_servers_two_workers_two_schedulers(migrated_url: str, engine: sa.Engine, vhost_url: str,
-                                               tmp_path: Path) -> None:
+def test_two_servers_two_workers_two_schedulers(db, vhost_url: str, tmp_path: Path) -> None:
+    # A database of its own: the workers deliver every pending notification and reconcile every account.
+    engine = db.engine
     sim = Simulator(seed=5, api_key=ENGINE_KEY, start_date=datetime.now(UTC).date()).serve()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_", "ML_ENGINE_"))}
-    env.update(DATABASE_URL=migrated_url, BROKER_URL=vhost_url, ML_ENGINE_URL=sim.api_url,
+    env.update(DATABASE_URL=db.url, BROKER_URL=vhost_url, ML_ENGINE_URL=sim.api_url,
                ML_ENGINE_API_KEY=ENGINE_KEY, ML_ENGINE_WEBHOOK_SECRET=SECRET, LEDGER_DATA_DIR=str(tmp_path / "data"),
                ML_ENGINE_TIMEOUT_MS="3000", ML_ENGINE_RETRY_DELAY_MS="50", LOG_LEVEL="WARNING")
     procs = Processes(env, tmp_path)

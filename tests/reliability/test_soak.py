@@ -57,7 +57,9 @@ def _p99(samples: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
 
 
-def test_soak(ledger: Ledger, engine: sa.Engine, migrated_url: str, tmp_path: Path) -> None:
+def test_soak(db, tmp_path: Path) -> None:
+    # A database of its own: the engine trades every account it hears of, so none of other tests' may leak in.
+    engine, ledger = db.engine, Ledger(db.engine)
     duration = float(os.environ.get("SOAK_SECONDS", "600"))
     steps = int(duration / STEP_EVERY_S) + 5
     with socket.socket() as s:
@@ -69,7 +71,7 @@ def test_soak(ledger: Ledger, engine: sa.Engine, migrated_url: str, tmp_path: Pa
                     start_date=today - timedelta(days=steps), trades_per_day=TRADES_PER_DAY,
                     faults=Faults(webhook_duplicate_rate=0.2, webhook_reorder_window=8)).serve()
     env = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL",) and not k.startswith("ML_ENGINE_")}
-    env.update(DATABASE_URL=migrated_url, ML_ENGINE_URL=sim.api_url, ML_ENGINE_API_KEY=ENGINE_KEY,
+    env.update(DATABASE_URL=db.url, ML_ENGINE_URL=sim.api_url, ML_ENGINE_API_KEY=ENGINE_KEY,
                ML_ENGINE_WEBHOOK_SECRET=SECRET, LEDGER_HOST="127.0.0.1", LEDGER_PORT=str(port),
                LEDGER_DATA_DIR=str(tmp_path / "data"), LOG_LEVEL="WARNING")
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 — closed at the end

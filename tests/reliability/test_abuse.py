@@ -249,7 +249,7 @@ def test_no_secret_or_key_reaches_the_logs(ledger, keys, engine) -> None:
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     assert any(line.get("logger") == "api.webhooks" for line in lines), "the capture saw no webhook log line"
     secrets = [WEBHOOK_SECRET, ROTATED_SECRET, engine_key, *keys.values(),
-               *(key.rsplit("_", 1)[1] for key in keys.values())]  # the secret part of each key alone too
+               *(key.split("_", 2)[2] for key in keys.values())]  # ilk_<prefix>_<secret>: the secret alone too
     leaked = [secret for secret in secrets if secret in text]
     assert not leaked, f"{len(leaked)} secret(s) in {len(lines)} log lines"
     assert not re.search(r"Bearer\s+ilk_", text)

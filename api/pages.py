@@ -36,9 +36,10 @@ from api import tabular, views
 from api.auth import RANK, KeyStore
 from api.controllers.alerts import acknowledge
 from api.errors import STATUS_OF, ApiError
-from api.schemas import PeriodStart, parse_time, rfc3339, statement_out
+from api.schemas import PeriodStart, parse_time, statement_out
 from ledger import Ledger, chart, reports
 from ledger.errors import LedgerError
+from ledger.times import rfc3339
 
 HERE = Path(__file__).parent
 COOKIE = "invledger_key"

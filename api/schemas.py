@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -10,8 +10,10 @@ import msgspec
 from litestar.params import HeaderParameter, QueryParameter
 
 from api.errors import ApiError
+from ledger import times
 from ledger.model import Entry, InvestmentAccount, Posted, Statement, TrialBalance
 from ledger.money import Money
+from ledger.times import rfc3339
 
 AccountId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
                                         description="letters, digits, _ . - (at most 64)")]
@@ -46,26 +48,14 @@ class StatusChange(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     reason: Reference = ""
 
 
-def rfc3339(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def parse_time(text: str | None, name: str, *, end_of_day: bool = False) -> datetime | None:
     """Contract §5: a date (inclusive UTC day: its start, or its end with end_of_day) or an RFC 3339 time."""
     if text is None or text == "":
         return None
-    try:
-        if len(text) == 10:
-            day = date.fromisoformat(text)
-            if end_of_day:
-                return datetime.combine(day + timedelta(days=1), time.min, UTC) - timedelta(microseconds=1)
-            return datetime.combine(day, time.min, UTC)
-        at = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "+"))
-    except ValueError:
-        raise ApiError(422, "invalid", f"{name}: {text!r} is not a YYYY-MM-DD date or an RFC 3339 time") from None
-    if at.tzinfo is None:
-        raise ApiError(422, "invalid", f"{name}: {text!r} has no time zone (add Z for UTC)")
-    return at.astimezone(UTC)
+    try:  # a '+' of an offset arrives as ' ' when the client did not percent-encode it
+        return times.parse_time(text.replace(" ", "+"), end_of_day=end_of_day)
+    except ValueError as error:
+        raise ApiError(422, "invalid", f"{name}: {error}") from None
 
 
 def account_out(account: InvestmentAccount) -> dict[str, Any]:

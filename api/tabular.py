@@ -10,20 +10,17 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from integration import reconcile
 from ledger.money import Money
 from ledger.reports import BalanceSheet, IncomeStatement, Performance, SheetLine, TrialBalancePage
+from ledger.times import rfc3339
 
 Row = dict[str, Any]
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def rfc3339(at: datetime | None) -> str | None:
-    return None if at is None else at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _text(value: object) -> str | None:

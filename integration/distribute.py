@@ -19,8 +19,8 @@ from ledger import Ledger
 from ledger.distribution import (
     Deferred,
     Distribution,
-    accounts_for_month,
     distribute_account,
+    month_bounds,
     month_key,
 )
 from ledger.money import Money
@@ -45,11 +45,7 @@ def distribute_month(ledger: Ledger, month: date, *, require_snapshot: bool = Tr
     """Distribute `month` for every account that was open in it (see ledger.distribution)."""
     counts = DistributionCounts()
     totals: dict[str, int] = {}
-    accounts: list[str] = []
-    after = None
-    while page := accounts_for_month(ledger, month, after=after):
-        accounts += page
-        after = page[-1]
+    accounts = ledger.account_ids_open_since(month_bounds(month)[0])
     total = len(accounts)
 
     def one(account_id: str) -> Distribution | Deferred | Exception:

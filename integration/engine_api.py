@@ -23,7 +23,8 @@ from ledger.money import DIGITS_MAX
 ACCOUNT_ID_LENGTH_MAX: Final[int] = 128
 TEXT_LENGTH_MAX: Final[int] = 2000
 
-AccountId = Annotated[str, msgspec.Meta(min_length=1, max_length=ACCOUNT_ID_LENGTH_MAX)]
+# The ledger's own account ids (investment_account.account_id): the engine only knows the ones we created.
+AccountId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=ACCOUNT_ID_LENGTH_MAX)]
 Text = Annotated[str, msgspec.Meta(max_length=TEXT_LENGTH_MAX)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=10**9)]
@@ -36,7 +37,7 @@ TradeStatus = Literal["open", "closed"]
 EventType = Literal["trade.executed", "daily.performance", "account.balance_updated", "account.error"]
 
 
-def _check_decimal(name: str, value: Decimal | None, *, sign: Literal["any", ">=0", ">0"] = "any") -> None:
+def check_decimal(name: str, value: Decimal | None, *, sign: Literal["any", ">=0", ">0"] = "any") -> None:
     # Raised as ValueError so msgspec reports it as a ValidationError naming the struct.
     if value is None:
         return
@@ -69,7 +70,7 @@ class CreateAccountRequest(msgspec.Struct, frozen=True, kw_only=True):
     agent_config: dict[str, Any] = {}
 
     def __post_init__(self) -> None:
-        _check_decimal("initial_capital", self.initial_capital, sign=">=0")
+        check_decimal("initial_capital", self.initial_capital, sign=">=0")
 
 
 class CapitalUpdate(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,8 +85,8 @@ class CapitalUpdate(msgspec.Struct, frozen=True, kw_only=True):
     new_total_capital: Decimal
 
     def __post_init__(self) -> None:
-        _check_decimal("amount", self.amount, sign=">0")
-        _check_decimal("new_total_capital", self.new_total_capital, sign=">=0")
+        check_decimal("amount", self.amount, sign=">0")
+        check_decimal("new_total_capital", self.new_total_capital, sign=">=0")
 
 
 class AccountAck(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -99,7 +100,7 @@ class AccountAck(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     capital: Decimal | None = None
 
     def __post_init__(self) -> None:
-        _check_decimal("capital", self.capital)
+        check_decimal("capital", self.capital)
 
 
 class AccountStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -112,8 +113,8 @@ class AccountStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     as_of: UtcTime | None = None
 
     def __post_init__(self) -> None:
-        _check_decimal("balance", self.balance)
-        _check_decimal("equity", self.equity)
+        check_decimal("balance", self.balance)
+        check_decimal("equity", self.equity)
 
 
 class Trade(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -135,10 +136,10 @@ class Trade(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     profit_loss: Decimal | None = None
 
     def __post_init__(self) -> None:
-        _check_decimal("quantity", self.quantity, sign=">0")
-        _check_decimal("entry_price", self.entry_price, sign=">0")
-        _check_decimal("exit_price", self.exit_price, sign=">0")
-        _check_decimal("profit_loss", self.profit_loss)
+        check_decimal("quantity", self.quantity, sign=">0")
+        check_decimal("entry_price", self.entry_price, sign=">0")
+        check_decimal("exit_price", self.exit_price, sign=">0")
+        check_decimal("profit_loss", self.profit_loss)
         if self.status == "closed" and self.profit_loss is None:
             raise ValueError("a closed trade must carry profit_loss")
 
@@ -156,9 +157,9 @@ class Performance(msgspec.Struct, frozen=True, kw_only=True):
     losing_trades: Count
 
     def __post_init__(self) -> None:
-        _check_decimal("opening_balance", self.opening_balance, sign=">=0")
-        _check_decimal("closing_balance", self.closing_balance, sign=">=0")
-        _check_decimal("daily_return", self.daily_return)
+        check_decimal("opening_balance", self.opening_balance, sign=">=0")
+        check_decimal("closing_balance", self.closing_balance, sign=">=0")
+        check_decimal("daily_return", self.daily_return)
         if self.winning_trades + self.losing_trades > self.trades_executed:
             raise ValueError("winning_trades + losing_trades exceeds trades_executed")
 
@@ -185,7 +186,7 @@ class BalanceUpdated(msgspec.Struct, frozen=True, kw_only=True):
     reason: Text
 
     def __post_init__(self) -> None:
-        _check_decimal("new_balance", self.new_balance, sign=">=0")
+        check_decimal("new_balance", self.new_balance, sign=">=0")
 
 
 class AccountErrorEvent(msgspec.Struct, frozen=True, kw_only=True):

@@ -8,72 +8,22 @@ straight to Decimal (never through float); its scale is checked later against th
 from __future__ import annotations
 
 import hashlib
-from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 
+from integration.engine_api import AccountId, Performance, Trade, UtcTime, check_decimal
+
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-AccountId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-Count = Annotated[int, msgspec.Meta(ge=0, le=10_000_000)]
 Text = Annotated[str, msgspec.Meta(max_length=1000)]
 WEBHOOK_BODY_MAX_BYTES = 1024 * 1024
 
 
-def _finite(name: str, value: Decimal | None, *, positive: bool = False) -> None:
-    if value is None:
-        return
-    if not value.is_finite():
-        raise ValueError(f"{name} must be a finite number")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be positive")
-    if len(value.as_tuple().digits) > 34:
-        raise ValueError(f"{name} has too many digits")
-
-
-def _aware(name: str, value: datetime | None) -> None:
-    if value is not None and value.tzinfo is None:
-        raise ValueError(f"{name} must carry a time zone (RFC 3339, e.g. 2026-01-02T10:00:00Z)")
-
-
-class TradeData(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
-    trade_id: Id
-    account_id: AccountId
-    symbol: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
-    side: Literal["buy", "sell"]
-    quantity: Decimal
-    entry_price: Decimal
-    exit_price: Decimal | None = None
-    profit_loss: Decimal | None = None
-    status: Literal["open", "closed"]
-    executed_at: datetime
-
-    def __post_init__(self) -> None:
-        _finite("quantity", self.quantity, positive=True)
-        _finite("entry_price", self.entry_price, positive=True)
-        _finite("exit_price", self.exit_price, positive=True)
-        _finite("profit_loss", self.profit_loss)
-        _aware("executed_at", self.executed_at)
-        if self.status == "closed" and self.profit_loss is None:
-            raise ValueError("a closed trade needs profit_loss")
-
-
-class PerformanceData(msgspec.Struct, frozen=True, kw_only=True):
-    account_id: AccountId
-    date: date
-    opening_balance: Decimal
-    closing_balance: Decimal
-    daily_return: Decimal
-    trades_executed: Count
-    winning_trades: Count
-    losing_trades: Count
-
-    def __post_init__(self) -> None:
-        for name in ("opening_balance", "closing_balance", "daily_return"):
-            _finite(name, getattr(self, name))
-        if self.winning_trades + self.losing_trades > self.trades_executed:
-            raise ValueError("winning_trades + losing_trades exceeds trades_executed")
+# The seed's MLTradeDto and MLPerformanceDto: one definition, shared with the engine's API (engine_api),
+# so a webhook and a back-filled fact are the same struct with the same validation.
+TradeData = Trade
+PerformanceData = Performance
 
 
 class BalanceUpdatedData(msgspec.Struct, frozen=True, kw_only=True):
@@ -82,7 +32,7 @@ class BalanceUpdatedData(msgspec.Struct, frozen=True, kw_only=True):
     reason: Text
 
     def __post_init__(self) -> None:
-        _finite("new_balance", self.new_balance)
+        check_decimal("new_balance", self.new_balance)
 
 
 class AccountErrorData(msgspec.Struct, frozen=True, kw_only=True):
@@ -93,10 +43,7 @@ class AccountErrorData(msgspec.Struct, frozen=True, kw_only=True):
 
 class _Envelope(msgspec.Struct, frozen=True, kw_only=True, tag_field="event_type"):
     event_id: Id | None = None
-    occurred_at: datetime | None = None
-
-    def __post_init__(self) -> None:
-        _aware("occurred_at", self.occurred_at)
+    occurred_at: UtcTime | None = None
 
 
 class TradeExecuted(_Envelope, frozen=True, kw_only=True, tag="trade.executed"):

@@ -132,7 +132,7 @@ def _amount(value: Decimal | None, currency: str | None) -> str | None:
 
 # ------------------------------------------------------------------------------------------ judging
 
-def judge(side: LedgerSide, answer: AccountStatus | Exception, tolerance: Decimal) -> Line:
+def judge(side: LedgerSide, answer: AccountStatus | EngineError, tolerance: Decimal) -> Line:
     """One account's result from the ledger's side and the engine's answer (pure)."""
     base: dict[str, Any] = {"account_id": side.account_id, "currency": side.currency,
                             "ledger_balance_minor": side.balance_minor, "ledger_status": side.status}
@@ -141,9 +141,8 @@ def judge(side: LedgerSide, answer: AccountStatus | Exception, tolerance: Decima
         if side.creation_in_flight:
             detail += " yet: its account.created notification is still in the outbox"
         return Line(result="unknown_account", detail=detail, **base)
-    if isinstance(answer, Exception):
-        detail = answer.detail if isinstance(answer, EngineError) else f"{type(answer).__name__}: {answer}"
-        return Line(result="engine_unavailable", detail=detail[:500], **base)
+    if isinstance(answer, EngineError):
+        return Line(result="engine_unavailable", detail=answer.detail[:500], **base)
     scale = scale_of(side.currency)
     with localcontext() as ctx:
         ctx.prec = 80  # exact: balances have at most 34 digits, scales at most 18 places
@@ -239,10 +238,10 @@ class Reconciler:
         self.counts = Counts()
         self._unavailable_seen = 0
 
-    def _ask(self, account_id: str) -> AccountStatus | Exception:
+    def _ask(self, account_id: str) -> AccountStatus | EngineError:
         try:
             return self.client.status(account_id)
-        except Exception as error:  # noqa: BLE001 — every failure is a result (engine_unavailable)
+        except EngineError as error:  # the engine's failures are results; a bug of ours is not an outage
             return error
 
     def run(self) -> Counts:

@@ -19,18 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, time, timedelta
 
 import msgspec
-import sqlalchemy as sa
 
 from integration import alerts, runs
 from integration.client import EngineClient, EngineError, EngineNotFound
-from integration.events import PerformanceData, TradeData
 from integration.webhooks import Booking, WebhookProcessor
 from ledger import Ledger
 from ledger.errors import LedgerError
 
 log = logging.getLogger("integration.sync")
 CONCURRENCY_MAX = 16
-ACCOUNTS_PAGE_MAX = 1000
 Progress = Callable[[int, int], None]
 
 
@@ -54,21 +51,6 @@ class SyncCounts(msgspec.Struct, kw_only=True):
             setattr(self, field, getattr(self, field) + getattr(other, field))
 
 
-def accounts_for_day(ledger: Ledger, day: date, *, after: str | None = None,
-                     limit: int = ACCOUNTS_PAGE_MAX) -> list[str]:
-    """Accounts that may have traded on `day`: not closed, or closed on or after that day."""
-    start = datetime.combine(day, time.min, UTC)
-    with ledger.engine.connect() as c:
-        return list(c.execute(sa.text("""
-            SELECT a.account_id FROM investment_account a
-             WHERE (a.status <> 'closed' OR EXISTS (
-                        SELECT 1 FROM account_event ev WHERE ev.account_id = a.account_id AND ev.kind = 'closed'
-                           AND ev.occurred_at >= :start))
-               AND (CAST(:after AS text) IS NULL OR a.account_id > :after)
-             ORDER BY a.account_id LIMIT :limit"""),
-            {"start": start, "after": after, "limit": max(1, min(limit, ACCOUNTS_PAGE_MAX))}).scalars())
-
-
 def sync_account(processor: WebhookProcessor, client: EngineClient, account_id: str, day: date) -> SyncCounts:
     """Fetch and book one account's day. Engine errors propagate (the caller counts them)."""
     counts = SyncCounts(accounts=1)
@@ -88,8 +70,8 @@ def sync_account(processor: WebhookProcessor, client: EngineClient, account_id: 
         if trade.status != "closed" or trade.executed_at.astimezone(UTC).date() != day:
             continue  # the engine answered more than asked; only D's closed trades are D's business
         counts.trades_seen += 1
-        booked = _book(processor, account_id, f"trade {trade.trade_id}", counts, lambda t=trade: processor.book_trade(
-            msgspec.convert(t, TradeData, from_attributes=True)))
+        booked = _book(processor, account_id, f"trade {trade.trade_id}", counts,
+                       lambda t=trade: processor.book_trade(t))
         if booked is not None:
             tally(booked, "trades")
     if not performance:
@@ -97,8 +79,7 @@ def sync_account(processor: WebhookProcessor, client: EngineClient, account_id: 
     for snapshot in performance[:1]:
         counts.performance_seen += 1
         booked = _book(processor, account_id, f"the snapshot of {day}", counts,
-                       lambda s=snapshot: processor.book_performance(
-                           msgspec.convert(s, PerformanceData, from_attributes=True)))
+                       lambda s=snapshot: processor.book_performance(s))
         if booked is not None:
             tally(booked, "performance")
     return counts
@@ -123,11 +104,7 @@ def sync_day(ledger: Ledger, client: EngineClient, processor: WebhookProcessor, 
     """Sync every account of `day` (see the module docstring); returns what was seen and filled."""
     if datetime.combine(day + timedelta(days=1), time.min, UTC) > datetime.now(UTC):
         raise ValueError(f"{day} is not over yet: the sync is for days that have ended")
-    accounts: list[str] = []
-    after = None
-    while page := accounts_for_day(ledger, day, after=after):
-        accounts += page
-        after = page[-1]
+    accounts = ledger.account_ids_open_since(datetime.combine(day, time.min, UTC))
     total = len(accounts)
     counts = SyncCounts()
 

@@ -7,11 +7,13 @@ import csv
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import msgspec
 
 from invledger import __version__, config, logs
+from ledger import times
+from ledger.times import rfc3339
 
 log = logging.getLogger("invledger.cli")
 
@@ -25,21 +27,9 @@ class CliError(Exception):
 def parse_time(text: str, *, end_of_day: bool = False) -> datetime:
     """RFC 3339 time, or a date (its start, or the end of that UTC day with end_of_day)."""
     try:
-        if len(text) == 10:
-            day = date.fromisoformat(text)
-            if end_of_day:
-                return datetime.combine(day + timedelta(days=1), time.min, UTC) - timedelta(microseconds=1)
-            return datetime.combine(day, time.min, UTC)
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time or a YYYY-MM-DD date") from None
-    if value.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} has no time zone (add Z for UTC)")
-    return value.astimezone(UTC)
-
-
-def rfc3339(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return times.parse_time(text, end_of_day=end_of_day)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def emit_table(rows: list[dict[str, object]], fmt: str, out=None) -> None:

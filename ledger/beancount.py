@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from ledger.book import Ledger
 from ledger.errors import InvalidEntry
 from ledger.money import Money
+from ledger.times import rfc3339
 
 BATCH_ROWS = 10_000  # postings fetched per round trip while streaming
 PROGRESS_EVERY_ENTRIES = 100_000
@@ -72,10 +73,6 @@ def _amount(minor: int, currency: str) -> str:
     return f"{Money(minor=minor, currency=currency)} {currency}"
 
 
-def _rfc3339(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def export(ledger: Ledger, out: TextIO, as_of: datetime | None = None,
            progress: Callable[[int], None] | None = None) -> dict[str, int]:
     """Write the ledger as Beancount to `out`; the counts of what was written."""
@@ -99,7 +96,7 @@ def export(ledger: Ledger, out: TextIO, as_of: datetime | None = None,
             names = account_names([a.name for a in opened])
             by_id = {a.id: a for a in opened}
             write = out.write
-            write(f";; invledger export — the ledger as of {_rfc3339(cut)}, written {_rfc3339(now)}\n")
+            write(f";; invledger export — the ledger as of {rfc3339(cut)}, written {rfc3339(now)}\n")
             write(";; every figure below is copied from postings; the balance assertions at the end are the\n")
             write(";; ledger's own balances, so `bean-check` proves the two agree.\n")
             write('option "title" "invledger"\n')
@@ -116,7 +113,7 @@ def export(ledger: Ledger, out: TextIO, as_of: datetime | None = None,
                 write(f"{entry.effective_at.astimezone(UTC).date().isoformat()} * {_string(entry.kind)} "
                       f"{_string(entry.memo)}\n")
                 write(f"  entry_id: {entry.id}\n")
-                write(f"  effective_at: {_string(_rfc3339(entry.effective_at))}\n")
+                write(f"  effective_at: {_string(rfc3339(entry.effective_at))}\n")
                 if entry.investment_account_id:
                     write(f"  investment_account: {_string(entry.investment_account_id)}\n")
                 if entry.reverses_entry_id:
@@ -131,7 +128,7 @@ def export(ledger: Ledger, out: TextIO, as_of: datetime | None = None,
                 if progress and counts["entries"] % PROGRESS_EVERY_ENTRIES == 0:
                     progress(counts["entries"])
             check_day: date = cut.date() + timedelta(days=1)
-            write(f";; the ledger's balances as of {_rfc3339(cut)} (Beancount checks them at the start of "
+            write(f";; the ledger's balances as of {rfc3339(cut)} (Beancount checks them at the start of "
                   f"{check_day.isoformat()})\n")
             for a in opened:
                 balance = Money(minor=int(a.balance_minor), currency=a.currency)

@@ -49,6 +49,7 @@ from ledger.model import (
     TrialBalanceRow,
 )
 from ledger.money import Money, parse_amount, scale_of
+from ledger.times import ONE_MICROSECOND
 
 T = TypeVar("T")
 
@@ -56,7 +57,6 @@ LEGS_MAX = 64
 PAGE_LIMIT_MAX = 1000
 EFFECTIVE_SKEW_MAX = timedelta(minutes=5)
 EFFECTIVE_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
-ONE_MICROSECOND = timedelta(microseconds=1)
 _json = msgspec.json.Encoder(order="deterministic")
 
 
@@ -355,7 +355,10 @@ class Tx:
     # ------------------------------------------------------------------ reads inside the unit of work
 
     def balance(self, account_id: str, as_of: datetime | None = None) -> Money:
-        return self.ledger_account_balance(chart.investors(account_id), as_of)
+        try:
+            return self.ledger_account_balance(chart.investors(account_id), as_of)
+        except UnknownAccount:  # investors:A exists exactly when A does
+            raise UnknownAccount(f"investment account {account_id!r} does not exist") from None
 
     def ledger_account_balance(self, name: str, as_of: datetime | None = None) -> Money:
         account = self.resolve([name])[name]
@@ -467,9 +470,19 @@ class Ledger:
                 {"status": status, "after": after, "limit": _limit(limit)}).mappings().all()
         return [_account(row) for row in rows]
 
+    def account_ids_open_since(self, start: datetime) -> list[str]:
+        """Investment accounts that were open at some time from `start` on: not closed, or closed at or after
+        `start` (the accounts a day's sync or a month's distribution must look at), by id."""
+        with self.engine.connect() as connection:
+            return list(connection.execute(sa.text("""
+                SELECT a.account_id FROM investment_account a
+                 WHERE a.status <> 'closed' OR EXISTS (
+                           SELECT 1 FROM account_event ev
+                            WHERE ev.account_id = a.account_id AND ev.kind = 'closed' AND ev.occurred_at >= :start)
+                 ORDER BY a.account_id"""), {"start": _aware(start)}).scalars())
+
     def balance(self, account_id: str, as_of: datetime | None = None) -> Money:
         """What the platform owes A's investor (liabilities:investors:A), now or as of an effective time."""
-        self.account(account_id)
         return self._read(lambda tx: tx.balance(account_id, as_of))
 
     def ledger_account_balance(self, name: str, as_of: datetime | None = None) -> Money:

@@ -42,10 +42,9 @@ from ledger import chart, rules
 from ledger.book import Ledger, Tx
 from ledger.errors import InvalidEntry
 from ledger.money import Money
+from ledger.times import ONE_MICROSECOND
 
-ONE_MICROSECOND = timedelta(microseconds=1)
 FLOW_KINDS = ("deposit", "withdrawal", "transfer")  # as ledger.reports: money the investor moved
-ACCOUNTS_PAGE_MAX = 1000
 
 
 # ------------------------------------------------------------------------------------------ pure part
@@ -243,21 +242,6 @@ def _text(minor: int, currency: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ reads
-
-def accounts_for_month(ledger: Ledger, month: date, *, after: str | None = None,
-                       limit: int = ACCOUNTS_PAGE_MAX) -> list[str]:
-    """Accounts to distribute for `month`, by id after `after`: every account not closed before M began."""
-    start, _ = month_bounds(month)
-    with ledger.engine.connect() as c:
-        return list(c.execute(sa.text("""
-            SELECT a.account_id FROM investment_account a
-             WHERE (a.status <> 'closed' OR EXISTS (
-                        SELECT 1 FROM account_event ev WHERE ev.account_id = a.account_id AND ev.kind = 'closed'
-                           AND ev.occurred_at >= :start))
-               AND (CAST(:after AS text) IS NULL OR a.account_id > :after)
-             ORDER BY a.account_id LIMIT :limit"""),
-            {"start": start, "after": after, "limit": max(1, min(limit, ACCOUNTS_PAGE_MAX))}).scalars())
-
 
 def distributions(ledger: Ledger, account_id: str) -> list[Distribution]:
     """A's distributions, oldest first."""

@@ -9,9 +9,9 @@ from litestar.params import Parameter
 
 from api.auth import require_role
 from api.errors import ApiError
-from api.schemas import rfc3339
 from integration import outbox
 from ledger import Ledger
+from ledger.times import rfc3339
 
 
 def _out(row: dict[str, Any]) -> dict[str, Any]:

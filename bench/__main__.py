@@ -119,7 +119,7 @@ def _run(plan: Plan, groups: tuple[str, ...], results: list[Result], facts: dict
                 results.extend(webhooks.run(db.url, engine, duration_s=plan.webhook_s, senders_set=plan.writers,
                                             accounts=plan.webhook_accounts, memory_s=plan.memory_s,
                                             reference=limits))
-                results.append(webhooks.backfill(engine, threads=8, duration_s=plan.webhook_s,
+                results.extend(webhooks.backfill(engine, threads=4, duration_s=plan.webhook_s,
                                                  accounts=plan.webhook_accounts,
                                                  copy_rows_per_s=limits.get("copy_rows_per_s")))
         finally:

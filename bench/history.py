@@ -76,7 +76,9 @@ WINDOW w AS (PARTITION BY l.account ORDER BY l.entry_id)
 """)
 
 _CACHE = sa.text("""
-UPDATE ledger_account a SET balance_minor = s.total, posting_count = s.n, max_effective_at = s.latest
+UPDATE ledger_account a SET balance_minor = s.total, posting_count = s.n, max_effective_at = s.latest,
+       max_lateness_us = COALESCE((SELECT l.lateness_us FROM ledger_account_lateness l
+                                    WHERE l.ledger_account_id = a.id), 0)
   FROM (SELECT ledger_account_id, count(*) AS n, max(effective_at) AS latest,
                sum(CASE side WHEN 'D' THEN amount_minor ELSE -amount_minor END) AS total
           FROM posting WHERE ledger_account_id = ANY(CAST(:ids AS bigint[])) GROUP BY ledger_account_id) s

@@ -1,7 +1,8 @@
 """Performance sync and trade back-fill (seed §6.1): book what the webhooks of a day missed, exactly once.
 
 For every account open on day D (not closed, or closed on or after D), fetch from the engine D's closed
-trades and D's daily snapshot, and book each through `WebhookProcessor.book_trade` / `book_performance` —
+trades and D's daily snapshot, and book them through `WebhookProcessor.book_trades` (the day's trades in
+one transaction; one by one with `book_trade` if that batch is refused as a whole) / `book_performance` —
 the webhook path's own rules, tables and idempotency keys. So a fact a webhook already booked is counted
 as `already`, a missing one is booked once (`filled`), and one that conflicts with what was recorded is
 kept out of the books with an alert (`conflicts`). Trades are booked before the snapshot, so the true-up
@@ -66,14 +67,22 @@ def sync_account(processor: WebhookProcessor, client: EngineClient, account_id: 
             counts.entries += len(booking.entry_ids)
             setattr(counts, f"{kind}_filled", getattr(counts, f"{kind}_filled") + 1)
 
-    for trade in sorted(trades, key=lambda t: (t.executed_at, t.trade_id)):
-        if trade.status != "closed" or trade.executed_at.astimezone(UTC).date() != day:
-            continue  # the engine answered more than asked; only D's closed trades are D's business
-        counts.trades_seen += 1
-        booked = _book(processor, account_id, f"trade {trade.trade_id}", counts,
-                       lambda t=trade: processor.book_trade(t))
-        if booked is not None:
-            tally(booked, "trades")
+    # the engine may answer more than asked; only D's closed trades of this account are D's business
+    todo = sorted((t for t in trades if t.status == "closed" and t.account_id == account_id
+                   and t.executed_at.astimezone(UTC).date() == day), key=lambda t: (t.executed_at, t.trade_id))
+    counts.trades_seen += len(todo)
+    try:  # all of the day's trades in one transaction; one by one if the batch as a whole is refused
+        answers: list[Booking | LedgerError | None] = list(processor.book_trades(account_id, todo))
+    except (LedgerError, msgspec.ValidationError) as error:
+        log.warning("sync: batch refused, booking one by one", extra={"account_id": account_id,
+                                                                     "error": str(error)[:300]})
+        answers = [_book(processor, account_id, f"trade {t.trade_id}", counts,
+                         lambda t=t: processor.book_trade(t)) for t in todo]
+    for trade, answer in zip(todo, answers, strict=True):
+        if isinstance(answer, LedgerError):
+            _rejected(processor, account_id, f"trade {trade.trade_id}", counts, answer)
+        elif answer is not None:
+            tally(answer, "trades")
     if not performance:
         counts.performance_missing += 1
     for snapshot in performance[:1]:
@@ -90,13 +99,19 @@ def _book(processor: WebhookProcessor, account_id: str, what: str, counts: SyncC
     try:
         return book()
     except (LedgerError, msgspec.ValidationError) as error:
-        counts.rejected += 1
-        detail = getattr(error, "detail", str(error))
-        with processor.ledger.engine.begin() as c:
-            alerts.raise_alert(c, kind="backfill_rejected", dedup_key=f"backfill-rejected:{account_id}:{what}",
-                               message=f"back-fill could not book {what} for {account_id}: {detail}",
-                               account_id=account_id)
+        _rejected(processor, account_id, what, counts, error)
         return None
+
+
+def _rejected(processor: WebhookProcessor, account_id: str, what: str, counts: SyncCounts,
+              error: Exception) -> None:
+    """A fact the ledger cannot book: counted and alerted (once per fact), the rest of the day goes on."""
+    counts.rejected += 1
+    detail = getattr(error, "detail", str(error))
+    with processor.ledger.engine.begin() as c:
+        alerts.raise_alert(c, kind="backfill_rejected", dedup_key=f"backfill-rejected:{account_id}:{what}",
+                           message=f"back-fill could not book {what} for {account_id}: {detail}",
+                           account_id=account_id)
 
 
 def sync_day(ledger: Ledger, client: EngineClient, processor: WebhookProcessor, day: date, *,

@@ -24,6 +24,7 @@ back-fill, and a webhook arriving after the back-fill is a duplicate.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
@@ -48,7 +49,7 @@ from integration.events import (
     event_type_of,
 )
 from ledger import Ledger, Money, Tx, rules
-from ledger.errors import InvalidAmount, InvalidEntry, UnknownAccount
+from ledger.errors import InvalidAmount, InvalidEntry, LedgerError, UnknownAccount
 
 log = logging.getLogger("integration.webhooks")
 _canonical = msgspec.json.Encoder(order="deterministic")
@@ -182,6 +183,88 @@ class WebhookProcessor:
         return self._book(trade.account_id, f"trade:{trade.trade_id}",
                           lambda tx, currency: self._trade(tx, trade, currency, source=source))
 
+    def book_trades(self, account_id: str, trades: list[TradeData], *,
+                    source: str = "backfill") -> list[Booking | LedgerError]:
+        """Many trades of one account fetched from the engine, in one transaction and a few statements: the
+        same rows, entries, idempotency keys and late-fact offsets as `book_trade` one by one, in order.
+
+        A trade the ledger cannot book (e.g. a profit finer than the currency's scale) is answered with its
+        error and the others are booked; an error of the batch itself (the database refusing it) raises,
+        and nothing of it is booked — the caller may then book the trades one by one.
+        """
+        def work(tx: Tx) -> list[Booking | LedgerError]:
+            account = tx.lock_account(account_id)
+            c = tx.connection
+            known: dict[str, Any] = {row.trade_id: row for row in c.execute(sa.text("""
+                SELECT trade_id, status, profit_loss_minor, entry_id, account_id FROM trade
+                 WHERE trade_id = ANY(:ids)"""), {"ids": [t.trade_id for t in trades]})}
+            snapshot_days = sorted(row.date for row in c.execute(sa.text("""
+                SELECT date FROM daily_performance WHERE account_id = :a AND date >= :day"""), {
+                "a": account_id,
+                "day": min((t.executed_at.astimezone(UTC).date() for t in trades), default=date.max)}))
+            answers: list[Booking | LedgerError | None] = [None] * len(trades)
+            closed_at: dict[str, int] = {}  # trade id -> index of the trade that closed it in this batch
+            duplicates: dict[int, int] = {}  # index -> index of that trade
+            drafts: list[tuple[int, Any]] = []  # (trade index, draft), in booking order
+            rows: list[tuple[TradeData, int | None, int, bool]] = []  # (trade, pnl, index, update) to store
+            for i, trade in enumerate(trades):
+                key = f"trade:{trade.trade_id}"
+                seen = known.get(trade.trade_id)
+                try:
+                    if trade.account_id != account_id:
+                        raise InvalidEntry(f"trade {trade.trade_id} belongs to {trade.account_id}, not {account_id}")
+                    if seen is not None and seen.account_id != trade.account_id:
+                        raise _Review(f"trade {trade.trade_id} was reported for account {seen.account_id}",
+                                      "webhook_conflict")
+                    if trade.status == "open":
+                        if seen is None:
+                            rows.append((trade, None, i, False))
+                            known[trade.trade_id] = _Known(trade.account_id, "open", None, None)
+                        answers[i] = Booking(duplicate=seen is not None)
+                        continue
+                    pnl = Money.from_decimal(trade.profit_loss, account.currency)
+                    if seen is not None and seen.status == "closed":
+                        if seen.profit_loss_minor != pnl.minor:
+                            raise _Review(f"trade {trade.trade_id} closed again with profit_loss {pnl} (first "
+                                          f"{Money(minor=seen.profit_loss_minor, currency=account.currency)})",
+                                          "webhook_conflict")
+                        if trade.trade_id in closed_at:  # closed earlier in this batch: its entry, once posted
+                            duplicates[i] = closed_at[trade.trade_id]
+                        else:
+                            answers[i] = Booking(entry_ids=(seen.entry_id,) if seen.entry_id else (),
+                                                 duplicate=True)
+                        continue
+                except _Review as review:
+                    alerts.raise_alert(c, kind=review.kind, dedup_key=f"backfill:{key}",
+                                       message=f"back-fill: {review.reason}", account_id=account_id, event_key=key)
+                    answers[i] = Booking(review=review.reason)
+                    continue
+                except LedgerError as error:
+                    answers[i] = error
+                    continue
+                draft = rules.gain_or_loss("trade", trade.account_id, pnl, idempotency_key=key,
+                                           effective_at=trade.executed_at, memo=f"{trade.side} {trade.symbol} closed",
+                                           metadata={"trade_id": trade.trade_id, "symbol": trade.symbol})
+                if draft is not None:
+                    drafts.append((i, draft))
+                    offset = self._offset(account_id, trade.executed_at, pnl, key, f"trade {trade.trade_id}",
+                                          snapshot_days)
+                    if offset is not None:
+                        drafts.append((i, offset))
+                rows.append((trade, pnl.minor, i, seen is not None))
+                known[trade.trade_id] = _Known(trade.account_id, "closed", pnl.minor, None)
+                closed_at[trade.trade_id] = i
+            entry_ids: dict[int, list[int]] = {}
+            for (i, _), posted in zip(drafts, tx.post_many([draft for _, draft in drafts]), strict=True):
+                entry_ids.setdefault(i, []).append(posted.entry_id)
+            self._store_trades(c, [(trade, pnl, (entry_ids.get(i) or [None])[0], update)
+                                   for trade, pnl, i, update in rows], source=source)
+            for i, first in duplicates.items():
+                answers[i] = Booking(entry_ids=tuple(entry_ids.get(first, ())[:1]), duplicate=True)
+            return [answer if answer is not None else Booking(entry_ids=tuple(entry_ids.get(i, ())))
+                    for i, answer in enumerate(answers)]
+        return self.ledger.transact(work)
+
     def book_performance(self, performance: PerformanceData, *, source: str = "backfill") -> Booking:
         """Book a daily snapshot fetched from the engine exactly as its webhook would have been."""
         return self._book(performance.account_id,
@@ -250,19 +333,29 @@ class WebhookProcessor:
 
     def _store_trade(self, c: sa.Connection, trade: Any, pnl_minor: int | None, entry_id: int | None,
                      *, update: bool = False, source: str = "webhook") -> None:
-        params = {"t": trade.trade_id, "a": trade.account_id, "sym": trade.symbol, "side": trade.side,
-                  "q": trade.quantity, "ep": trade.entry_price, "xp": trade.exit_price, "pnl": pnl_minor,
-                  "status": trade.status, "at": trade.executed_at, "day": trade.executed_at.astimezone(UTC).date(),
-                  "e": entry_id, "src": source}
-        if update:
-            c.execute(sa.text("""
-                UPDATE trade SET status = :status, exit_price = :xp, profit_loss_minor = :pnl, entry_id = :e,
-                       executed_at = :at, trade_date = :day, updated_at = now() WHERE trade_id = :t"""), params)
-        else:
+        self._store_trades(c, [(trade, pnl_minor, entry_id, update)], source=source)
+
+    @staticmethod
+    def _store_trades(c: sa.Connection, rows: list[tuple[Any, int | None, int | None, bool]], *,
+                      source: str) -> None:
+        """(trade, profit/loss in minor units, its entry, update?) rows: new trades inserted, then the ones
+        known as open updated, in order (psycopg pipelines the many parameter sets)."""
+        params = [{"t": trade.trade_id, "a": trade.account_id, "sym": trade.symbol, "side": trade.side,
+                   "q": trade.quantity, "ep": trade.entry_price, "xp": trade.exit_price, "pnl": pnl_minor,
+                   "status": trade.status, "at": trade.executed_at,
+                   "day": trade.executed_at.astimezone(UTC).date(), "e": entry_id, "src": source, "update": update}
+                  for trade, pnl_minor, entry_id, update in rows]
+        inserts = [p for p in params if not p["update"]]
+        updates = [p for p in params if p["update"]]
+        if inserts:
             c.execute(sa.text("""
                 INSERT INTO trade (trade_id, account_id, symbol, side, quantity, entry_price, exit_price,
                                    profit_loss_minor, status, executed_at, trade_date, entry_id, source)
-                VALUES (:t, :a, :sym, :side, :q, :ep, :xp, :pnl, :status, :at, :day, :e, :src)"""), params)
+                VALUES (:t, :a, :sym, :side, :q, :ep, :xp, :pnl, :status, :at, :day, :e, :src)"""), inserts)
+        if updates:
+            c.execute(sa.text("""
+                UPDATE trade SET status = :status, exit_price = :xp, profit_loss_minor = :pnl, entry_id = :e,
+                       executed_at = :at, trade_date = :day, updated_at = now() WHERE trade_id = :t"""), updates)
 
     def _performance(self, tx: Tx, perf: PerformanceData, currency: str, *,
                      source: str = "webhook") -> tuple[tuple[int, ...], bool]:
@@ -347,12 +440,18 @@ class WebhookProcessor:
             "a": account_id, "from_day": effective_at.astimezone(UTC).date(), "after": after_day}).first()
         if row is None:
             return []
-        draft = rules.gain_or_loss(
-            "true_up", account_id, -change, idempotency_key=f"offset:{account_id}:{cause_key}",
-            effective_at=end_of_day(row.date),
-            memo=f"offset: {cause} arrived after the engine's snapshot of {row.date}, which already includes it",
-            metadata={"offsets": cause_key, "snapshot_date": row.date.isoformat()})
+        draft = _offset_draft(account_id, change, cause_key, cause, row.date)
         return [tx.post(draft).entry_id] if draft is not None else []
+
+    @staticmethod
+    def _offset(account_id: str, effective_at: datetime, change: Money, cause_key: str, cause: str,
+                snapshot_days: list[date]) -> Any:
+        """`_protect_snapshots`' offset draft, from the account's trued-up days already read (sorted)."""
+        day = effective_at.astimezone(UTC).date()
+        at = bisect.bisect_left(snapshot_days, day)
+        if at == len(snapshot_days):
+            return None
+        return _offset_draft(account_id, change, cause_key, cause, snapshot_days[at])
 
     def _alert_if_large(self, c: sa.Connection, account_id: str, difference: Money, what: str, key: str) -> None:
         if abs(difference.to_decimal()) > self.adjustment_alert_threshold:
@@ -360,3 +459,21 @@ class WebhookProcessor:
                                message=f"{what} moved account {account_id} by {difference} "
                                        f"(threshold {self.adjustment_alert_threshold})",
                                account_id=account_id, event_key=key, details={"difference": str(difference)})
+
+
+class _Known(msgspec.Struct, frozen=True):
+    """A trade row as `book_trades` tracks it while going through a batch."""
+
+    account_id: str
+    status: str
+    profit_loss_minor: int | None
+    entry_id: int | None
+
+
+def _offset_draft(account_id: str, change: Money, cause_key: str, cause: str, snapshot_day: date) -> Any:
+    """The entry that keeps `snapshot_day`'s closing balance the engine's (see the module doc)."""
+    return rules.gain_or_loss(
+        "true_up", account_id, -change, idempotency_key=f"offset:{account_id}:{cause_key}",
+        effective_at=end_of_day(snapshot_day),
+        memo=f"offset: {cause} arrived after the engine's snapshot of {snapshot_day}, which already includes it",
+        metadata={"offsets": cause_key, "snapshot_date": snapshot_day.isoformat()})

@@ -91,6 +91,36 @@ SELECT l.account, e.id, l.side, l.amount, l.currency, 0, e.effective_at, 0, fals
 RETURNING entry_id, ledger_account_id, balance_after_minor, effective_at, (SELECT recorded_at FROM e) AS recorded_at
 """)
 
+# Many entries at once (Tx.post_many): the entries in one statement that first locks every leg account in id
+# order, then their legs in a second; the posting trigger stamps each leg in `ord` order as usual.
+_POST_ENTRIES = sa.text("""
+WITH locked AS (
+    SELECT id FROM ledger_account WHERE id = ANY(CAST(:accounts AS bigint[])) ORDER BY id FOR NO KEY UPDATE),
+held AS (SELECT clock_timestamp() AS at, count(*) FROM locked)
+INSERT INTO journal_entry (idempotency_key, content_hash, kind, investment_account_id, effective_at,
+                           recorded_at, memo, metadata, reverses_entry_id)
+SELECT d.key, d.hash, d.kind, d.account_id, COALESCE(d.effective_at, held.at), held.at, d.memo,
+       CAST(d.metadata AS jsonb), d.reverses
+  FROM held CROSS JOIN unnest(CAST(:keys AS text[]), CAST(:hashes AS bytea[]), CAST(:kinds AS text[]),
+                              CAST(:account_ids AS text[]), CAST(:effective_ats AS timestamptz[]),
+                              CAST(:memos AS text[]), CAST(:metadata AS text[]), CAST(:reverses AS bigint[]))
+       WITH ORDINALITY AS d(key, hash, kind, account_id, effective_at, memo, metadata, reverses, ord)
+ ORDER BY d.ord
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING id, idempotency_key, effective_at, recorded_at
+""")
+
+_POST_LEGS = sa.text("""
+INSERT INTO posting (ledger_account_id, entry_id, side, amount_minor, currency,
+                     seq, effective_at, balance_after_minor, late)
+SELECT l.account, l.entry_id, l.side, l.amount, l.currency, 0, now(), 0, false
+  FROM unnest(CAST(:entry_ids AS bigint[]), CAST(:accounts AS bigint[]), CAST(:sides AS text[]),
+              CAST(:amounts AS bigint[]), CAST(:currencies AS text[]))
+       WITH ORDINALITY AS l(entry_id, account, side, amount, currency, ord)
+ ORDER BY l.ord
+RETURNING entry_id, ledger_account_id, balance_after_minor
+""")
+
 _EXISTING = sa.text("""
 SELECT e.id, e.content_hash, e.effective_at, e.recorded_at FROM journal_entry e WHERE e.idempotency_key = :key
 """)
@@ -321,6 +351,68 @@ class Tx:
         return Posted(entry_id=first.entry_id, replayed=False, effective_at=first.effective_at,
                       recorded_at=first.recorded_at, balances_after=_balances_after(rows, accounts))
 
+    def post_many(self, drafts: Sequence[EntryDraft]) -> list[Posted]:
+        """Book several drafts in this transaction with two statements in all (bulk import, back-fill).
+
+        The same rules as `post`, draft by draft and in the given order: validation, one entry per
+        idempotency key (a key seen before — in the books or earlier in `drafts` — is a replay if the
+        content is the same, DuplicateConflict if not), legs stamped in order by the posting trigger.
+        Drafts with a no-overdraft rule need a savepoint each, so a list holding one is posted one by one.
+        """
+        if any(draft.no_overdraft for draft in drafts):
+            return [self.post(draft) for draft in drafts]
+        accounts = self.resolve(leg.account for draft in drafts for leg in draft.legs)
+        hashes: list[bytes] = []
+        first_of: dict[str, int] = {}  # idempotency key -> index of its first draft
+        for i, draft in enumerate(drafts):
+            _validate(draft, accounts)
+            hashes.append(content_hash_of(draft))
+            first = first_of.setdefault(draft.idempotency_key, i)
+            if hashes[first] != hashes[i]:
+                raise DuplicateConflict(f"idempotency key {draft.idempotency_key!r} is used twice with other content")
+        if not first_of:
+            return []
+        unique = sorted(first_of.values())
+        try:
+            entries = {row.idempotency_key: row for row in self.connection.execute(_POST_ENTRIES, {
+                "accounts": sorted({accounts[leg.account].id for draft in drafts for leg in draft.legs}),
+                "keys": [drafts[i].idempotency_key for i in unique], "hashes": [hashes[i] for i in unique],
+                "kinds": [drafts[i].kind for i in unique],
+                "account_ids": [drafts[i].investment_account_id for i in unique],
+                "effective_ats": [drafts[i].effective_at for i in unique], "memos": [drafts[i].memo for i in unique],
+                "metadata": [_json.encode(drafts[i].metadata).decode() for i in unique],
+                "reverses": [drafts[i].reverses_entry_id for i in unique]})}
+            legs = [(entries[drafts[i].idempotency_key].id, leg) for i in unique
+                    if drafts[i].idempotency_key in entries
+                    for leg in sorted(drafts[i].legs, key=lambda leg: accounts[leg.account].id)]
+            rows = self.connection.execute(_POST_LEGS, {
+                "entry_ids": [entry_id for entry_id, _ in legs],
+                "accounts": [accounts[leg.account].id for _, leg in legs], "sides": [leg.side for _, leg in legs],
+                "amounts": [leg.amount.minor for _, leg in legs],
+                "currencies": [leg.amount.currency for _, leg in legs]}).all() if legs else []
+        except IntegrityError as error:
+            raise _integrity_error(error) from error
+        except DBAPIError as error:
+            if sqlstate(error) == "22003":
+                raise InvalidAmount("the resulting balance is out of range") from error
+            raise
+        legs_of: dict[int, list[Any]] = {}
+        for row in rows:
+            legs_of.setdefault(row.entry_id, []).append(row)
+        posted: dict[str, Posted] = {}
+        for i in unique:
+            key = drafts[i].idempotency_key
+            entry = entries.get(key)
+            if entry is None:  # booked before this call: a replay (or a conflict)
+                posted[key] = self.existing(drafts[i], hashes[i]) or self.post(drafts[i])
+            else:
+                posted[key] = Posted(entry_id=entry.id, replayed=False, effective_at=entry.effective_at,
+                                     recorded_at=entry.recorded_at,
+                                     balances_after=_balances_after(legs_of[entry.id], accounts))
+        return [posted[draft.idempotency_key] if first_of[draft.idempotency_key] == i
+                else msgspec.structs.replace(posted[draft.idempotency_key], replayed=True)
+                for i, draft in enumerate(drafts)]
+
     @staticmethod
     def _overdraft(draft: EntryDraft, rows: Sequence[Any], accounts: dict[str, _LedgerAccount]) -> Exception | None:
         if not rows:
@@ -437,6 +529,10 @@ class Ledger:
 
     def post(self, draft: EntryDraft) -> Posted:
         return self.transact(lambda tx: tx.post(draft))
+
+    def post_many(self, drafts: Sequence[EntryDraft]) -> list[Posted]:
+        """All of `drafts` in one transaction (see Tx.post_many): all booked, or none."""
+        return self.transact(lambda tx: tx.post_many(drafts))
 
     def reverse(self, entry_id: int, *, reason: str, idempotency_key: str | None = None) -> Posted:
         return self.transact(lambda tx: tx.reverse(entry_id, reason=reason, idempotency_key=idempotency_key))

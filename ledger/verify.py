@@ -79,6 +79,15 @@ def running_balances_match(c: sa.Connection) -> list[str]:
             OR late <> COALESCE(effective_at < before, false)""")]
 
 
+def lateness_bounds_match(c: sa.Connection) -> list[str]:
+    """The cached max_lateness_us that bounds the as-of scan (migration 0004), recomputed."""
+    return [f"{r.name}: cached max lateness {r.max_lateness_us} µs, recomputed {r.lateness_us} µs"
+            for r in _rows(c, """
+        SELECT a.name, a.max_lateness_us, COALESCE(l.lateness_us, 0) AS lateness_us
+          FROM ledger_account a LEFT JOIN ledger_account_lateness l ON l.ledger_account_id = a.id
+         WHERE a.max_lateness_us <> COALESCE(l.lateness_us, 0)""")]
+
+
 def custody_equals_investors(c: sa.Connection) -> list[str]:
     return [f"account {r.account_id}: custody {r.custody} but investors {r.investors} (minor units)"
             for r in _rows(c, """
@@ -127,7 +136,7 @@ def as_of_matches_recomputation(c: sa.Connection) -> list[str]:
 
 CHECKS: tuple[Callable[[sa.Connection], list[str]], ...] = (
     entries_balance, entries_have_two_legs, no_orphan_legs, cached_balances_match, running_balances_match,
-    custody_equals_investors, books_balance, reversals_mirror, as_of_matches_recomputation,
+    lateness_bounds_match, custody_equals_investors, books_balance, reversals_mirror, as_of_matches_recomputation,
 )
 
 

@@ -130,7 +130,8 @@ def test_truncate_is_refused(engine: sa.Engine, booked: dict[str, Any], sql: str
 
 @pytest.mark.parametrize("assignment", [
     "balance_minor = balance_minor + 100", "balance_minor = 0", "posting_count = 0",
-    "max_effective_at = now() + interval '1 year'", "currency = 'EUR'", "name = name || 'x'",
+    "max_effective_at = now() + interval '1 year'", "max_lateness_us = max_lateness_us + 1",
+    "currency = 'EUR'", "name = name || 'x'",
 ])
 def test_cached_balance_cannot_be_set_directly(engine: sa.Engine, booked: dict[str, Any],
                                                assignment: str) -> None:

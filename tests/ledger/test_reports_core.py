@@ -210,6 +210,8 @@ def _damage_cases() -> list[tuple[str, str, set[str]]]:
         ("running balance edited", "UPDATE posting SET balance_after_minor = balance_after_minor + 7 "
          "WHERE entry_id = :entry AND ledger_account_id = :account",
          {"running_balances_match"}),  # the as-of check samples only the 50 busiest accounts
+        ("as-of lateness bound lowered", "UPDATE ledger_account SET max_lateness_us = max_lateness_us + 5 "
+         "WHERE id = :account", {"lateness_bounds_match"}),
         ("posting moved in time", "UPDATE posting SET effective_at = effective_at - interval '1 day' "
          "WHERE entry_id = :entry AND ledger_account_id = :account", {"no_orphan_legs"}),
         ("reversal no longer a mirror", "UPDATE posting SET amount_minor = amount_minor + 1 "

@@ -118,6 +118,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.order = 0
         self.steps = 0
         self.started = _STARTED  # fixed: the bounds of a strategy must not move between examples
+        self.trades: list[tuple[str, int, datetime, Any]] = []  # (account, change, time, draft) booked
 
     # ------------------------------------------------------------------------------ helpers
 
@@ -232,7 +233,37 @@ class LedgerMachine(RuleBasedStateMachine):
         assert posted.effective_at == at
         self.seen["late trade" if any(e.effective_at > at for e in account.entries) else "trade"] += 1
         self._record(account_id, "trade", posted, change)
+        self.trades.append((account_id, change, at, self._trade_draft(account_id, key, change, at)))
         return Command("trade", account_id, key, change, posted, effective_at=at)
+
+    @rule(data=st.data(), size=st.integers(min_value=1, max_value=6), repeat=st.booleans())
+    def trades_in_one_batch(self, data: st.DataObject, size: int, repeat: bool) -> None:
+        """Several trades (any accounts, any times, late ones too) through `post_many`, with a key repeated
+        inside the batch and one booked before: the same books as posting them one by one, in order."""
+        drafts: list[tuple[str, int, datetime, Any]] = []
+        for _ in range(size):
+            account_id = data.draw(st.sampled_from(sorted(self.model)), label="account")
+            change = data.draw(s.signed_changes(self.model[account_id].currency), label="profit/loss")
+            at = data.draw(s.past_times(self.started, timedelta(days=10)), label="executed_at")
+            key = self._key("batch-trade")
+            drafts.append((account_id, change, at, self._trade_draft(account_id, key, change, at)))
+        if repeat:  # the first draft again, and a trade booked by an earlier step
+            drafts.append(drafts[0])
+            if self.trades:
+                drafts.append(data.draw(st.sampled_from(self.trades), label="booked before"))
+        results = self.ledger.post_many([draft for *_, draft in drafts])
+        assert len(results) == len(drafts)
+        new = set()
+        for (account_id, change, at, draft), posted in zip(drafts, results, strict=True):
+            if posted.replayed:
+                assert posted.entry_id in self.entries or posted.entry_id in new, "a replay of nothing"
+                self.seen["batch replay"] += 1
+                continue
+            assert posted.effective_at == at
+            self._record(account_id, "trade", posted, change)
+            new.add(posted.entry_id)
+            self.trades.append((account_id, change, at, draft))
+        self.seen["batch"] += 1
 
     def _trade_draft(self, account_id: str, key: str, change: int, at: datetime) -> Any:
         currency = self.model[account_id].currency
@@ -448,7 +479,8 @@ def test_ledger_state_machine(ledger: Ledger, engine: sa.Engine) -> None:
     report = verify(engine)
     assert report.ok, report.findings
     seen = LedgerMachine.seen
-    exercised = ("late trade", "overdraft refused", "conflict", "reversal", "second reversal refused")
+    exercised = ("late trade", "overdraft refused", "conflict", "reversal", "second reversal refused",
+                 "batch", "batch replay")
     assert all(seen[what] for what in exercised), seen
     assert sum(n for what, n in seen.items() if what.endswith("replayed")), seen
 

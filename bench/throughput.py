@@ -1,4 +1,5 @@
-"""Posting throughput through `Ledger.post`: concurrent writers (threads, or processes) posting 2-leg entries."""
+"""Posting throughput through the core: concurrent writers (threads, or processes) posting 2-leg entries,
+one per transaction (`Ledger.post`) or GROUP_ENTRIES per transaction (`Ledger.post_many`, a group commit)."""
 
 from __future__ import annotations
 
@@ -85,21 +86,30 @@ def warm(ledger: Ledger, ids: list[str], connections: int) -> None:
         connection.close()
 
 
+GROUP_ENTRIES = 10  # the "group" mode: entries per writer transaction (Ledger.post_many)
+
+
 def _write(ledger: Ledger, ids: list[str], seed: int, tag: str, start_at: float, deadline: float,
-           figures: WriterFigures) -> None:
-    """Post 2-leg entries on random accounts from `start_at` until `deadline` (wall clock, seconds)."""
+           figures: WriterFigures, group: int = 1) -> None:
+    """Post 2-leg entries on random accounts from `start_at` until `deadline` (wall clock, seconds): one per
+    transaction (`Ledger.post`), or `group` per transaction (`Ledger.post_many`, a group commit)."""
     rng = random.Random(seed)
     errors: Counter[str] = Counter()
     time.sleep(max(0.0, start_at - time.time()))
     sequence = 0
     while time.time() < deadline:
-        sequence += 1
-        minor = rng.randint(1, AMOUNT_MINOR_MAX) * rng.choice((1, -1))
-        draft = rules.gain_or_loss("trade", rng.choice(ids), Money(minor=minor, currency=CURRENCY),
-                                   idempotency_key=f"bench:{tag}:{seed}:{sequence}", effective_at=None)
+        drafts = []
+        for _ in range(group):
+            sequence += 1
+            minor = rng.randint(1, AMOUNT_MINOR_MAX) * rng.choice((1, -1))
+            drafts.append(rules.gain_or_loss("trade", rng.choice(ids), Money(minor=minor, currency=CURRENCY),
+                                             idempotency_key=f"bench:{tag}:{seed}:{sequence}", effective_at=None))
         began = time.perf_counter()
         try:
-            ledger.post(draft)
+            if group == 1:
+                ledger.post(drafts[0])
+            else:
+                ledger.post_many(drafts)
         except Exception as error:  # noqa: BLE001 — every exception is a finding, counted and reported
             code = sqlstate(error)
             errors[f"{type(error).__name__}:{code}" if code else type(error).__name__] += 1
@@ -107,17 +117,17 @@ def _write(ledger: Ledger, ids: list[str], seed: int, tag: str, start_at: float,
             continue
         ended = time.perf_counter()
         if time.time() <= deadline:
-            figures.posted += 1
+            figures.posted += group
             if len(figures.latencies_s) < LATENCY_SAMPLES_MAX:
                 figures.latencies_s.append(ended - began)
     figures.errors = dict(errors)
 
 
 def _write_all(ledger: Ledger, ids: list[str], *, threads: int, tag: str, seed_base: int, start_at: float,
-               deadline: float) -> list[WriterFigures]:
+               deadline: float, group: int = 1) -> list[WriterFigures]:
     figures = [WriterFigures() for _ in range(threads)]
     workers = [threading.Thread(target=_write, name=f"writer-{i}", daemon=True,
-                                args=(ledger, ids, seed_base + i, tag, start_at, deadline, figures[i]))
+                                args=(ledger, ids, seed_base + i, tag, start_at, deadline, figures[i], group))
                for i in range(threads)]
     for worker in workers:
         worker.start()
@@ -126,10 +136,11 @@ def _write_all(ledger: Ledger, ids: list[str], *, threads: int, tag: str, seed_b
     return figures
 
 
-def run_threads(ledger: Ledger, ids: list[str], *, writers: int, duration_s: float, tag: str) -> list[WriterFigures]:
+def run_threads(ledger: Ledger, ids: list[str], *, writers: int, duration_s: float, tag: str,
+                group: int = 1) -> list[WriterFigures]:
     start_at = time.time() + START_DELAY_S
     return _write_all(ledger, ids, threads=writers, tag=tag, seed_base=0, start_at=start_at,
-                      deadline=start_at + duration_s)
+                      deadline=start_at + duration_s, group=group)
 
 
 # ------------------------------------------------------------------------------------- processes
@@ -253,7 +264,7 @@ def run(url: str, engine: sa.Engine, *, duration_s: float, writers_set: tuple[in
         results.append(Result(name=f"open_account.a{accounts}", value=round(accounts / elapsed_s, 1),
                               unit="accounts/s", params={"accounts": accounts, "workers": OPEN_WORKERS,
                                                          "initial_capital": "1000.00"}))
-    modes = ["threads"] + (["processes"] if with_processes else [])
+    modes = ["threads", "group"] + (["processes"] if with_processes else [])
     pool: ProcessWriters | None = None
     total_errors = 0
     try:
@@ -276,8 +287,11 @@ def run(url: str, engine: sa.Engine, *, duration_s: float, writers_set: tuple[in
                     retries_before = counter.count
                     began = time.perf_counter()
                     if pool is None:
-                        figures = run_threads(ledger, ids, writers=writers, duration_s=duration_s, tag=tag)
-                        layout: dict[str, Any] = {"processes": 1, "threads_per_process": writers}
+                        group = GROUP_ENTRIES if mode == "group" else 1
+                        figures = run_threads(ledger, ids, writers=writers, duration_s=duration_s, tag=tag,
+                                              group=group)
+                        layout: dict[str, Any] = {"processes": 1, "threads_per_process": writers,
+                                                  "entries_per_transaction": group}
                     else:
                         figures, spread = pool.run(writers=writers, duration_s=duration_s, tag=tag)
                         layout = {"processes": len(spread), "threads_per_process": spread}
@@ -289,7 +303,8 @@ def run(url: str, engine: sa.Engine, *, duration_s: float, writers_set: tuple[in
                     total_errors += summary["error_count"]
                     reference = reference_tps.get((writers, accounts))
                     rate = summary["entries_per_s"]
-                    progress(f"Ledger.post {mode}, {writers} writers, {accounts} accounts: {rate:.0f} entries/s"
+                    call = "Ledger.post_many" if mode == "group" else "Ledger.post"
+                    progress(f"{call} {mode}, {writers} writers, {accounts} accounts: {rate:.0f} entries/s"
                              f" (pgbench {reference or float('nan'):.0f} tps), errors {summary['error_count']},"
                              f" retries {summary['retries']}, cpu {cores}")
                     results.append(Result(
@@ -297,6 +312,7 @@ def run(url: str, engine: sa.Engine, *, duration_s: float, writers_set: tuple[in
                         params={"mode": mode, "writers": writers, "accounts": accounts, **layout,
                                 "duration_s": duration_s, "entries": summary["entries"],
                                 "legs": 2, "rule": "gain_or_loss(trade), effective_at=None",
+                                "latency_is_per": "transaction" if mode == "group" else "entry",
                                 "pgbench_same_case_tps": reference,
                                 "ratio_to_same_case": round(rate / reference, 3) if reference else None,
                                 "pgbench_journal_tps": journal_tps,
@@ -311,7 +327,7 @@ def run(url: str, engine: sa.Engine, *, duration_s: float, writers_set: tuple[in
         if pool is not None:
             pool.stop()
     writers = max(writers_set)
-    runs = [r for r in results if r.name.startswith(("post.threads.", "post.processes."))]
+    runs = [r for r in results if r.name.startswith(("post.threads.", "post.group.", "post.processes."))]
     for accounts in accounts_set:
         found = [r for r in runs if r.params["writers"] == writers and r.params["accounts"] == accounts]
         if not found:

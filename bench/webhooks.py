@@ -161,13 +161,16 @@ class _Connection:
             self.writer = None
 
 
-async def _load(base_url: str, deliveries: Deliveries, *, senders: int, duration_s: float) -> LoadFigures:
+async def _load(base_url: str | list[str], deliveries: Deliveries, *, senders: int,
+                duration_s: float) -> LoadFigures:
+    """`senders` closed-loop senders for `duration_s`; with several servers, sender i sends to server i mod n."""
     figures = LoadFigures()
-    address = httpx.URL(base_url)
+    addresses = [httpx.URL(url) for url in ([base_url] if isinstance(base_url, str) else base_url)]
     began = time.perf_counter()
     deadline = began + duration_s
 
-    async def sender() -> None:
+    async def sender(i: int) -> None:
+        address = addresses[i % len(addresses)]
         connection = _Connection(address.host, address.port)
         try:
             while time.perf_counter() < deadline:
@@ -187,7 +190,7 @@ async def _load(base_url: str, deliveries: Deliveries, *, senders: int, duration
         finally:
             await connection.close()
 
-    await asyncio.gather(*(sender() for _ in range(senders)))
+    await asyncio.gather(*(sender(i) for i in range(senders)))
     figures.elapsed_s = time.perf_counter() - began
     return figures
 
@@ -246,6 +249,36 @@ def run(database_url: str, engine: sa.Engine, *, duration_s: float, senders_set:
                 results.append(Result(name=f"webhook.trade.s{senders}.uncommitted", value=figures.ok - committed,
                                       unit="count", target=0, met=False,
                                       params={"what": "200 answers without an applied webhook_event row"}))
+        # Scaling out: a second `serve` process on the same database (each with its own pool and in-process
+        # jobs), the senders split between the two; the machine's two cores are shared by both servers,
+        # PostgreSQL and the senders.
+        senders = max(senders_set)
+        second = Served(database_url, pool_size=served.pool_size // 2)
+        try:
+            asyncio.run(_load(second.base_url, deliveries, senders=4, duration_s=2.0))
+            quiet = settle()
+            meter = CpuMeter(engine, [served.process.pid, second.process.pid])
+            before, applied_before = meter.snapshot(), _applied(engine)
+            figures = asyncio.run(_load([served.base_url, second.base_url], deliveries, senders=senders,
+                                        duration_s=duration_s))
+            cores = cores_used(before, meter.snapshot(), figures.elapsed_s)
+            committed = _applied(engine) - applied_before
+            latency = latency_summary_ms(figures.latencies_s)
+            rate = figures.ok / duration_s
+            ratio = round(rate / journal_tps, 3) if journal_tps else None
+            progress(f"webhooks, {senders} senders over 2 serve processes: {rate:.0f}/s booked (committed rows "
+                     f"{committed}), p50 {latency['p50_ms']} p99 {latency['p99_ms']} ms, statuses "
+                     f"{figures.statuses}, cpu {cores}")
+            results.append(Result(
+                name=f"webhook.trade.s{senders}.serve2", value=round(rate, 1), unit="webhooks/s",
+                params={"senders": senders, "servers": 2, "ok_200": figures.ok, "applied_rows_committed": committed,
+                        "statuses": figures.statuses, "errors": figures.errors, "latency": latency,
+                        "ratio_to_pgbench": ratio, "cpu": cores, "settle": quiet,
+                        "server": "2 x invledger serve on one database, senders split evenly"}))
+            failures += sum(count for status, count in figures.statuses.items() if status != "200")
+            failures += sum(figures.errors.values())
+        finally:
+            second.stop(keep_log=False)
         results.append(Result(name="webhook.trade.failures", value=failures, unit="count", target=0,
                               met=failures == 0, params={"what": "answers other than 200, and connection errors, "
                                                                  "over the runs above"}))

@@ -89,8 +89,9 @@ def export(ledger: Ledger, out: TextIO, as_of: datetime | None = None,
             accounts = c.execute(sa.text("""
                 SELECT a.id, a.name, a.type, a.currency, a.created_at,
                        (SELECT min(p.effective_at) FROM posting p WHERE p.ledger_account_id = a.id) AS first_at,
-                       ledger_balance_as_of(a.id, :cut) AS balance_minor
-                  FROM ledger_account a ORDER BY a.name"""), {"cut": cut}).all()
+                       b.balance_minor
+                  FROM ledger_account a JOIN ledger_balances_as_of(:cut) b ON b.ledger_account_id = a.id
+                 ORDER BY a.name"""), {"cut": cut}).all()
             opened = [a for a in accounts
                       if min(a.created_at, a.first_at or a.created_at).astimezone(UTC) <= cut]
             names = account_names([a.name for a in opened])

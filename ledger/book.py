@@ -671,8 +671,9 @@ class Ledger:
                     "SELECT name, type, currency, balance_minor FROM ledger_account ORDER BY name")).all()
             else:
                 rows = connection.execute(sa.text("""
-                    SELECT name, type, currency, ledger_balance_as_of(id, :at) AS balance_minor
-                      FROM ledger_account ORDER BY name"""), {"at": at}).all()
+                    SELECT a.name, a.type, a.currency, b.balance_minor
+                      FROM ledger_account a JOIN ledger_balances_as_of(:at) b ON b.ledger_account_id = a.id
+                     ORDER BY a.name"""), {"at": at}).all()
         out, totals = [], {}
         for row in rows:
             zero = Money.zero(row.currency)

@@ -1,8 +1,8 @@
 """Fixtures for the jobs: a fresh database per test, the simulator over real HTTP, a real dramatiq worker.
 
-The broker is in-process (dramatiq's StubBroker) unless BROKER_URL is set (CI: RabbitMQ), and then the
-actors are bound to a queue of this run's own (`ledger-test-<random>`), deleted at the end, so parallel
-runs on one RabbitMQ never take each other's messages.
+The broker is in-process (dramatiq's StubBroker) unless BROKER_URL is set (CI: RabbitMQ, then Redis), and
+then the actors are bound to a queue of this run's own (`ledger-test-<random>`), deleted at the end, so
+parallel runs on one broker never take each other's messages.
 
 Each test gets a database of its own (a copy of a migrated template: fast), because reconciliation and
 distribution work on *every* account and must not see the accounts of other tests.
@@ -138,6 +138,8 @@ class Jobs:
         """Wait until the queue is empty and every worker is idle."""
         if job_broker.is_in_process(self.broker):
             self.broker.join(self.queue, timeout=JOIN_TIMEOUT_MS, fail_fast=True)
+        elif type(self.broker).__name__ == "RedisBroker":  # counts queued, delayed and unacknowledged messages
+            self.broker.join(self.queue, interval=20, timeout=JOIN_TIMEOUT_MS)
         else:
             self.broker.join(self.queue, min_successes=3, idle_time=50, timeout=JOIN_TIMEOUT_MS)
         for worker in self.workers:
@@ -156,7 +158,11 @@ def _jobs() -> Iterator[Jobs]:
     yield jobs
     for worker in jobs.workers:
         worker.stop()
-    if not job_broker.is_in_process(broker):
+    if type(broker).__name__ == "RedisBroker":
+        keys = list(broker.client.scan_iter(f"{broker.namespace}:{queue}*"))  # type: ignore[attr-defined]
+        if keys:
+            broker.client.delete(*keys)  # type: ignore[attr-defined]
+    elif not job_broker.is_in_process(broker):
         for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
             try:
                 broker.channel.queue_delete(name)  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
@@ -213,25 +214,40 @@ def run(database_url: str, engine: sa.Engine, *, duration_s: float, senders_set:
     finished = False
     try:
         asyncio.run(_load(served.base_url, deliveries, senders=4, duration_s=2.0))  # warm: imports, pools, caches
-        for senders in senders_set:
+        def measure(servers: list[Served], senders: int) -> tuple[LoadFigures, dict[str, Any]]:
+            """One timed load on `servers` (senders split evenly), with CPU, latency and committed rows."""
+            nonlocal failures
             quiet = settle()
-            meter = CpuMeter(engine, [served.process.pid])
+            meter = CpuMeter(engine, [server.process.pid for server in servers])
             before, applied_before = meter.snapshot(), _applied(engine)
-            figures = asyncio.run(_load(served.base_url, deliveries, senders=senders, duration_s=duration_s))
+            figures = asyncio.run(_load([server.base_url for server in servers], deliveries, senders=senders,
+                                        duration_s=duration_s))
             cores = cores_used(before, meter.snapshot(), figures.elapsed_s)
             committed = _applied(engine) - applied_before
             latency = latency_summary_ms(figures.latencies_s)
             rate = figures.ok / duration_s
             ratio = round(rate / journal_tps, 3) if journal_tps else None
-            progress(f"webhooks, {senders} senders: {rate:.0f}/s booked (committed rows {committed}), "
-                     f"p50 {latency['p50_ms']} p99 {latency['p99_ms']} ms, statuses {figures.statuses}, cpu {cores}")
-            params = {"senders": senders, "accounts": accounts, "duration_s": duration_s, "ok_200": figures.ok,
-                      "applied_rows_committed": committed, "statuses": figures.statuses, "errors": figures.errors,
-                      "latency": latency, "pgbench_journal_tps": journal_tps, "ratio_to_pgbench": ratio,
-                      "server": "invledger serve: uvicorn + uvloop + httptools, 1 process, jobs in-process",
-                      "db_pool_size": served.pool_size,
-                      "client": "asyncio streams, hand-written HTTP/1.1, closed loop, keep-alive", "cpu": cores,
-                      "settle": quiet}
+            progress(f"webhooks, {senders} senders, {len(servers)} serve process(es): {rate:.0f}/s booked "
+                     f"(committed rows {committed}), p50 {latency['p50_ms']} p99 {latency['p99_ms']} ms, "
+                     f"statuses {figures.statuses}, cpu {cores}")
+            failures += sum(count for status, count in figures.statuses.items() if status != "200")
+            failures += sum(figures.errors.values())
+            if committed < figures.ok:
+                results.append(Result(name=f"webhook.trade.s{senders}.servers{len(servers)}.uncommitted",
+                                      value=figures.ok - committed, unit="count", target=0, met=False,
+                                      params={"what": "200 answers without an applied webhook_event row"}))
+            return figures, {
+                "senders": senders, "servers": len(servers), "accounts": accounts, "duration_s": duration_s,
+                "ok_200": figures.ok, "applied_rows_committed": committed, "statuses": figures.statuses,
+                "errors": figures.errors, "latency": latency, "pgbench_journal_tps": journal_tps,
+                "ratio_to_pgbench": ratio, "db_pool_size": servers[0].pool_size,
+                "client": "asyncio streams, hand-written HTTP/1.1, closed loop, keep-alive", "cpu": cores,
+                "settle": quiet}
+
+        for senders in senders_set:
+            figures, params = measure([served], senders)
+            params["server"] = "invledger serve: uvicorn + uvloop + httptools, 1 process, jobs in-process"
+            rate, ratio, latency = figures.ok / duration_s, params["ratio_to_pgbench"], params["latency"]
             top = senders == max(senders_set)
             results.append(Result(
                 name=f"webhook.trade.s{senders}", value=round(rate, 1), unit="webhooks/s",
@@ -243,40 +259,16 @@ def run(database_url: str, engine: sa.Engine, *, duration_s: float, senders_set:
                                   target=P99_TARGET_MS if top else None,
                                   met=latency["p99_ms"] <= P99_TARGET_MS if top else None,
                                   params={"senders": senders}))
-            failures += sum(count for status, count in figures.statuses.items() if status != "200")
-            failures += sum(figures.errors.values())
-            if committed < figures.ok:
-                results.append(Result(name=f"webhook.trade.s{senders}.uncommitted", value=figures.ok - committed,
-                                      unit="count", target=0, met=False,
-                                      params={"what": "200 answers without an applied webhook_event row"}))
         # Scaling out: a second `serve` process on the same database (each with its own pool and in-process
         # jobs), the senders split between the two; the machine's two cores are shared by both servers,
         # PostgreSQL and the senders.
-        senders = max(senders_set)
         second = Served(database_url, pool_size=served.pool_size // 2)
         try:
             asyncio.run(_load(second.base_url, deliveries, senders=4, duration_s=2.0))
-            quiet = settle()
-            meter = CpuMeter(engine, [served.process.pid, second.process.pid])
-            before, applied_before = meter.snapshot(), _applied(engine)
-            figures = asyncio.run(_load([served.base_url, second.base_url], deliveries, senders=senders,
-                                        duration_s=duration_s))
-            cores = cores_used(before, meter.snapshot(), figures.elapsed_s)
-            committed = _applied(engine) - applied_before
-            latency = latency_summary_ms(figures.latencies_s)
-            rate = figures.ok / duration_s
-            ratio = round(rate / journal_tps, 3) if journal_tps else None
-            progress(f"webhooks, {senders} senders over 2 serve processes: {rate:.0f}/s booked (committed rows "
-                     f"{committed}), p50 {latency['p50_ms']} p99 {latency['p99_ms']} ms, statuses "
-                     f"{figures.statuses}, cpu {cores}")
-            results.append(Result(
-                name=f"webhook.trade.s{senders}.serve2", value=round(rate, 1), unit="webhooks/s",
-                params={"senders": senders, "servers": 2, "ok_200": figures.ok, "applied_rows_committed": committed,
-                        "statuses": figures.statuses, "errors": figures.errors, "latency": latency,
-                        "ratio_to_pgbench": ratio, "cpu": cores, "settle": quiet,
-                        "server": "2 x invledger serve on one database, senders split evenly"}))
-            failures += sum(count for status, count in figures.statuses.items() if status != "200")
-            failures += sum(figures.errors.values())
+            figures, params = measure([served, second], max(senders_set))
+            params["server"] = "2 x invledger serve on one database, senders split evenly"
+            results.append(Result(name=f"webhook.trade.s{max(senders_set)}.serve2",
+                                  value=round(figures.ok / duration_s, 1), unit="webhooks/s", params=params))
         finally:
             second.stop(keep_log=False)
         results.append(Result(name="webhook.trade.failures", value=failures, unit="count", target=0,

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -326,7 +327,7 @@ class Tx:
             "accounts": [accounts[leg.account].id for leg in legs], "sides": [leg.side for leg in legs],
             "amounts": [leg.amount.minor for leg in legs], "currencies": [leg.amount.currency for leg in legs],
         }
-        try:
+        with _write_errors():
             if draft.no_overdraft:  # a refusal must leave nothing behind in the caller's transaction
                 with self.connection.begin_nested() as savepoint:
                     rows = self.connection.execute(_POST, params).all()
@@ -336,12 +337,6 @@ class Tx:
                         raise refusal
             else:
                 rows = self.connection.execute(_POST, params).all()
-        except IntegrityError as error:
-            raise _integrity_error(error) from error
-        except DBAPIError as error:
-            if sqlstate(error) == "22003":
-                raise InvalidAmount("the resulting balance is out of range") from error
-            raise
         if not rows:
             replay = self.existing(draft, content_hash)
             if replay is None:  # the conflicting writer rolled back between our insert and our read
@@ -373,7 +368,7 @@ class Tx:
         if not first_of:
             return []
         unique = sorted(first_of.values())
-        try:
+        with _write_errors():
             entries = {row.idempotency_key: row for row in self.connection.execute(_POST_ENTRIES, {
                 "accounts": sorted({accounts[leg.account].id for draft in drafts for leg in draft.legs}),
                 "keys": [drafts[i].idempotency_key for i in unique], "hashes": [hashes[i] for i in unique],
@@ -390,12 +385,6 @@ class Tx:
                 "accounts": [accounts[leg.account].id for _, leg in legs], "sides": [leg.side for _, leg in legs],
                 "amounts": [leg.amount.minor for _, leg in legs],
                 "currencies": [leg.amount.currency for _, leg in legs]}).all() if legs else []
-        except IntegrityError as error:
-            raise _integrity_error(error) from error
-        except DBAPIError as error:
-            if sqlstate(error) == "22003":
-                raise InvalidAmount("the resulting balance is out of range") from error
-            raise
         legs_of: dict[int, list[Any]] = {}
         for row in rows:
             legs_of.setdefault(row.entry_id, []).append(row)
@@ -736,6 +725,19 @@ def _validate(draft: EntryDraft, accounts: dict[str, _LedgerAccount]) -> None:
         at = _aware(draft.effective_at)
         if at < EFFECTIVE_EARLIEST or at > datetime.now(UTC) + EFFECTIVE_SKEW_MAX:
             raise InvalidEntry(f"effective time {at.isoformat()} is before 2000 or in the future")
+
+
+@contextmanager
+def _write_errors() -> Iterator[None]:
+    """The database's refusals of a write, as the core's errors."""
+    try:
+        yield
+    except IntegrityError as error:
+        raise _integrity_error(error) from error
+    except DBAPIError as error:
+        if sqlstate(error) == "22003":
+            raise InvalidAmount("the resulting balance is out of range") from error
+        raise
 
 
 def _integrity_error(error: IntegrityError) -> Exception:

@@ -338,8 +338,8 @@ class WebhookProcessor:
     @staticmethod
     def _store_trades(c: sa.Connection, rows: list[tuple[Any, int | None, int | None, bool]], *,
                       source: str) -> None:
-        """(trade, profit/loss in minor units, its entry, update?) rows: new trades inserted, then the ones
-        known as open updated, in order (psycopg pipelines the many parameter sets)."""
+        """(trade, profit/loss in minor units, its entry, update?) rows: new trades inserted (one statement),
+        then the ones known as open updated, in order (psycopg pipelines the parameter sets)."""
         params = [{"t": trade.trade_id, "a": trade.account_id, "sym": trade.symbol, "side": trade.side,
                    "q": trade.quantity, "ep": trade.entry_price, "xp": trade.exit_price, "pnl": pnl_minor,
                    "status": trade.status, "at": trade.executed_at,
@@ -347,11 +347,18 @@ class WebhookProcessor:
                   for trade, pnl_minor, entry_id, update in rows]
         inserts = [p for p in params if not p["update"]]
         updates = [p for p in params if p["update"]]
-        if inserts:
+        if inserts:  # one statement for them all: arrays, one per column
             c.execute(sa.text("""
                 INSERT INTO trade (trade_id, account_id, symbol, side, quantity, entry_price, exit_price,
                                    profit_loss_minor, status, executed_at, trade_date, entry_id, source)
-                VALUES (:t, :a, :sym, :side, :q, :ep, :xp, :pnl, :status, :at, :day, :e, :src)"""), inserts)
+                SELECT t, a, sym, side, q, ep, xp, pnl, status, at, day, e, CAST(:src AS text)
+                  FROM unnest(CAST(:t AS text[]), CAST(:a AS text[]), CAST(:sym AS text[]), CAST(:side AS text[]),
+                              CAST(:q AS numeric[]), CAST(:ep AS numeric[]), CAST(:xp AS numeric[]),
+                              CAST(:pnl AS bigint[]), CAST(:status AS text[]), CAST(:at AS timestamptz[]),
+                              CAST(:day AS date[]), CAST(:e AS bigint[]))
+                       AS r(t, a, sym, side, q, ep, xp, pnl, status, at, day, e)"""),
+                {key: [p[key] for p in inserts] for key in ("t", "a", "sym", "side", "q", "ep", "xp", "pnl",
+                                                           "status", "at", "day", "e")} | {"src": source})
         if updates:
             c.execute(sa.text("""
                 UPDATE trade SET status = :status, exit_price = :xp, profit_loss_minor = :pnl, entry_id = :e,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
@@ -100,6 +100,17 @@ def enqueue_record(engine: sa.Engine, *, job: Job, run_key: str, period: str, tr
     run = get(engine, run_key)
     assert run is not None
     return run
+
+
+def stale_queued(engine: sa.Engine, job: Job, *, trigger: Trigger, older_than: timedelta) -> list[Run]:
+    """Runs still `queued` long after they were recorded: their message may have been lost by the broker.
+    Sending it again is safe: a run is done once whatever the number of messages (see `execute`)."""
+    with engine.connect() as c:
+        rows = c.execute(sa.text(f"""
+            SELECT {_COLUMNS} FROM job_run
+             WHERE job = :job AND trigger = :trigger AND status = 'queued' AND created_at < now() - :age
+             ORDER BY id LIMIT 100"""), {"job": job, "trigger": trigger, "age": older_than})
+        return [_run(row) for row in rows.mappings()]
 
 
 def heartbeat(engine: sa.Engine, run_id: int, counts: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import dramatiq
 import dramatiq.broker
@@ -43,6 +44,7 @@ def msgspec_to_dict(value) -> dict:
 # Periodic jobs. Each takes its period as a string (a day, a month, a run key) and is idempotent for it:
 # integration.runs records one run per period and lets one worker at a time do it (see docs/design.md, Jobs).
 PERIODIC_TIME_LIMIT_MS = 60 * 60 * 1000
+STALE_QUEUED = timedelta(minutes=15)  # an on-demand run not started by then is sent again (its message was lost)
 
 
 def _processor():
@@ -77,6 +79,7 @@ def reconcile(period: str | None = None, run_key: str | None = None, trigger: st
     from datetime import UTC, datetime
 
     from integration import reconcile as reconciliation
+    from integration import runs
 
     rt = context.runtime()
     period = period or datetime.now(UTC).date().isoformat()
@@ -84,6 +87,10 @@ def reconcile(period: str | None = None, run_key: str | None = None, trigger: st
                                  period=period, trigger=trigger,  # type: ignore[arg-type]
                                  tolerance=rt.settings.reconciliation_tolerance)
     _log_outcome("reconcile", outcome)
+    if trigger == "schedule":  # hourly (the catch-ups): take up on-demand runs whose message was lost
+        for stale in runs.stale_queued(rt.engine, "reconcile", trigger="api", older_than=STALE_QUEUED):
+            log.warning("reconcile: on-demand run still queued, sending it again", extra={"run_key": stale.run_key})
+            reconcile.send(period=stale.period, run_key=stale.run_key, trigger="api")
 
 
 @dramatiq.actor(queue_name="ledger", max_retries=0, time_limit=5 * 60 * 1000)

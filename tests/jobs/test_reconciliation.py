@@ -226,3 +226,24 @@ def test_an_engine_outage_is_one_problem_not_one_alert_per_account(db: Db, sim: 
     assert (counts["matched"], counts["alerts_resolved"]) == (len(accounts), reconcile.UNAVAILABLE_ALERTS_MAX + 1)
     assert {a.status for a in alerts_of(db)} == {"resolved"}
     client.shutdown()
+
+
+def test_an_on_demand_run_whose_message_was_lost_is_taken_up_by_the_hourly_run(db: Db, runtime: Runtime,
+                                                                               jobs: Jobs) -> None:
+    """POST /reconciliations records the run, then sends its message; if the broker loses that message the
+    run would stay `queued` for ever. The scheduled reconcile (hourly with its catch-ups) sends again the
+    on-demand runs queued for more than 15 minutes; a younger one is left to its own message."""
+    def record(age: timedelta) -> runs.Run:  # what the API does, without the message (lost)
+        run_key, period = reconcile.on_demand_key()
+        run = runs.enqueue_record(db.engine, job="reconcile", run_key=run_key, period=period, trigger="api")
+        with db.engine.begin() as c:
+            c.exec_driver_sql("UPDATE job_run SET created_at = now() - %(age)s WHERE id = %(id)s",
+                              {"age": age, "id": run.id})
+        return run
+
+    lost, young = record(timedelta(minutes=20)), record(timedelta(minutes=1))
+    actors.reconcile.send(datetime.now(UTC).date().isoformat())
+    jobs.drain()
+    jobs.drain()  # the message sent again by the first
+    assert runs.get(db.engine, lost.run_key).status == "done"
+    assert runs.get(db.engine, young.run_key).status == "queued"

@@ -23,6 +23,7 @@ from api.controllers.reconciliations import ReconciliationController
 from api.controllers.reports import ReportController
 from api.controllers.webhooks import ml_engine_webhook
 from api.errors import HANDLERS, document_error_answers
+from api.params import LedgerDep
 from integration.webhooks import WebhookProcessor
 from invledger import __version__, metrics
 from invledger.config import Settings
@@ -38,7 +39,7 @@ async def health() -> dict[str, str]:
 
 @get("/api/v1/ready", tags=["operations"], summary="Readiness: database, broker, engine circuit",
      sync_to_thread=True)
-def ready(ledger: Ledger, state: State) -> Response[dict[str, Any]]:
+def ready(ledger: LedgerDep, state: State) -> Response[dict[str, Any]]:
     checks: dict[str, Any] = {}
     try:
         with ledger.engine.connect() as connection:

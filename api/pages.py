@@ -26,7 +26,7 @@ from litestar import Controller, Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import ResponseHeader
 from litestar.handlers.base import BaseRouteHandler
-from litestar.params import QueryParameter
+from litestar.params import FromPath, QueryParameter
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
@@ -36,8 +36,9 @@ from api import tabular, views
 from api.auth import RANK, KeyStore
 from api.controllers.alerts import acknowledge
 from api.errors import STATUS_OF, ApiError
+from api.params import LedgerDep, QueryInt, QueryText
 from api.schemas import PeriodStart, parse_time, statement_out
-from ledger import Ledger, chart, reports
+from ledger import chart, reports
 from ledger.errors import LedgerError
 from ledger.times import rfc3339
 
@@ -232,7 +233,7 @@ class PagesController(Controller):
     include_in_schema = False
 
     @get("/", sync_to_thread=True)
-    def accounts(self, request: Request, ledger: Ledger, cursor: str | None = None) -> Template:
+    def accounts(self, request: Request, ledger: LedgerDep, cursor: QueryText = None) -> Template:
         items = ledger.accounts(after=cursor, limit=ACCOUNTS_PAGE_SIZE)
         totals = reports.trial_balance(ledger, limit=1)
         open_alerts = views.alerts(ledger.engine, status="open", limit=ALERTS_PAGE_SIZE)
@@ -247,9 +248,9 @@ class PagesController(Controller):
                      runs_available=runs is not None)
 
     @get("/accounts/{account_id:str}", sync_to_thread=True)
-    def account(self, request: Request, ledger: Ledger, account_id: str,
-                from_: PeriodStart = None, to: str | None = None,
-                as_of: str | None = None, cursor: str | None = None) -> Template:
+    def account(self, request: Request, ledger: LedgerDep, account_id: FromPath[str],
+                from_: PeriodStart = None, to: QueryText = None,
+                as_of: QueryText = None, cursor: QueryText = None) -> Template:
         account = ledger.account(account_id)
         at = parse_time(as_of, "as_of", end_of_day=True)
         balance_as_of = tabular.balance_out(account_id, ledger.balance(account_id, as_of=at), at) if at else None
@@ -266,35 +267,35 @@ class PagesController(Controller):
                      chart=balance_chart(perf["days"], account.currency))
 
     @get("/trial-balance", sync_to_thread=True)
-    def trial_balance(self, request: Request, ledger: Ledger, as_of: str | None = None,
-                      cursor: str | None = None) -> Template:
+    def trial_balance(self, request: Request, ledger: LedgerDep, as_of: QueryText = None,
+                      cursor: QueryText = None) -> Template:
         page = reports.trial_balance(ledger, parse_time(as_of, "as_of", end_of_day=True), after=cursor,
                                      limit=TRIAL_BALANCE_PAGE_SIZE)
         return _page(request, "trial_balance.html", title="Trial balance", report=tabular.trial_balance_out(page),
                      as_of=as_of or "")
 
     @get("/balance-sheet", sync_to_thread=True)
-    def balance_sheet(self, request: Request, ledger: Ledger, as_of: str | None = None) -> Template:
+    def balance_sheet(self, request: Request, ledger: LedgerDep, as_of: QueryText = None) -> Template:
         sheet = reports.balance_sheet(ledger, parse_time(as_of, "as_of", end_of_day=True))
         return _page(request, "balance_sheet.html", title="Balance sheet", report=tabular.balance_sheet_out(sheet),
                      as_of=as_of or "")
 
     @get("/income-statement", sync_to_thread=True)
-    def income_statement(self, request: Request, ledger: Ledger,
+    def income_statement(self, request: Request, ledger: LedgerDep,
                          from_: PeriodStart = None,
-                         to: str | None = None) -> Template:
+                         to: QueryText = None) -> Template:
         statement = reports.income_statement(ledger, parse_time(from_, "from"), parse_time(to, "to", end_of_day=True))
         return _page(request, "income_statement.html", title="Income statement",
                      report=tabular.income_statement_out(statement), from_=from_ or "", to=to or "")
 
     @get("/reconciliations", sync_to_thread=True)
-    def reconciliations(self, request: Request, ledger: Ledger) -> Template:
+    def reconciliations(self, request: Request, ledger: LedgerDep) -> Template:
         runs = views.reconciliation_runs(ledger.engine)
         return _page(request, "reconciliations.html", title="Reconciliation", runs=runs)
 
     @get("/alerts", sync_to_thread=True)
-    def alerts(self, request: Request, ledger: Ledger, status: str | None = "open", cursor: int | None = None,
-               acknowledged: int | None = None) -> Template:
+    def alerts(self, request: Request, ledger: LedgerDep, status: QueryText = "open", cursor: QueryInt = None,
+               acknowledged: QueryInt = None) -> Template:
         status = status if status in views.ALERT_STATUSES else None
         rows = views.alerts(ledger.engine, status=status, after=cursor, limit=ALERTS_PAGE_SIZE)
         return _page(request, "alerts.html", title="Alerts", status=status or "all",
@@ -302,7 +303,7 @@ class PagesController(Controller):
                      next_cursor=rows[-1]["id"] if len(rows) == ALERTS_PAGE_SIZE else None)
 
     @post("/alerts/{alert_id:int}/ack", opt={"role": "operator"})
-    async def acknowledge_alert(self, request: Request, ledger: Ledger, alert_id: int) -> Response:
+    async def acknowledge_alert(self, request: Request, ledger: LedgerDep, alert_id: FromPath[int]) -> Response:
         await _check_post(request)
         principal = request.scope.get("state", {}).get("principal", "unknown")
         await to_thread.run_sync(acknowledge, ledger, alert_id, f"{principal} (page)")

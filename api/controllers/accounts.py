@@ -6,12 +6,13 @@ from decimal import Decimal
 from typing import Any
 
 from litestar import Controller, Request, Response, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, Parameter
 
 from api import idempotency, tabular
 from api.auth import require_role
 from api.errors import ApiError
 from api.formats import respond
+from api.params import LedgerDep, QueryText, SettingsDep
 from api.schemas import (
     CreateAccount,
     IdempotencyKey,
@@ -23,7 +24,6 @@ from api.schemas import (
     posted_out,
     statement_out,
 )
-from invledger.config import Settings
 from ledger import AccountSpec, Ledger, Money, chart
 from ledger.money import parse_amount
 
@@ -36,7 +36,8 @@ class AccountController(Controller):
     guards = [require_role]
 
     @post("/", opt={"role": "operator"}, sync_to_thread=True, summary="Open an investment account")
-    def create(self, data: CreateAccount, ledger: Ledger, settings: Settings) -> Response[dict[str, Any]]:
+    def create(self, data: JSONBody[CreateAccount], ledger: LedgerDep,
+               settings: SettingsDep) -> Response[dict[str, Any]]:
         fee_rate = data.fee_rate if data.fee_rate is not None else settings.default_fee_rate
         if not fee_rate.is_finite() or not Decimal(0) <= fee_rate <= Decimal(1) or fee_rate.as_tuple().exponent < -6:
             raise ApiError(422, "invalid", "fee_rate must be a decimal from 0 to 1 with at most 6 places")
@@ -51,7 +52,7 @@ class AccountController(Controller):
         return Response(account_out(account), status_code=201 if created else 200)
 
     @get("/", sync_to_thread=True, summary="List investment accounts (cursor pagination by account id)")
-    def list(self, ledger: Ledger, status: str | None = None, cursor: str | None = None,
+    def list(self, ledger: LedgerDep, status: QueryText = None, cursor: QueryText = None,
              limit: int = Parameter(default=LIMIT_DEFAULT, ge=1, le=1000)) -> dict[str, Any]:
         if status is not None and status not in ("active", "paused", "closed"):
             raise ApiError(422, "invalid", "status must be active, paused or closed")
@@ -60,7 +61,7 @@ class AccountController(Controller):
                 "next_cursor": accounts[-1].account_id if len(accounts) == limit else None}
 
     @get("/{account_id:str}", sync_to_thread=True, summary="One account: status, balance, currency")
-    def read(self, account_id: str, ledger: Ledger) -> dict[str, Any]:
+    def read(self, account_id: FromPath[str], ledger: LedgerDep) -> dict[str, Any]:
         return account_out(ledger.account(account_id))
 
     def _move(self, ledger: Ledger, account_id: str, data: MoneyMovement, key: str | None,
@@ -81,14 +82,14 @@ class AccountController(Controller):
 
     @post("/{account_id:str}/deposits", opt={"role": "operator"}, sync_to_thread=True,
           summary="Deposit (Idempotency-Key required)")
-    def deposit(self, account_id: str, data: MoneyMovement, ledger: Ledger,
+    def deposit(self, account_id: FromPath[str], data: JSONBody[MoneyMovement], ledger: LedgerDep,
                 idempotency_key: IdempotencyKey = None,
                 ) -> Response[dict[str, Any]]:
         return self._move(ledger, account_id, data, idempotency_key, "deposit")
 
     @post("/{account_id:str}/withdrawals", opt={"role": "operator"}, sync_to_thread=True,
           summary="Withdraw (Idempotency-Key required; 409 if it would overdraw)")
-    def withdraw(self, account_id: str, data: MoneyMovement, ledger: Ledger,
+    def withdraw(self, account_id: FromPath[str], data: JSONBody[MoneyMovement], ledger: LedgerDep,
                  idempotency_key: IdempotencyKey = None,
                  ) -> Response[dict[str, Any]]:
         return self._move(ledger, account_id, data, idempotency_key, "withdrawal")
@@ -97,19 +98,23 @@ class AccountController(Controller):
         return account_out(ledger.change_status(account_id, action, reason=data.reason if data else ""))
 
     @post("/{account_id:str}/pause", opt={"role": "operator"}, sync_to_thread=True, status_code=200)
-    def pause(self, account_id: str, ledger: Ledger, data: StatusChange | None = None) -> dict[str, Any]:
+    def pause(self, account_id: FromPath[str], ledger: LedgerDep,
+                   data: JSONBody[StatusChange | None] = None) -> dict[str, Any]:
         return self._status(ledger, account_id, "pause", data)
 
     @post("/{account_id:str}/resume", opt={"role": "operator"}, sync_to_thread=True, status_code=200)
-    def resume(self, account_id: str, ledger: Ledger, data: StatusChange | None = None) -> dict[str, Any]:
+    def resume(self, account_id: FromPath[str], ledger: LedgerDep,
+                    data: JSONBody[StatusChange | None] = None) -> dict[str, Any]:
         return self._status(ledger, account_id, "resume", data)
 
     @post("/{account_id:str}/close", opt={"role": "operator"}, sync_to_thread=True, status_code=200)
-    def close(self, account_id: str, ledger: Ledger, data: StatusChange | None = None) -> dict[str, Any]:
+    def close(self, account_id: FromPath[str], ledger: LedgerDep,
+                   data: JSONBody[StatusChange | None] = None) -> dict[str, Any]:
         return self._status(ledger, account_id, "close", data)
 
     @get("/{account_id:str}/balance", sync_to_thread=True, summary="Balance now or as of a time (JSON or CSV)")
-    def balance(self, request: Request, account_id: str, ledger: Ledger, as_of: str | None = None) -> Response:
+    def balance(self, request: Request, account_id: FromPath[str], ledger: LedgerDep,
+                as_of: QueryText = None) -> Response:
         at = parse_time(as_of, "as_of", end_of_day=True)
         money = ledger.balance(account_id, as_of=at)
         return respond(request, tabular.balance_out(account_id, money, at), tabular.balance_rows,
@@ -117,8 +122,8 @@ class AccountController(Controller):
 
     @get("/{account_id:str}/statement", sync_to_thread=True,
          summary="Opening balance, lines with running balance, closing balance (JSON or CSV)")
-    def statement(self, account_id: str, ledger: Ledger, from_: PeriodStart = None,
-                  to: str | None = None, cursor: str | None = None,
+    def statement(self, account_id: FromPath[str], ledger: LedgerDep, from_: PeriodStart = None,
+                  to: QueryText = None, cursor: QueryText = None,
                   limit: int = Parameter(default=LIMIT_DEFAULT, ge=1, le=1000), *, request: Request) -> Response:
         ledger.account(account_id)
         statement = ledger.statement(chart.investors(account_id), start=parse_time(from_, "from"),

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, Response, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, Parameter
 
 from api import tabular, views
 from api.auth import require_role
 from api.errors import ApiError
 from api.formats import respond
+from api.params import LedgerDep, QueryInt, QueryText
 from integration import alerts
 from ledger import Ledger
 
@@ -42,12 +43,12 @@ class AlertController(Controller):
     guards = [require_role]
 
     @get("/", sync_to_thread=True, summary="Alerts, newest first (status open|acknowledged|resolved)")
-    def list(self, request: Request, ledger: Ledger, status: str | None = None, cursor: int | None = None,
+    def list(self, request: Request, ledger: LedgerDep, status: QueryText = None, cursor: QueryInt = None,
              limit: int = Parameter(default=100, ge=1, le=1000)) -> Response:
         return respond(request, alerts_page(ledger, status, cursor, limit), tabular.alert_rows,
                        headers=tabular.ALERT_HEADERS, filename="alerts")
 
     @post("/{alert_id:int}/ack", sync_to_thread=True, opt={"role": "operator"}, status_code=200,
           summary="Acknowledge an alert (idempotent: the first acknowledgement is kept)")
-    def ack(self, request: Request, ledger: Ledger, alert_id: int) -> dict[str, Any]:
+    def ack(self, request: Request, ledger: LedgerDep, alert_id: FromPath[int]) -> dict[str, Any]:
         return acknowledge(ledger, alert_id, principal(request))

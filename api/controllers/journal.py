@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Response, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, Parameter
 
 from api.auth import require_role
 from api.errors import ApiError
+from api.params import LedgerDep, QueryText
 from api.schemas import IdempotencyKey, PeriodStart, ReversalRequest, entry_out, parse_time
-from ledger import Ledger
 
 
 def _cursor(cursor: str | None):
@@ -31,9 +31,9 @@ class JournalController(Controller):
     guards = [require_role]
 
     @get("/", sync_to_thread=True, summary="Entries in effective-time order")
-    def list(self, ledger: Ledger, account: str | None = None,
+    def list(self, ledger: LedgerDep, account: QueryText = None,
              from_: PeriodStart = None,
-             to: str | None = None, cursor: str | None = None,
+             to: QueryText = None, cursor: QueryText = None,
              limit: int = Parameter(default=100, ge=1, le=1000)) -> dict[str, Any]:
         entries = ledger.journal(account_id=account, start=parse_time(from_, "from"),
                                  end=parse_time(to, "to", end_of_day=True), after=_cursor(cursor), limit=limit)
@@ -42,12 +42,12 @@ class JournalController(Controller):
                 "next_cursor": f"{last.effective_at.isoformat()}_{last.id}" if last else None}
 
     @get("/{entry_id:int}", sync_to_thread=True)
-    def read(self, entry_id: int, ledger: Ledger) -> dict[str, Any]:
+    def read(self, entry_id: FromPath[int], ledger: LedgerDep) -> dict[str, Any]:
         return entry_out(ledger.entry(entry_id))
 
     @post("/{entry_id:int}/reversal", opt={"role": "operator"}, sync_to_thread=True,
           summary="Post the mirror entry (409 if already reversed)")
-    def reverse(self, entry_id: int, data: ReversalRequest, ledger: Ledger,
+    def reverse(self, entry_id: FromPath[int], data: JSONBody[ReversalRequest], ledger: LedgerDep,
                 idempotency_key: IdempotencyKey = None,
                 ) -> Response[dict[str, Any]]:
         posted = ledger.reverse(entry_id, reason=data.reason,

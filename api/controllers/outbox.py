@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, Parameter
 
 from api.auth import require_role
 from api.errors import ApiError
+from api.params import LedgerDep, QueryInt, QueryText
 from integration import outbox
-from ledger import Ledger
 from ledger.times import rfc3339
 
 
@@ -25,7 +25,7 @@ class OutboxController(Controller):
     guards = [require_role]
 
     @get("/", sync_to_thread=True, opt={"role": "operator"}, summary="Outbox rows (status pending|delivered|dead)")
-    def list(self, ledger: Ledger, status: str | None = None, cursor: int | None = None,
+    def list(self, ledger: LedgerDep, status: QueryText = None, cursor: QueryInt = None,
              limit: int = Parameter(default=100, ge=1, le=1000)) -> dict[str, Any]:
         if status is not None and status not in ("pending", "delivered", "dead"):
             raise ApiError(422, "invalid", "status must be pending, delivered or dead")
@@ -34,7 +34,7 @@ class OutboxController(Controller):
 
     @post("/{outbox_id:int}/retry", sync_to_thread=True, opt={"role": "operator"}, status_code=200,
           summary="Queue a dead notification again")
-    def retry(self, outbox_id: int, ledger: Ledger) -> dict[str, Any]:
+    def retry(self, outbox_id: FromPath[int], ledger: LedgerDep) -> dict[str, Any]:
         if outbox.retry_dead(ledger.engine, outbox_id) == 0:
             raise ApiError(409, "not_dead", f"outbox row {outbox_id} is not dead (or does not exist)")
         return {"id": outbox_id, "status": "pending"}

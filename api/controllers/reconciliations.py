@@ -11,14 +11,14 @@ from typing import Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import FromPath, Parameter
 
 from api import tabular, views
 from api.auth import require_role
 from api.errors import ApiError
 from api.formats import respond
+from api.params import LedgerDep, QueryInt, QueryText, SettingsDep
 from integration import reconcile, runs
-from invledger.config import Settings
 from ledger import Ledger
 
 RUNS_PAGE_DEFAULT = 20
@@ -66,7 +66,7 @@ class ReconciliationController(Controller):
 
     @post("/", sync_to_thread=True, opt={"role": "operator"}, status_code=202,
           summary="Start a reconciliation run now (done by the jobs; poll GET /reconciliations/{run_id})")
-    def start(self, ledger: Ledger, settings: Settings, state: State) -> dict[str, Any]:
+    def start(self, ledger: LedgerDep, settings: SettingsDep, state: State) -> dict[str, Any]:
         enqueue = state.get("jobs")
         if enqueue is None:
             raise ApiError(503, "unavailable", "no job queue in this process: run `invledger reconcile` instead")
@@ -77,15 +77,15 @@ class ReconciliationController(Controller):
         return tabular.run_out(run)
 
     @get("/", sync_to_thread=True, summary="Reconciliation runs, newest first (JSON or CSV)")
-    def list(self, request: Request, ledger: Ledger, cursor: int | None = None,
+    def list(self, request: Request, ledger: LedgerDep, cursor: QueryInt = None,
              limit: int = Parameter(default=RUNS_PAGE_DEFAULT, ge=1, le=100)) -> Response:
         return respond(request, runs_page(ledger, cursor, limit), tabular.run_rows, headers=tabular.RUN_HEADERS,
                        filename="reconciliations")
 
     @get("/{run_id:int}", sync_to_thread=True,
          summary="One run with its per-account results (result=matched|break|engine_unavailable|…; JSON or CSV)")
-    def detail(self, request: Request, ledger: Ledger, run_id: int, result: str | None = None,
-               cursor: str | None = None, limit: int = Parameter(default=RESULTS_PAGE_DEFAULT, ge=1, le=1000),
+    def detail(self, request: Request, ledger: LedgerDep, run_id: FromPath[int], result: QueryText = None,
+               cursor: QueryText = None, limit: int = Parameter(default=RESULTS_PAGE_DEFAULT, ge=1, le=1000),
                ) -> Response:
         return respond(request, run_page(ledger, run_id, result, cursor, limit), tabular.result_rows,
                        headers=tabular.RESULT_HEADERS, filename=f"reconciliation-{run_id}")

@@ -8,13 +8,14 @@ from __future__ import annotations
 from datetime import date
 
 from litestar import Controller, Request, Response, get
-from litestar.params import Parameter
+from litestar.params import FromPath, Parameter
 
 from api import tabular
 from api.auth import require_role
 from api.formats import respond
+from api.params import LedgerDep, QueryText
 from api.schemas import PeriodStart, parse_time
-from ledger import Ledger, reports
+from ledger import reports
 
 PAGE_LIMIT_DEFAULT = 1000
 
@@ -32,7 +33,7 @@ class ReportController(Controller):
 
     @get("/reports/trial-balance", sync_to_thread=True,
          summary="Every ledger account's debit or credit balance as of a time, with per-currency totals")
-    def trial_balance(self, request: Request, ledger: Ledger, as_of: str | None = None, cursor: str | None = None,
+    def trial_balance(self, request: Request, ledger: LedgerDep, as_of: QueryText = None, cursor: QueryText = None,
                       limit: int = Parameter(default=PAGE_LIMIT_DEFAULT, ge=1, le=reports.PAGE_LIMIT_MAX),
                       ) -> Response:
         page = reports.trial_balance(ledger, parse_time(as_of, "as_of", end_of_day=True), after=cursor, limit=limit)
@@ -41,15 +42,15 @@ class ReportController(Controller):
 
     @get("/reports/balance-sheet", sync_to_thread=True,
          summary="Assets = liabilities + equity (retained income − expenses), per currency, as of a time")
-    def balance_sheet(self, request: Request, ledger: Ledger, as_of: str | None = None) -> Response:
+    def balance_sheet(self, request: Request, ledger: LedgerDep, as_of: QueryText = None) -> Response:
         sheet = reports.balance_sheet(ledger, parse_time(as_of, "as_of", end_of_day=True))
         return respond(request, tabular.balance_sheet_out(sheet), tabular.balance_sheet_rows,
                        headers=tabular.BALANCE_SHEET_HEADERS, filename="balance-sheet")
 
     @get("/reports/income-statement", sync_to_thread=True,
          summary="Income and expenses of a period (from/to inclusive), per currency")
-    def income_statement(self, request: Request, ledger: Ledger,
-                         from_: PeriodStart = None, to: str | None = None,
+    def income_statement(self, request: Request, ledger: LedgerDep,
+                         from_: PeriodStart = None, to: QueryText = None,
                          ) -> Response:
         statement = reports.income_statement(ledger, parse_time(from_, "from"),
                                              parse_time(to, "to", end_of_day=True))
@@ -58,8 +59,8 @@ class ReportController(Controller):
 
     @get("/accounts/{account_id:str}/performance", sync_to_thread=True, tags=["accounts"],
          summary="Daily series (balances, flows, return, trades won/lost), time-weighted return, max drawdown")
-    def performance(self, request: Request, ledger: Ledger, account_id: str,
-                    from_: PeriodStart = None, to: str | None = None) -> Response:
+    def performance(self, request: Request, ledger: LedgerDep, account_id: FromPath[str],
+                    from_: PeriodStart = None, to: QueryText = None) -> Response:
         result = reports.performance(ledger, account_id, parse_day(from_, "from"), parse_day(to, "to"))
         return respond(request, tabular.performance_out(result), tabular.performance_rows,
                        headers=tabular.PERFORMANCE_HEADERS, filename=f"performance-{account_id}")

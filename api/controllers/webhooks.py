@@ -8,18 +8,17 @@ from anyio import to_thread
 from litestar import Request, Response, post
 
 from api.errors import ApiError
+from api.params import SettingsDep, WebhooksDep
 from integration import signature
 from integration.events import WEBHOOK_BODY_MAX_BYTES
-from integration.webhooks import WebhookProcessor
 from invledger import metrics
-from invledger.config import Settings
 
 log = logging.getLogger("api.webhooks")
 
 
 @post("/api/v1/webhooks/ml-engine", tags=["webhooks"], summary="ML Engine events (HMAC-signed)",
       request_max_body_size=WEBHOOK_BODY_MAX_BYTES)
-async def ml_engine_webhook(request: Request, settings: Settings, webhooks: WebhookProcessor) -> Response:
+async def ml_engine_webhook(request: Request, settings: SettingsDep, webhooks: WebhooksDep) -> Response:
     body = await request.body()
     if len(body) > WEBHOOK_BODY_MAX_BYTES:
         raise ApiError(413, "too_large", f"webhook bodies are limited to {WEBHOOK_BODY_MAX_BYTES} bytes")

@@ -1,0 +1,19 @@
+"""What a handler takes, declared explicitly (Litestar 3 stops inferring it): the app's dependencies by name,
+and the optional query-string parameters."""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+from litestar.di import NamedDependency
+from litestar.params import FromQuery
+
+from integration.webhooks import WebhookProcessor
+from invledger.config import Settings
+from ledger import Ledger
+
+LedgerDep: TypeAlias = NamedDependency[Ledger]
+SettingsDep: TypeAlias = NamedDependency[Settings]
+WebhooksDep: TypeAlias = NamedDependency[WebhookProcessor]
+QueryText: TypeAlias = FromQuery[str | None]
+QueryInt: TypeAlias = FromQuery[int | None]

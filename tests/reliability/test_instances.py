@@ -254,3 +254,56 @@ def test_two_servers_two_workers_two_schedulers(db, vhost_url: str, tmp_path: Pa
     finally:
         procs.stop_all()
         sim.stop()
+
+
+def test_kill_9_of_a_separate_worker_mid_delivery(db, vhost_url: str, tmp_path: Path) -> None:
+    """`invledger worker` on RabbitMQ (not the in-process one inside `serve`), killed with SIGKILL while the
+    engine is answering a capital notification: the row stays pending, RabbitMQ hands the unacknowledged
+    message (or the scheduler the next one) to a new worker, which delivers it again under the same
+    Idempotency-Key. The engine's capital moves once per deposit."""
+    from integration.simulator import Faults, Target
+
+    sim = Simulator(seed=9, api_key=ENGINE_KEY, start_date=datetime.now(UTC).date()).serve()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_", "ML_ENGINE_"))}
+    env.update(DATABASE_URL=db.url, BROKER_URL=vhost_url, ML_ENGINE_URL=sim.api_url, ML_ENGINE_API_KEY=ENGINE_KEY,
+               ML_ENGINE_WEBHOOK_SECRET=SECRET, LEDGER_DATA_DIR=str(tmp_path / "data"), LOG_LEVEL="WARNING")
+    procs = Processes(env, tmp_path)
+    rounds = 3
+    try:
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, procs.start("serve", "serve", LEDGER_HOST="127.0.0.1", LEDGER_PORT=str(port)))
+        procs.start("scheduler", "scheduler")
+        worker = procs.start("worker-0", "worker")
+        headers = {"Authorization": f"Bearer {create_key(db.engine, 'operator', 'worker-kill')}"}
+        account_id = f"wk-{uuid.uuid4().hex[:8]}"
+        answer = httpx.post(url + "/api/v1/accounts", headers=headers, timeout=30, json={
+            "account_id": account_id, "product_id": "p", "agent_type": "swing", "initial_capital": "1000.00"})
+        assert answer.status_code == 201, answer.text
+
+        def pending() -> int:
+            with db.engine.connect() as c:
+                return c.execute(sa.text("SELECT count(*) FROM outbox_event WHERE status <> 'delivered'")).scalar_one()
+
+        _wait_for(lambda: pending() == 0, 90, "the account's creation to reach the engine")
+        sim.set_faults(Faults(slow=Target(routes=("capital",)), slow_s=1.0))
+        for i in range(rounds):
+            seen = sim.state()["requests"].get("capital", 0)
+            answer = httpx.post(f"{url}/api/v1/accounts/{account_id}/deposits", json={"amount": "1.00"},
+                                headers={**headers, "Idempotency-Key": f"wk-{i}"}, timeout=30)
+            assert answer.status_code == 201, answer.text
+            _wait_for(lambda: sim.state()["requests"].get("capital", 0) > seen, 60,  # noqa: B023
+                      "the worker to start delivering")
+            worker.kill()
+            worker.wait(timeout=10)
+            assert pending() == 1
+            worker = procs.start(f"worker-{i + 1}", "worker")
+            _wait_for(lambda: pending() == 0, 90, "a new worker to deliver")
+        state = sim.state()
+        assert Decimal(str(state["accounts"][account_id]["capital"])) == Decimal("1000.00") + rounds
+        assert state["requests"]["capital"] >= 2 * rounds  # each killed delivery was sent again
+        print(json.dumps({"figure": "worker_kill", "kills": rounds, "delivered": rounds, "lost": 0,
+                          "duplicated": 0, "engine_capital_requests": state["requests"]["capital"]}))
+    finally:
+        procs.stop_all()
+        sim.stop()

@@ -72,7 +72,7 @@ def sync_account(processor: WebhookProcessor, client: EngineClient, account_id: 
                    and t.executed_at.astimezone(UTC).date() == day), key=lambda t: (t.executed_at, t.trade_id))
     counts.trades_seen += len(todo)
     try:  # all of the day's trades in one transaction; one by one if the batch as a whole is refused
-        answers: list[Booking | LedgerError | None] = list(processor.book_trades(account_id, todo))
+        answers: list[Booking | LedgerError | None] = list(processor.book_trades(account_id, todo)) if todo else []
     except (LedgerError, msgspec.ValidationError) as error:
         log.warning("sync: batch refused, booking one by one", extra={"account_id": account_id,
                                                                      "error": str(error)[:300]})

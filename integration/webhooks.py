@@ -194,75 +194,19 @@ class WebhookProcessor:
         """
         def work(tx: Tx) -> list[Booking | LedgerError]:
             account = tx.lock_account(account_id)
-            c = tx.connection
-            known: dict[str, Any] = {row.trade_id: row for row in c.execute(sa.text("""
-                SELECT trade_id, status, profit_loss_minor, entry_id, account_id FROM trade
-                 WHERE trade_id = ANY(:ids)"""), {"ids": [t.trade_id for t in trades]})}
-            snapshot_days = sorted(row.date for row in c.execute(sa.text("""
-                SELECT date FROM daily_performance WHERE account_id = :a AND date >= :day"""), {
-                "a": account_id,
-                "day": min((t.executed_at.astimezone(UTC).date() for t in trades), default=date.max)}))
-            answers: list[Booking | LedgerError | None] = [None] * len(trades)
-            closed_at: dict[str, int] = {}  # trade id -> index of the trade that closed it in this batch
-            duplicates: dict[int, int] = {}  # index -> index of that trade
-            drafts: list[tuple[int, Any]] = []  # (trade index, draft), in booking order
-            rows: list[tuple[TradeData, int | None, int, bool]] = []  # (trade, pnl, index, update) to store
-            for i, trade in enumerate(trades):
-                key = f"trade:{trade.trade_id}"
-                seen = known.get(trade.trade_id)
-                try:
-                    if trade.account_id != account_id:
-                        raise InvalidEntry(f"trade {trade.trade_id} belongs to {trade.account_id}, not {account_id}")
-                    if seen is not None and seen.account_id != trade.account_id:
-                        raise _Review(f"trade {trade.trade_id} was reported for account {seen.account_id}",
-                                      "webhook_conflict")
-                    if trade.status == "open":
-                        if seen is None:
-                            rows.append((trade, None, i, False))
-                            known[trade.trade_id] = _Known(trade.account_id, "open", None, None)
-                        answers[i] = Booking(duplicate=seen is not None)
-                        continue
-                    pnl = Money.from_decimal(trade.profit_loss, account.currency)
-                    if seen is not None and seen.status == "closed":
-                        if seen.profit_loss_minor != pnl.minor:
-                            raise _Review(f"trade {trade.trade_id} closed again with profit_loss {pnl} (first "
-                                          f"{Money(minor=seen.profit_loss_minor, currency=account.currency)})",
-                                          "webhook_conflict")
-                        if trade.trade_id in closed_at:  # closed earlier in this batch: its entry, once posted
-                            duplicates[i] = closed_at[trade.trade_id]
-                        else:
-                            answers[i] = Booking(entry_ids=(seen.entry_id,) if seen.entry_id else (),
-                                                 duplicate=True)
-                        continue
-                except _Review as review:
-                    alerts.raise_alert(c, kind=review.kind, dedup_key=f"backfill:{key}",
-                                       message=f"back-fill: {review.reason}", account_id=account_id, event_key=key)
-                    answers[i] = Booking(review=review.reason)
-                    continue
-                except LedgerError as error:
-                    answers[i] = error
-                    continue
-                draft = rules.gain_or_loss("trade", trade.account_id, pnl, idempotency_key=key,
-                                           effective_at=trade.executed_at, memo=f"{trade.side} {trade.symbol} closed",
-                                           metadata={"trade_id": trade.trade_id, "symbol": trade.symbol})
-                if draft is not None:
-                    drafts.append((i, draft))
-                    offset = self._offset(account_id, trade.executed_at, pnl, key, f"trade {trade.trade_id}",
-                                          snapshot_days)
-                    if offset is not None:
-                        drafts.append((i, offset))
-                rows.append((trade, pnl.minor, i, seen is not None))
-                known[trade.trade_id] = _Known(trade.account_id, "closed", pnl.minor, None)
-                closed_at[trade.trade_id] = i
-            entry_ids: dict[int, list[int]] = {}
-            for (i, _), posted in zip(drafts, tx.post_many([draft for _, draft in drafts]), strict=True):
-                entry_ids.setdefault(i, []).append(posted.entry_id)
-            self._store_trades(c, [(trade, pnl, (entry_ids.get(i) or [None])[0], update)
-                                   for trade, pnl, i, update in rows], source=source)
-            for i, first in duplicates.items():
-                answers[i] = Booking(entry_ids=tuple(entry_ids.get(first, ())[:1]), duplicate=True)
-            return [answer if answer is not None else Booking(entry_ids=tuple(entry_ids.get(i, ())))
-                    for i, answer in enumerate(answers)]
+            out: list[Booking | LedgerError] = []
+            for trade, answer in zip(trades, self._trades(tx, account_id, account.currency, trades, source=source),
+                                     strict=True):
+                if isinstance(answer, _Review):
+                    key = f"trade:{trade.trade_id}"
+                    alerts.raise_alert(tx.connection, kind=answer.kind, dedup_key=f"backfill:{key}",
+                                       message=f"back-fill: {answer.reason}", account_id=account_id, event_key=key)
+                    out.append(Booking(review=answer.reason))
+                elif isinstance(answer, LedgerError):
+                    out.append(answer)
+                else:
+                    out.append(Booking(entry_ids=answer[0], duplicate=answer[1]))
+            return out
         return self.ledger.transact(work)
 
     def book_performance(self, performance: PerformanceData, *, source: str = "backfill") -> Booking:
@@ -302,38 +246,84 @@ class WebhookProcessor:
 
     def _trade(self, tx: Tx, trade: TradeData, currency: str, *,
                source: str = "webhook") -> tuple[tuple[int, ...], bool]:
-        c = tx.connection
-        known = c.execute(sa.text(
-            "SELECT status, profit_loss_minor, entry_id, account_id FROM trade WHERE trade_id = :t"),
-            {"t": trade.trade_id}).first()
-        if known is not None and known.account_id != trade.account_id:
-            raise _Review(f"trade {trade.trade_id} was reported for account {known.account_id}", "webhook_conflict")
-        if trade.status == "open":
-            if known is None:
-                self._store_trade(c, trade, None, None, source=source)
-            return (), known is not None  # an open after its close changes nothing (the close wins)
-        pnl = Money.from_decimal(trade.profit_loss, currency)
-        if known is not None and known.status == "closed":
-            if known.profit_loss_minor != pnl.minor:
-                raise _Review(f"trade {trade.trade_id} closed again with profit_loss {pnl} "
-                              f"(first {Money(minor=known.profit_loss_minor, currency=currency)})", "webhook_conflict")
-            return ((known.entry_id,) if known.entry_id else ()), True
-        entry_ids: list[int] = []
-        draft = rules.gain_or_loss("trade", trade.account_id, pnl, idempotency_key=f"trade:{trade.trade_id}",
-                                   effective_at=trade.executed_at, memo=f"{trade.side} {trade.symbol} closed",
-                                   metadata={"trade_id": trade.trade_id, "symbol": trade.symbol})
-        entry_id = None
-        if draft is not None:
-            entry_id = tx.post(draft).entry_id
-            entry_ids.append(entry_id)
-            entry_ids += self._protect_snapshots(tx, trade.account_id, trade.executed_at, pnl,
-                                                 f"trade:{trade.trade_id}", f"trade {trade.trade_id}")
-        self._store_trade(c, trade, pnl.minor, entry_id, update=known is not None, source=source)
-        return tuple(entry_ids), False
+        answer = self._trades(tx, trade.account_id, currency, [trade], source=source)[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
-    def _store_trade(self, c: sa.Connection, trade: Any, pnl_minor: int | None, entry_id: int | None,
-                     *, update: bool = False, source: str = "webhook") -> None:
-        self._store_trades(c, [(trade, pnl_minor, entry_id, update)], source=source)
+    def _trades(self, tx: Tx, account_id: str, currency: str, trades: list[TradeData], *,
+                source: str) -> list[tuple[tuple[int, ...], bool] | _Review | LedgerError]:
+        """The trade rule for trades of one account (locked by the caller), in order, in a few statements.
+
+        Per trade: (its entry ids, whether it was booked before), or why it is not booked — `_Review` (it
+        contradicts what was recorded) or a LedgerError (the ledger cannot book it). An open trade is
+        recorded, not booked; an open after its close changes nothing; a close books the profit or loss
+        (and an offset if a trued-up day already includes it, see the module doc); a close repeated with
+        the same profit is a duplicate.
+        """
+        c = tx.connection
+        known: dict[str, Any] = {row.trade_id: row for row in c.execute(sa.text("""
+            SELECT trade_id, status, profit_loss_minor, entry_id, account_id FROM trade
+             WHERE trade_id = ANY(:ids)"""), {"ids": [t.trade_id for t in trades]})}
+        snapshot_days = sorted(row.date for row in c.execute(sa.text("""
+            SELECT date FROM daily_performance WHERE account_id = :a AND date >= :day"""), {
+            "a": account_id,
+            "day": min((t.executed_at.astimezone(UTC).date() for t in trades), default=date.max)}))
+        answers: list[tuple[tuple[int, ...], bool] | _Review | LedgerError | None] = [None] * len(trades)
+        closed_at: dict[str, int] = {}  # trade id -> index of the trade that closed it in this batch
+        duplicates: dict[int, int] = {}  # index -> index of that trade
+        drafts: list[tuple[int, Any]] = []  # (trade index, draft), in booking order
+        rows: list[tuple[TradeData, int | None, int, bool]] = []  # (trade, pnl, index, update) to store
+        for i, trade in enumerate(trades):
+            key = f"trade:{trade.trade_id}"
+            seen = known.get(trade.trade_id)
+            try:
+                if trade.account_id != account_id:
+                    raise InvalidEntry(f"trade {trade.trade_id} belongs to {trade.account_id}, not {account_id}")
+                if seen is not None and seen.account_id != trade.account_id:
+                    raise _Review(f"trade {trade.trade_id} was reported for account {seen.account_id}",
+                                  "webhook_conflict")
+                if trade.status == "open":
+                    if seen is None:
+                        rows.append((trade, None, i, False))
+                        known[trade.trade_id] = _Known(trade.account_id, "open", None, None)
+                    answers[i] = ((), seen is not None)
+                    continue
+                pnl = Money.from_decimal(trade.profit_loss, currency)
+                if seen is not None and seen.status == "closed":
+                    if seen.profit_loss_minor != pnl.minor:
+                        raise _Review(f"trade {trade.trade_id} closed again with profit_loss {pnl} "
+                                      f"(first {Money(minor=seen.profit_loss_minor, currency=currency)})",
+                                      "webhook_conflict")
+                    if trade.trade_id in closed_at:  # closed earlier in this batch: its entry, once posted
+                        duplicates[i] = closed_at[trade.trade_id]
+                    else:
+                        answers[i] = ((seen.entry_id,) if seen.entry_id else (), True)
+                    continue
+            except (_Review, LedgerError) as error:
+                answers[i] = error
+                continue
+            draft = rules.gain_or_loss("trade", trade.account_id, pnl, idempotency_key=key,
+                                       effective_at=trade.executed_at, memo=f"{trade.side} {trade.symbol} closed",
+                                       metadata={"trade_id": trade.trade_id, "symbol": trade.symbol})
+            if draft is not None:
+                drafts.append((i, draft))
+                offset = self._offset(account_id, trade.executed_at, pnl, key, f"trade {trade.trade_id}",
+                                      snapshot_days)
+                if offset is not None:
+                    drafts.append((i, offset))
+            rows.append((trade, pnl.minor, i, seen is not None))
+            known[trade.trade_id] = _Known(trade.account_id, "closed", pnl.minor, None)
+            closed_at[trade.trade_id] = i
+        entry_ids: dict[int, list[int]] = {}
+        for (i, _), posted in zip(drafts, tx.post_many([draft for _, draft in drafts]), strict=True):
+            entry_ids.setdefault(i, []).append(posted.entry_id)
+        self._store_trades(c, [(trade, pnl, (entry_ids.get(i) or [None])[0], update)
+                               for trade, pnl, i, update in rows], source=source)
+        for i, first in duplicates.items():
+            answers[i] = (tuple(entry_ids.get(first, ())[:1]), True)
+        return [answer if answer is not None else (tuple(entry_ids.get(i, ())), False)
+                for i, answer in enumerate(answers)]
 
     @staticmethod
     def _store_trades(c: sa.Connection, rows: list[tuple[Any, int | None, int | None, bool]], *,

@@ -352,9 +352,10 @@ class Tx:
         The same rules as `post`, draft by draft and in the given order: validation, one entry per
         idempotency key (a key seen before — in the books or earlier in `drafts` — is a replay if the
         content is the same, DuplicateConflict if not), legs stamped in order by the posting trigger.
-        Drafts with a no-overdraft rule need a savepoint each, so a list holding one is posted one by one.
+        Drafts with a no-overdraft rule need a savepoint each, so a list holding one is posted one by one;
+        so is a list of one (`post` books it in one statement, not two).
         """
-        if any(draft.no_overdraft for draft in drafts):
+        if len(drafts) == 1 or any(draft.no_overdraft for draft in drafts):
             return [self.post(draft) for draft in drafts]
         accounts = self.resolve(leg.account for draft in drafts for leg in draft.legs)
         hashes: list[bytes] = []

@@ -277,6 +277,22 @@ def cmd_distribute(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    from ledger import checkpoints
+
+    rt = _runtime(args)
+    try:
+        due = checkpoints.due(rt.ledger)
+        print(f"{len(due)} month-end checkpoint(s) due", file=sys.stderr)
+        made = checkpoints.make_due(rt.ledger, progress=lambda at, rows: print(
+            f"checkpoint {at.isoformat()}: {rows} ledger accounts with a balance", file=sys.stderr))
+        latest = checkpoints.latest(rt.ledger)
+    finally:
+        rt.close()
+    print(f"{len(made)} checkpoint(s) made; latest: {latest.isoformat() if latest else 'none'}")
+    return 0
+
+
 def cmd_simulate_engine(args: argparse.Namespace) -> int:
     from integration import simulator
 
@@ -458,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--month", required=True, help="the month YYYY-MM (it must be over)")
     p.add_argument("--allow-missing-snapshot", action="store_true",
                    help="distribute accounts whose engine snapshot for the month's last day is missing")
+
+    add("checkpoint", cmd_checkpoint, "Make the month-end balance checkpoints that are due (the daily job does "
+                                      "this; reports as of a past time start from them).")
 
     p = add("db", cmd_db, "The embedded PostgreSQL: print its URL (starting it if needed) or stop it.")
     p.add_argument("action", choices=("url", "stop"))

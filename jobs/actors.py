@@ -116,6 +116,15 @@ def distribute(month: str | None = None) -> None:
     _log_outcome(f"distribute {month_key(target)}", distribution.run(rt.ledger, target))
 
 
+@dramatiq.actor(queue_name="ledger", max_retries=3, time_limit=PERIODIC_TIME_LIMIT_MS)
+def checkpoint_balances() -> None:
+    """Make every month-end balance checkpoint that is due (ledger/checkpoints.py); none most days."""
+    from ledger import checkpoints
+
+    for at, rows in checkpoints.make_due(context.runtime().ledger):
+        log.info("balance checkpoint made", extra={"at": at.isoformat(), "accounts": rows})
+
+
 @dramatiq.actor(queue_name="ledger", max_retries=0, time_limit=5 * 60 * 1000)
 def notify_alerts() -> None:
     """Send alerts not yet sent to ALERT_WEBHOOK_URL (kept and retried on the next tick if it fails)."""
@@ -127,7 +136,8 @@ def notify_alerts() -> None:
         log.info("alerts sent", extra={"sent": sent})
 
 
-ALL = [deliver_outbox, sync_performance, reconcile, check_engine_health, distribute, notify_alerts]
+ALL = [deliver_outbox, sync_performance, reconcile, check_engine_health, distribute, checkpoint_balances,
+       notify_alerts]
 
 
 def enqueue(actor_name: str, **kwargs) -> None:

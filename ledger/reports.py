@@ -1,9 +1,10 @@
 """Finance reports: pure reads over the ledger tables (plain SQL), every figure derived from postings.
 
 Each report reads one consistent snapshot (a REPEATABLE READ transaction), so its parts agree with each
-other even while entries are being booked. Balances as of a time use `ledger_balances_as_of` /
-`ledger_balance_as_of` (a few index reads per ledger account, none for an account with nothing after
-that time; migrations 0001 and 0004), so a report costs O(accounts) or O(days), never O(postings).
+other even while entries are being booked. Balances as of a time use `ledger_balances_as_of` (every
+account: from the nearest month-end balance checkpoint plus the postings in between, or a few index reads
+per account, whichever reads less; migrations 0004 and 0005) and `ledger_balance_as_of` (one account, a
+few index reads), so a report costs O(accounts) or O(days), never O(all postings).
 
 Returns and drawdowns are `Decimal`s computed at 28 significant digits and rounded half-even to
 `RETURN_PLACES` (8) decimal places only when they are reported; money stays integer minor units.
@@ -186,7 +187,8 @@ def _aware(at: datetime | None) -> datetime | None:
 
 def _accounts(at: datetime | None) -> str:
     """`ledger_account a` with `b`, its debits − credits: the cached balance now, or as of `:at`
-    (`ledger_balances_as_of`, one set-based query over every account, see migration 0004)."""
+    (`ledger_balances_as_of`: from the nearest balance checkpoint or by probing each account, whichever
+    reads less; migrations 0004 and 0005)."""
     if at is None:
         return "ledger_account a CROSS JOIN LATERAL (SELECT a.balance_minor) AS s(b)"
     return ("ledger_account a JOIN ledger_balances_as_of(CAST(:at AS timestamptz)) AS s(id, b) ON s.id = a.id")
@@ -202,15 +204,20 @@ def trial_balance(ledger: Ledger, as_of: datetime | None = None, *, after: str |
     at = _aware(as_of)
     with _snapshot(ledger) as c:
         now = c.execute(sa.text("SELECT now()")).scalar_one()
-        rows = c.execute(sa.text(f"""
-            SELECT a.name, a.type, a.currency, s.b AS balance_minor FROM {_accounts(at)}
-             WHERE CAST(:after AS text) IS NULL OR a.name > :after
-             ORDER BY a.name LIMIT :limit"""), {"at": at, "after": after, "limit": _limit(limit) + 1}).all()
-        totals_rows = c.execute(sa.text(f"""
-            SELECT a.currency, COALESCE(sum(GREATEST(s.b, 0)), 0)::bigint AS debit,
-                   COALESCE(sum(GREATEST(-s.b, 0)), 0)::bigint AS credit
-              FROM {_accounts(at)}
-             GROUP BY a.currency ORDER BY a.currency"""), {"at": at}).all()
+        # One pass over the balances (as of a past time, the costly part): the page's rows, then a total
+        # row per currency (name NULL).
+        found = c.execute(sa.text(f"""
+            WITH s AS MATERIALIZED (SELECT a.name, a.type, a.currency, s.b FROM {_accounts(at)})
+            (SELECT 0 AS part, name, type, currency, b AS balance_minor, NULL::bigint AS debit,
+                    NULL::bigint AS credit
+               FROM s WHERE CAST(:after AS text) IS NULL OR name > :after ORDER BY name LIMIT :limit)
+            UNION ALL
+            SELECT 1, NULL, NULL, currency, NULL, COALESCE(sum(GREATEST(b, 0)), 0)::bigint,
+                   COALESCE(sum(GREATEST(-b, 0)), 0)::bigint
+              FROM s GROUP BY currency
+             ORDER BY part, name, currency"""), {"at": at, "after": after, "limit": _limit(limit) + 1}).all()
+    rows = [r for r in found if r.part == 0]
+    totals_rows = [r for r in found if r.part == 1]
     more = len(rows) > _limit(limit)
     rows = rows[:_limit(limit)]
     lines = tuple(TrialBalanceLine(

@@ -88,6 +88,28 @@ def lateness_bounds_match(c: sa.Connection) -> list[str]:
          WHERE a.max_lateness_us <> COALESCE(l.lateness_us, 0)""")]
 
 
+def checkpoints_match(c: sa.Connection) -> list[str]:
+    """Every balance checkpoint (migration 0005), recomputed: each posting falls into the first checkpoint
+    at or after its effective time, and a checkpoint holds the running sum of those up to it."""
+    return [f"{r.name} at checkpoint {r.at.isoformat()}: stored {r.stored}, recomputed {r.expected}"
+            for r in _rows(c, """
+        WITH k AS (SELECT array_agg(at ORDER BY at) AS ats FROM ledger_checkpoint),
+        d AS (SELECT k.ats[width_bucket(p.effective_at - interval '1 microsecond', k.ats) + 1] AS at,
+                     p.ledger_account_id AS id,
+                     sum(CASE p.side WHEN 'D' THEN p.amount_minor ELSE -p.amount_minor END) AS delta
+                FROM posting p CROSS JOIN k
+               WHERE p.effective_at <= k.ats[cardinality(k.ats)]
+               GROUP BY 1, 2),
+        e AS (SELECT c.at, a.id, sum(COALESCE(d.delta, 0)) OVER (PARTITION BY a.id ORDER BY c.at) AS expected
+                FROM ledger_checkpoint c CROSS JOIN (SELECT DISTINCT id FROM d) a
+                LEFT JOIN d ON d.at = c.at AND d.id = a.id)
+        SELECT COALESCE(e.at, b.at) AS at, l.name, COALESCE(b.balance_minor, 0) AS stored,
+               COALESCE(e.expected, 0) AS expected
+          FROM e FULL JOIN ledger_checkpoint_balance b ON b.at = e.at AND b.ledger_account_id = e.id
+          LEFT JOIN ledger_account l ON l.id = COALESCE(e.id, b.ledger_account_id)
+         WHERE COALESCE(b.balance_minor, 0) <> COALESCE(e.expected, 0)""")]
+
+
 def custody_equals_investors(c: sa.Connection) -> list[str]:
     return [f"account {r.account_id}: custody {r.custody} but investors {r.investors} (minor units)"
             for r in _rows(c, """
@@ -136,7 +158,8 @@ def as_of_matches_recomputation(c: sa.Connection) -> list[str]:
 
 CHECKS: tuple[Callable[[sa.Connection], list[str]], ...] = (
     entries_balance, entries_have_two_legs, no_orphan_legs, cached_balances_match, running_balances_match,
-    lateness_bounds_match, custody_equals_investors, books_balance, reversals_mirror, as_of_matches_recomputation,
+    lateness_bounds_match, checkpoints_match, custody_equals_investors, books_balance, reversals_mirror,
+    as_of_matches_recomputation,
 )
 
 

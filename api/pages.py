@@ -38,7 +38,7 @@ from api.controllers.alerts import acknowledge
 from api.errors import STATUS_OF, ApiError
 from api.params import LedgerDep, QueryInt, QueryText
 from api.schemas import PeriodStart, parse_time, statement_out
-from ledger import chart, reports
+from ledger import chart, reports, times
 from ledger.errors import LedgerError
 from ledger.times import rfc3339
 
@@ -257,8 +257,8 @@ class PagesController(Controller):
         perf = tabular.performance_out(reports.performance(ledger, account_id, _day(from_, "from"),
                                                            _day(to, "to", end=True)))
         statement = statement_out(ledger.statement(
-            chart.investors(account_id), start=reports.start_of_day(date.fromisoformat(perf["from"])),
-            end=reports.end_of_day(date.fromisoformat(perf["to"])), cursor=cursor, limit=STATEMENT_PAGE_SIZE))
+            chart.investors(account_id), start=times.start_of_day(date.fromisoformat(perf["from"])),
+            end=times.end_of_day(date.fromisoformat(perf["to"])), cursor=cursor, limit=STATEMENT_PAGE_SIZE))
         return _page(request, "account.html", title=f"Account {account_id}",
                      account={"account_id": account.account_id, "status": account.status, "currency": account.currency,
                               "balance": str(account.balance), "fee_rate": str(account.fee_rate),

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
+import sqlalchemy as sa
+
 from bench.cpu import settle
 from bench.history import Book
 from bench.report import Result, latency_summary_ms, progress
@@ -70,9 +72,9 @@ def measure(ledger: Ledger, book: Book, *, target_size: str) -> list[Result]:
                 "what": "ledger_checkpoint_make of one month end, from the previous checkpoint and the month's "
                         "postings (the first one probes every account); writers wait while it works"}))
     progress(f"{len(seconds)} checkpoints made, median {results[-1].value} s each")
-    nearest = min((abs((checkpoints.month_end(d.date()) - past).total_seconds()) for d in
-                   (past, past.replace(day=1) - timedelta(days=1))), default=0.0)
-    at_base = {**base, "days_to_nearest_checkpoint": round(nearest / 86400, 1)}
+    with ledger.engine.connect() as c:
+        gap = c.execute(sa.text("SELECT min(greatest(at - :t, :t - at)) FROM ledger_checkpoint"), {"t": past}).scalar()
+    at_base = {**base, "days_to_nearest_checkpoint": round(gap / timedelta(days=1), 1) if gap is not None else None}
     results += [
         _report("trial_balance.as_of", lambda: reports.trial_balance(ledger, past),
                 "reports.trial_balance(ledger, a year ago) — from the nearest month-end checkpoint", at_base, book),

@@ -28,7 +28,7 @@ import bisect
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -50,6 +50,7 @@ from integration.events import (
 )
 from ledger import Ledger, Money, Tx, rules
 from ledger.errors import InvalidAmount, InvalidEntry, LedgerError, UnknownAccount
+from ledger.times import end_of_day
 
 log = logging.getLogger("integration.webhooks")
 _canonical = msgspec.json.Encoder(order="deterministic")
@@ -94,10 +95,6 @@ class _Review(Exception):
     def __init__(self, reason: str, kind: str) -> None:
         super().__init__(reason)
         self.reason, self.kind = reason, kind
-
-
-def end_of_day(day: date) -> datetime:
-    return datetime.combine(day + timedelta(days=1), time.min, UTC) - timedelta(microseconds=1)
 
 
 class WebhookProcessor:
@@ -265,10 +262,8 @@ class WebhookProcessor:
         known: dict[str, Any] = {row.trade_id: row for row in c.execute(sa.text("""
             SELECT trade_id, status, profit_loss_minor, entry_id, account_id FROM trade
              WHERE trade_id = ANY(:ids)"""), {"ids": [t.trade_id for t in trades]})}
-        snapshot_days = sorted(row.date for row in c.execute(sa.text("""
-            SELECT date FROM daily_performance WHERE account_id = :a AND date >= :day"""), {
-            "a": account_id,
-            "day": min((t.executed_at.astimezone(UTC).date() for t in trades), default=date.max)}))
+        snapshot_days = self._snapshot_days(c, account_id, min((t.executed_at.astimezone(UTC).date() for t in trades),
+                                                               default=date.max))
         answers: list[tuple[tuple[int, ...], bool] | _Review | LedgerError | None] = [None] * len(trades)
         closed_at: dict[str, int] = {}  # trade id -> index of the trade that closed it in this batch
         duplicates: dict[int, int] = {}  # index -> index of that trade
@@ -429,26 +424,34 @@ class WebhookProcessor:
     def _protect_snapshots(self, tx: Tx, account_id: str, effective_at: datetime, change: Money, cause_key: str,
                            cause: str, *, after_day: date | None = None) -> list[int]:
         """Offset `change` at the end of the earliest trued-up day it would otherwise alter (see module doc)."""
-        row = tx.connection.execute(sa.text("""
-            SELECT date FROM daily_performance
-             WHERE account_id = :a AND date >= CAST(:from_day AS date)
-               AND (CAST(:after AS date) IS NULL OR date > :after)
-             ORDER BY date LIMIT 1"""), {
-            "a": account_id, "from_day": effective_at.astimezone(UTC).date(), "after": after_day}).first()
-        if row is None:
-            return []
-        draft = _offset_draft(account_id, change, cause_key, cause, row.date)
+        days = self._snapshot_days(tx.connection, account_id, effective_at.astimezone(UTC).date())
+        draft = self._offset(account_id, effective_at, change, cause_key, cause, days, after_day=after_day)
         return [tx.post(draft).entry_id] if draft is not None else []
 
     @staticmethod
+    def _snapshot_days(c: sa.Connection, account_id: str, from_day: date) -> list[date]:
+        """The account's trued-up days (engine snapshots booked) from `from_day` on, in order."""
+        return list(c.execute(sa.text("""
+            SELECT date FROM daily_performance WHERE account_id = :a AND date >= :day ORDER BY date"""),
+            {"a": account_id, "day": from_day}).scalars())
+
+    @staticmethod
     def _offset(account_id: str, effective_at: datetime, change: Money, cause_key: str, cause: str,
-                snapshot_days: list[date]) -> Any:
-        """`_protect_snapshots`' offset draft, from the account's trued-up days already read (sorted)."""
+                snapshot_days: list[date], *, after_day: date | None = None) -> Any:
+        """The entry that keeps the engine's closing balance of the earliest trued-up day `change` would alter
+        (the first of `snapshot_days` on or after its day, and after `after_day`), or None if there is none."""
         day = effective_at.astimezone(UTC).date()
+        if after_day is not None:
+            day = max(day, after_day + timedelta(days=1))
         at = bisect.bisect_left(snapshot_days, day)
         if at == len(snapshot_days):
             return None
-        return _offset_draft(account_id, change, cause_key, cause, snapshot_days[at])
+        snapshot_day = snapshot_days[at]
+        return rules.gain_or_loss(
+            "true_up", account_id, -change, idempotency_key=f"offset:{account_id}:{cause_key}",
+            effective_at=end_of_day(snapshot_day),
+            memo=f"offset: {cause} arrived after the engine's snapshot of {snapshot_day}, which already includes it",
+            metadata={"offsets": cause_key, "snapshot_date": snapshot_day.isoformat()})
 
     def _alert_if_large(self, c: sa.Connection, account_id: str, difference: Money, what: str, key: str) -> None:
         if abs(difference.to_decimal()) > self.adjustment_alert_threshold:
@@ -465,12 +468,3 @@ class _Known(msgspec.Struct, frozen=True):
     status: str
     profit_loss_minor: int | None
     entry_id: int | None
-
-
-def _offset_draft(account_id: str, change: Money, cause_key: str, cause: str, snapshot_day: date) -> Any:
-    """The entry that keeps `snapshot_day`'s closing balance the engine's (see the module doc)."""
-    return rules.gain_or_loss(
-        "true_up", account_id, -change, idempotency_key=f"offset:{account_id}:{cause_key}",
-        effective_at=end_of_day(snapshot_day),
-        memo=f"offset: {cause} arrived after the engine's snapshot of {snapshot_day}, which already includes it",
-        metadata={"offsets": cause_key, "snapshot_date": snapshot_day.isoformat()})

@@ -284,9 +284,9 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     try:
         due = checkpoints.due(rt.ledger)
         print(f"{len(due)} month-end checkpoint(s) due", file=sys.stderr)
-        made = checkpoints.make_due(rt.ledger, progress=lambda at, rows: print(
+        made = checkpoints.make_due(rt.ledger, due, progress=lambda at, rows: print(
             f"checkpoint {at.isoformat()}: {rows} ledger accounts with a balance", file=sys.stderr))
-        latest = checkpoints.latest(rt.ledger)
+        latest = made[-1][0] if made else checkpoints.latest(rt.ledger)
     finally:
         rt.close()
     print(f"{len(made)} checkpoint(s) made; latest: {latest.isoformat() if latest else 'none'}")

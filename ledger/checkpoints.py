@@ -14,22 +14,20 @@ last month end before now. Making one locks `ledger_account` against writers for
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
 
 import sqlalchemy as sa
 
 from ledger.book import Ledger
-from ledger.db import run_with_retry
+from ledger.db import run_with_retry, sqlstate
+from ledger.distribution import month_bounds, next_month
 from ledger.errors import InvalidEntry
-
-ONE_MICROSECOND = timedelta(microseconds=1)
 
 
 def month_end(day: date) -> datetime:
     """The last microsecond (UTC) of the month of `day`."""
-    first_of_next = (day.replace(day=28) + timedelta(days=4)).replace(day=1)
-    return datetime(first_of_next.year, first_of_next.month, 1, tzinfo=UTC) - ONE_MICROSECOND
+    return month_bounds(day)[1]
 
 
 def latest(ledger: Ledger) -> datetime | None:
@@ -47,12 +45,12 @@ def due(ledger: Ledger, now: datetime | None = None) -> list[datetime]:
                    (SELECT min(effective_at) FROM posting) AS earliest""")).one()
     if row.earliest is None:
         return []
-    end = month_end(row.earliest.astimezone(UTC).date())
+    month = row.earliest.astimezone(UTC).date().replace(day=1)
     ends = []
-    while end < now:
+    while (end := month_end(month)) < now:
         if row.latest is None or end > row.latest:
             ends.append(end)
-        end = month_end((end + timedelta(days=1)).date())
+        month = next_month(month)
     return ends
 
 
@@ -66,18 +64,19 @@ def make(ledger: Ledger, at: datetime) -> int:
         try:
             return c.execute(sa.text("SELECT ledger_checkpoint_make(:at)"), {"at": at}).scalar_one()
         except sa.exc.DBAPIError as error:
-            if getattr(error.orig, "sqlstate", None) == "22023":  # invalid_parameter_value: the order rules
+            if sqlstate(error) == "22023":  # invalid_parameter_value: the time rules
                 raise InvalidEntry(str(error.orig).splitlines()[0]) from None
             raise
 
     return run_with_retry(ledger.engine, work)
 
 
-def make_due(ledger: Ledger, now: datetime | None = None,
+def make_due(ledger: Ledger, ends: Sequence[datetime] | None = None,
              progress: Callable[[datetime, int], None] | None = None) -> list[tuple[datetime, int]]:
-    """Make every checkpoint that is due, oldest first; returns (time, rows written) for each."""
+    """Make the checkpoints at `ends` (default: every one that is due now), oldest first; returns (time,
+    rows written) for each."""
     made = []
-    for at in due(ledger, now):
+    for at in due(ledger) if ends is None else ends:
         rows = make(ledger, at)
         made.append((at, rows))
         if progress:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
 import msgspec
@@ -25,27 +25,19 @@ from ledger.book import Ledger
 from ledger.errors import InvalidEntry, UnknownAccount
 from ledger.model import AccountType
 from ledger.money import Money
+from ledger.times import ONE_MICROSECOND, end_of_day, start_of_day
 
 RETURN_PLACES = 8
 PAGE_LIMIT_MAX = 1000
 PERFORMANCE_DAYS_MAX = 1830  # five years of daily rows in one answer; longer periods are refused
 PERFORMANCE_DAYS_DEFAULT = 90
 FLOW_KINDS = ("deposit", "withdrawal", "transfer")  # money the investor moved in or out: not a return
-ONE_MICROSECOND = timedelta(microseconds=1)
 _QUANTUM = Decimal(1).scaleb(-RETURN_PLACES)
 
 
 def rounded(value: Decimal) -> Decimal:
     """A return or ratio as reported: half-even to RETURN_PLACES decimal places."""
     return value.quantize(_QUANTUM, rounding=ROUND_HALF_EVEN)
-
-
-def end_of_day(day: date) -> datetime:
-    return datetime.combine(day + timedelta(days=1), time.min, UTC) - ONE_MICROSECOND
-
-
-def start_of_day(day: date) -> datetime:
-    return datetime.combine(day, time.min, UTC)
 
 
 # ------------------------------------------------------------------------------------------- values

@@ -7,6 +7,19 @@ from datetime import UTC, date, datetime, time, timedelta
 ONE_MICROSECOND = timedelta(microseconds=1)
 
 
+def start_of_day(day: date) -> datetime:
+    """The first instant of the UTC day."""
+    return datetime.combine(day, time.min, UTC)
+
+
+def end_of_day(day: date) -> datetime:
+    """The last instant (inclusive) of the UTC day: what "as of that day" means."""
+    return start_of_day(day + timedelta(days=1)) - ONE_MICROSECOND
+
+
+_last_instant = end_of_day  # inside parse_time, its keyword `end_of_day` hides the function
+
+
 def rfc3339(at: datetime | None) -> str | None:
     """`2026-11-24T15:04:05.123456Z`: always UTC, always with the Z (None stays None: an optional time)."""
     return None if at is None else at.astimezone(UTC).isoformat().replace("+00:00", "Z")
@@ -18,8 +31,7 @@ def parse_time(text: str, *, end_of_day: bool = False) -> datetime:
     try:
         if len(text) == 10:
             day = date.fromisoformat(text)
-            start = datetime.combine(day, time.min, UTC)
-            return start + timedelta(days=1) - ONE_MICROSECOND if end_of_day else start
+            return _last_instant(day) if end_of_day else start_of_day(day)
         at = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"{text!r} is not a YYYY-MM-DD date or an RFC 3339 time") from None

@@ -70,6 +70,43 @@ def migrated_url(database_url: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def _admin(database_url: str) -> Iterator[sa.Engine]:
+    admin = sa.create_engine(_admin_url(database_url), isolation_level="AUTOCOMMIT")
+    yield admin
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def _template(_admin: sa.Engine, database_url: str) -> Iterator[str]:
+    name = f"invledger_tpl_{uuid.uuid4().hex[:8]}"
+    with _admin.connect() as c:
+        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    database.migrate(_admin_url(database_url).set(database=name).render_as_string(hide_password=False))
+    yield name
+    with _admin.connect() as c:
+        c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def fresh_database(_admin: sa.Engine, _template: str,
+                   database_url: str) -> Callable[[], tuple[str, Callable[[], None]]]:
+    """A maker of empty migrated databases of their own (copies of one migrated template): (url, drop)."""
+
+    def make() -> tuple[str, Callable[[], None]]:
+        name = f"invledger_{uuid.uuid4().hex[:12]}"
+        with _admin.connect() as c:
+            c.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{_template}"')
+
+        def drop() -> None:
+            with _admin.connect() as c:
+                c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+        return _admin_url(database_url).set(database=name).render_as_string(hide_password=False), drop
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def engine(migrated_url: str) -> Iterator[sa.Engine]:
     engine = create_engine(migrated_url, pool_size=20, statement_timeout_ms=60_000)
     yield engine

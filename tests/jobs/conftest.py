@@ -28,7 +28,7 @@ from dramatiq import Worker
 from integration.client import EngineClient
 from integration.engine_api import CreateAccountRequest
 from integration.simulator import Simulator
-from invledger import config, database
+from invledger import config
 from invledger.runtime import Runtime
 from jobs import actors, context
 from jobs import broker as job_broker
@@ -41,25 +41,6 @@ JOIN_TIMEOUT_MS = 60_000
 
 
 # ------------------------------------------------------------------------------------------ databases
-
-@pytest.fixture(scope="session")
-def _admin(database_url: str) -> Iterator[sa.Engine]:
-    admin = sa.create_engine(sa.make_url(database.sqlalchemy_url(database_url)), isolation_level="AUTOCOMMIT")
-    yield admin
-    admin.dispose()
-
-
-@pytest.fixture(scope="session")
-def _template(_admin: sa.Engine, database_url: str) -> Iterator[str]:
-    name = f"invledger_jobs_tpl_{uuid.uuid4().hex[:8]}"
-    with _admin.connect() as c:
-        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = sa.make_url(database.sqlalchemy_url(database_url)).set(database=name).render_as_string(hide_password=False)
-    database.migrate(url)
-    yield name
-    with _admin.connect() as c:
-        c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
 
 class Db:
     def __init__(self, url: str, engine: sa.Engine) -> None:
@@ -75,16 +56,12 @@ class Db:
 
 
 @pytest.fixture
-def db(_admin: sa.Engine, _template: str, database_url: str) -> Iterator[Db]:
-    name = f"invledger_jobs_{uuid.uuid4().hex[:10]}"
-    with _admin.connect() as c:
-        c.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{_template}"')
-    url = sa.make_url(database.sqlalchemy_url(database_url)).set(database=name).render_as_string(hide_password=False)
+def db(fresh_database: Callable[[], tuple[str, Callable[[], None]]]) -> Iterator[Db]:
+    url, drop = fresh_database()
     engine = create_engine(url, pool_size=20, statement_timeout_ms=60_000)
     yield Db(url, engine)
     engine.dispose()
-    with _admin.connect() as c:
-        c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop()
 
 
 # ------------------------------------------------------------------------------------------ the engine

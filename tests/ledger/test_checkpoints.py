@@ -20,7 +20,6 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from invledger import database
 from ledger import AccountSpec, InvalidEntry, Ledger, Money, checkpoints, rules
 from ledger.db import create_engine
 from ledger.times import ONE_MICROSECOND
@@ -45,36 +44,9 @@ PLAIN_SUMS = sa.text("""
       FROM ledger_account a LEFT JOIN posting p ON p.ledger_account_id = a.id GROUP BY a.id""")
 
 
-@pytest.fixture(scope="module")
-def template(database_url: str) -> Iterator[Callable[[], tuple[str, Callable[[], None]]]]:
-    """A migrated template database, and a maker of fresh copies of it (url, drop)."""
-    admin = sa.create_engine(sa.make_url(database.sqlalchemy_url(database_url)), isolation_level="AUTOCOMMIT")
-    base = sa.make_url(database.sqlalchemy_url(database_url))
-    name = f"invledger_ckpt_tpl_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as c:
-        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    database.migrate(base.set(database=name).render_as_string(hide_password=False))
-
-    def fresh() -> tuple[str, Callable[[], None]]:
-        copy = f"invledger_ckpt_{uuid.uuid4().hex[:10]}"
-        with admin.connect() as c:
-            c.exec_driver_sql(f'CREATE DATABASE "{copy}" TEMPLATE "{name}"')
-
-        def drop() -> None:
-            with admin.connect() as c:
-                c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)')
-
-        return base.set(database=copy).render_as_string(hide_password=False), drop
-
-    yield fresh
-    with admin.connect() as c:
-        c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
-
-
 @pytest.fixture
-def books(template) -> Iterator[Ledger]:
-    url, drop = template()
+def books(fresh_database) -> Iterator[Ledger]:
+    url, drop = fresh_database()
     engine = create_engine(url, pool_size=12, statement_timeout_ms=60_000)
     yield Ledger(engine)
     engine.dispose()
@@ -170,8 +142,8 @@ class CheckpointMachine(RuleBasedStateMachine):
         _assert_exact(self.engine, sample[:: max(1, len(sample) // 8)] + [sample[-1]])
 
 
-def test_checkpoint_state_machine(template) -> None:
-    CheckpointMachine.fresh = staticmethod(template)
+def test_checkpoint_state_machine(fresh_database) -> None:
+    CheckpointMachine.fresh = staticmethod(fresh_database)
     run_state_machine_as_test(CheckpointMachine, settings=settings(
         max_examples=12, stateful_step_count=20, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from tests.api.conftest import app, auth, client, keys, settings  # noqa: F401 — fixtures shared with tests/api
-from tests.jobs.conftest import _admin, _jobs, _template, db, jobs, runtime, sim  # noqa: F401 — and with tests/jobs
+from tests.jobs.conftest import _jobs, db, jobs, runtime, sim  # noqa: F401 — and with tests/jobs
 
 
 def report_figures(tmp_path: Path, item: str, figures: dict[str, object]) -> None:

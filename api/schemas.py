@@ -11,11 +11,11 @@ from litestar.params import HeaderParameter, QueryParameter
 
 from api.errors import ApiError
 from ledger import times
-from ledger.model import Entry, InvestmentAccount, Posted, Statement, TrialBalance
+from ledger.model import ACCOUNT_ID_PATTERN, Entry, InvestmentAccount, Posted, Statement, TrialBalance
 from ledger.money import Money
 from ledger.times import rfc3339
 
-AccountId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+AccountId = Annotated[str, msgspec.Meta(pattern=ACCOUNT_ID_PATTERN,
                                         description="letters, digits, _ . - (at most 64)")]
 Short = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3,5}$")]

@@ -18,13 +18,14 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
+from ledger.model import ACCOUNT_ID_PATTERN
 from ledger.money import DIGITS_MAX
 
 ACCOUNT_ID_LENGTH_MAX: Final[int] = 128
 TEXT_LENGTH_MAX: Final[int] = 2000
 
 # The ledger's own account ids (investment_account.account_id): the engine only knows the ones we created.
-AccountId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+AccountId = Annotated[str, msgspec.Meta(pattern=ACCOUNT_ID_PATTERN)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=ACCOUNT_ID_LENGTH_MAX)]
 Text = Annotated[str, msgspec.Meta(max_length=TEXT_LENGTH_MAX)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=10**9)]

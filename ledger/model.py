@@ -10,6 +10,9 @@ import msgspec
 
 from ledger.money import Money
 
+# An investment account's id, as the database's CHECK on investment_account.account_id has it (migration 0001).
+ACCOUNT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
 Side = Literal["D", "C"]
 AccountStatus = Literal["active", "paused", "closed"]
 EntryKind = Literal["deposit", "withdrawal", "trade", "true_up", "adjustment", "fee", "reversal", "transfer"]

@@ -358,7 +358,8 @@ def backfill(engine: sa.Engine, *, threads: int, duration_s: float, accounts: in
     for name, work, path in (
             ("backfill.book_trades", batched,
              f"WebhookProcessor.book_trades: {BACKFILL_BATCH} trades of one account per transaction "
-             "(Tx.post_many: 2 statements for the entries and legs, trade rows pipelined); the sync job's path"),
+             "(Tx.post_many: the entries from one JSON document, the legs stamped set-based by ledger_post_legs, "
+             "the trade rows from one JSON document); the sync job's path"),
             ("backfill.book_trade", one_by_one,
              "WebhookProcessor.book_trade: one transaction per trade (the fallback when a batch is refused)")):
         quiet = settle()

@@ -332,18 +332,16 @@ class WebhookProcessor:
                   for trade, pnl_minor, entry_id, update in rows]
         inserts = [p for p in params if not p["update"]]
         updates = [p for p in params if p["update"]]
-        if inserts:  # one statement for them all: arrays, one per column
+        if inserts:  # one statement for them all, the rows as one JSON document (msgspec encodes it fast)
             c.execute(sa.text("""
                 INSERT INTO trade (trade_id, account_id, symbol, side, quantity, entry_price, exit_price,
                                    profit_loss_minor, status, executed_at, trade_date, entry_id, source)
                 SELECT t, a, sym, side, q, ep, xp, pnl, status, at, day, e, CAST(:src AS text)
-                  FROM unnest(CAST(:t AS text[]), CAST(:a AS text[]), CAST(:sym AS text[]), CAST(:side AS text[]),
-                              CAST(:q AS numeric[]), CAST(:ep AS numeric[]), CAST(:xp AS numeric[]),
-                              CAST(:pnl AS bigint[]), CAST(:status AS text[]), CAST(:at AS timestamptz[]),
-                              CAST(:day AS date[]), CAST(:e AS bigint[]))
-                       AS r(t, a, sym, side, q, ep, xp, pnl, status, at, day, e)"""),
-                {key: [p[key] for p in inserts] for key in ("t", "a", "sym", "side", "q", "ep", "xp", "pnl",
-                                                           "status", "at", "day", "e")} | {"src": source})
+                  FROM json_to_recordset(CAST(:rows AS json))
+                       AS r(t text, a text, sym text, side text, q numeric, ep numeric, xp numeric, pnl bigint,
+                            status text, at timestamptz, day date, e bigint)"""),
+                {"rows": _rows_json.encode([{key: p[key] for key in _TRADE_COLUMNS} for p in inserts]).decode(),
+                 "src": source})
         if updates:
             c.execute(sa.text("""
                 UPDATE trade SET status = :status, exit_price = :xp, profit_loss_minor = :pnl, entry_id = :e,
@@ -459,6 +457,10 @@ class WebhookProcessor:
                                message=f"{what} moved account {account_id} by {difference} "
                                        f"(threshold {self.adjustment_alert_threshold})",
                                account_id=account_id, event_key=key, details={"difference": str(difference)})
+
+
+_TRADE_COLUMNS = ("t", "a", "sym", "side", "q", "ep", "xp", "pnl", "status", "at", "day", "e")
+_rows_json = msgspec.json.Encoder()  # Decimal as a string: exact, read by PostgreSQL as numeric
 
 
 class _Known(msgspec.Struct, frozen=True):

@@ -93,18 +93,20 @@ RETURNING entry_id, ledger_account_id, balance_after_minor, effective_at, (SELEC
 """)
 
 # Many entries at once (Tx.post_many): the entries in one statement that first locks every leg account in id
-# order, then their legs in a second; the posting trigger stamps each leg in `ord` order as usual.
+# order, then their legs in a second, stamped in `ord` order by ledger_post_legs (one set-based statement;
+# migration 0006). The entries come as one JSON document (msgspec encodes it in a fraction of what binding
+# eight arrays costs: a bytea array alone took 10 ms per 500 entries), the legs as arrays.
 _POST_ENTRIES = sa.text("""
 WITH locked AS (
     SELECT id FROM ledger_account WHERE id = ANY(CAST(:accounts AS bigint[])) ORDER BY id FOR NO KEY UPDATE),
 held AS (SELECT clock_timestamp() AS at, count(*) FROM locked)
 INSERT INTO journal_entry (idempotency_key, content_hash, kind, investment_account_id, effective_at,
                            recorded_at, memo, metadata, reverses_entry_id)
-SELECT d.key, d.hash, d.kind, d.account_id, COALESCE(d.effective_at, held.at), held.at, d.memo,
-       CAST(d.metadata AS jsonb), d.reverses
-  FROM held CROSS JOIN unnest(CAST(:keys AS text[]), CAST(:hashes AS bytea[]), CAST(:kinds AS text[]),
-                              CAST(:account_ids AS text[]), CAST(:effective_ats AS timestamptz[]),
-                              CAST(:memos AS text[]), CAST(:metadata AS text[]), CAST(:reverses AS bigint[]))
+SELECT d.key, decode(d.hash, 'hex'), d.kind, d.account_id, COALESCE(d.effective_at, held.at), held.at, d.memo,
+       d.metadata, d.reverses
+  FROM held CROSS JOIN ROWS FROM (json_to_recordset(CAST(:entries AS json))
+           AS (key text, hash text, kind text, account_id text, effective_at timestamptz, memo text, metadata jsonb,
+               reverses bigint))
        WITH ORDINALITY AS d(key, hash, kind, account_id, effective_at, memo, metadata, reverses, ord)
  ORDER BY d.ord
 ON CONFLICT (idempotency_key) DO NOTHING
@@ -112,14 +114,9 @@ RETURNING id, idempotency_key, effective_at, recorded_at
 """)
 
 _POST_LEGS = sa.text("""
-INSERT INTO posting (ledger_account_id, entry_id, side, amount_minor, currency,
-                     seq, effective_at, balance_after_minor, late)
-SELECT l.account, l.entry_id, l.side, l.amount, l.currency, 0, now(), 0, false
-  FROM unnest(CAST(:entry_ids AS bigint[]), CAST(:accounts AS bigint[]), CAST(:sides AS text[]),
-              CAST(:amounts AS bigint[]), CAST(:currencies AS text[]))
-       WITH ORDINALITY AS l(entry_id, account, side, amount, currency, ord)
- ORDER BY l.ord
-RETURNING entry_id, ledger_account_id, balance_after_minor
+SELECT entry_id, ledger_account_id, balance_after_minor
+  FROM ledger_post_legs(CAST(:entry_ids AS bigint[]), CAST(:accounts AS bigint[]), CAST(:sides AS text[]),
+                        CAST(:amounts AS bigint[]), CAST(:currencies AS text[]))
 """)
 
 _EXISTING = sa.text("""
@@ -351,7 +348,8 @@ class Tx:
 
         The same rules as `post`, draft by draft and in the given order: validation, one entry per
         idempotency key (a key seen before — in the books or earlier in `drafts` — is a replay if the
-        content is the same, DuplicateConflict if not), legs stamped in order by the posting trigger.
+        content is the same, DuplicateConflict if not), legs stamped in order — by `ledger_post_legs` in one
+        set-based statement, exactly as the posting trigger stamps them one by one (migration 0006).
         Drafts with a no-overdraft rule need a savepoint each, so a list holding one is posted one by one;
         so is a list of one (`post` books it in one statement, not two).
         """
@@ -372,12 +370,11 @@ class Tx:
         with _write_errors():
             entries = {row.idempotency_key: row for row in self.connection.execute(_POST_ENTRIES, {
                 "accounts": sorted({accounts[leg.account].id for draft in drafts for leg in draft.legs}),
-                "keys": [drafts[i].idempotency_key for i in unique], "hashes": [hashes[i] for i in unique],
-                "kinds": [drafts[i].kind for i in unique],
-                "account_ids": [drafts[i].investment_account_id for i in unique],
-                "effective_ats": [drafts[i].effective_at for i in unique], "memos": [drafts[i].memo for i in unique],
-                "metadata": [_json.encode(drafts[i].metadata).decode() for i in unique],
-                "reverses": [drafts[i].reverses_entry_id for i in unique]})}
+                "entries": _json.encode([{
+                    "key": drafts[i].idempotency_key, "hash": hashes[i].hex(), "kind": drafts[i].kind,
+                    "account_id": drafts[i].investment_account_id, "effective_at": drafts[i].effective_at,
+                    "memo": drafts[i].memo, "metadata": drafts[i].metadata, "reverses": drafts[i].reverses_entry_id}
+                    for i in unique]).decode()})}
             legs = [(entries[drafts[i].idempotency_key].id, leg) for i in unique
                     if drafts[i].idempotency_key in entries
                     for leg in sorted(drafts[i].legs, key=lambda leg: accounts[leg.account].id)]

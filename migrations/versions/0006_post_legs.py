@@ -1,24 +1,26 @@
-"""Many legs stamped at once: `ledger_post_legs` books a batch's postings in one set-based statement.
+"""Batches of legs stamped set-based: `ledger_post_legs` books a batch's postings in one statement.
 
-`posting_apply` stamps one posting at a time: it updates the posting's ledger account row, so a batch of
-N postings on one account leaves N versions of that row in the transaction, and every later posting walks
-them (a bulk back-fill of 500 trades of one account spent ~55 µs per posting there, most of its time).
-`ledger_post_legs(entry_ids, accounts, sides, amounts, currencies)` books the same rows as inserting them
-one by one through `posting_apply`, in the given order, with the same checks and errors:
+`posting_apply` stamps one posting at a time and updates the posting's ledger account row each time, so a
+batch of N postings on one account leaves N versions of that row in the transaction and every later
+posting walks them (a back-fill of 500 trades of one account spent ~55 µs per posting there).
+`ledger_post_legs(entry_ids, accounts, sides, amounts, currencies)` books the same rows as inserting the
+legs one by one through `posting_apply`, in the given order, with the same checks and errors. It inserts
+one row into `posting_batch`, whose BEFORE trigger does the work and returns NULL (no row is kept):
 
 - it locks the legs' ledger accounts in id order, then reads the latest checkpoint (as posting_apply does
-  after its update: a checkpoint being made holds the accounts' table, so it has committed by then);
+  after its update: a checkpoint being made holds the accounts' table, so it has committed by then; in
+  REPEATABLE READ or SERIALIZABLE the row is locked, and a newer checkpoint fails the batch with 40001);
 - it refuses the batch if a leg names an unknown entry or ledger account, an entry created by another
   transaction, or a currency the account is not kept in;
-- one statement then stamps every leg — seq, running balance, effective time, late — with window functions
-  over the account's legs in batch order, inserts them, moves each account's cached columns once
-  (balance, count, latest effective time, largest lateness), and adds back-dated legs to every checkpoint
-  at or after their effective time.
+- one statement then stamps every leg — seq, running balance, effective time, late — with window
+  functions over each account's legs in batch order, inserts them, moves each account's cached columns
+  once (balance, count, latest effective time, largest lateness), and adds back-dated legs to every
+  checkpoint at or after their effective time.
 
-While that statement runs the transaction carries `invledger.stamping_legs = 'yes'`: the posting trigger
-then lets the stamped rows through (its WHEN clause) and the ledger-account and checkpoint guards let
-the function write the cache, as they let posting_apply (trigger depth 2). The flag is cleared before the
-function returns and rolled back with any error. Entries still balance at commit (the deferred check is
+The postings it inserts are at trigger depth 1, and `posting_apply` now fires at depth 0 only (its WHEN
+clause): a statement cannot skip the stamping, only a trigger can, and this is the only trigger that
+inserts postings. The ledger-account and checkpoint guards already let depth 2 write the caches (that
+is where posting_apply's own writes run). Entries still balance at commit (the deferred check is
 untouched), and `invledger verify` recomputes every stamp and cache from the postings.
 
 Revision ID: 0006

@@ -111,25 +111,35 @@ def test_a_batch_is_booked_exactly_as_one_entry_at_a_time(books: Ledger, entries
             assert check(c) == [], check.__name__
 
 
-def _entry(c: sa.Connection, key: str, account_id: str) -> int:
+def _pair(ledger: Ledger, prefix: str) -> tuple[str, int, int]:
+    """A new investment account: its id, and the ids of its custody and investors ledger accounts."""
+    names = _open(ledger, prefix)
+    custody, investors = (ledger.resolve([n])[n].id for n in names[:2])
+    return names[0].split(":")[-1], custody, investors
+
+
+def _entry(c: sa.Connection, key: str, account_id: str, at: datetime | None = None) -> int:
     return c.execute(sa.text("""
         INSERT INTO journal_entry (idempotency_key, content_hash, kind, investment_account_id, effective_at)
-        VALUES (:k, decode(repeat('cd', 32), 'hex'), 'adjustment', :a, now()) RETURNING id"""),
-        {"k": key, "a": account_id}).scalar_one()
+        VALUES (:k, decode(repeat('cd', 32), 'hex'), 'adjustment', :a, COALESCE(:at, now())) RETURNING id"""),
+        {"k": key, "a": account_id, "at": at}).scalar_one()
 
 
 POST_LEGS = sa.text("SELECT * FROM ledger_post_legs(CAST(:e AS bigint[]), CAST(:a AS bigint[]), "
                     "CAST(:s AS text[]), CAST(:m AS bigint[]), CAST(:c AS text[]))")
 
 
+def _legs(c: sa.Connection, entry_ids: list[int], accounts: list[int], minor: int,
+          currencies: tuple[str, ...] = ("USD", "USD")) -> None:
+    """A debit and a credit of `minor` through ledger_post_legs."""
+    c.execute(POST_LEGS, {"e": entry_ids, "a": accounts, "s": ["D", "C"], "m": [minor, minor], "c": list(currencies)})
+
+
 def test_a_batch_refuses_what_posting_apply_refuses_and_leaves_nothing(books: Ledger) -> None:
-    names = _open(books, "refuse")
-    custody, investors = (books.resolve([n])[n].id for n in names[:2])
-    account_id = names[0].split(":")[-1]
+    account_id, custody, investors = _pair(books, "refuse")
     with books.engine.begin() as c:
         closed = _entry(c, f"{account_id}:closed", account_id)
-        c.execute(POST_LEGS, {"e": [closed, closed], "a": [custody, investors], "s": ["D", "C"], "m": [5, 5],
-                              "c": ["USD", "USD"]})
+        _legs(c, [closed, closed], [custody, investors], 5)
     with books.engine.connect() as c:
         before = c.execute(sa.text("SELECT count(*) FROM posting")).scalar_one()
     cases = [  # (which legs, the error class, the message)
@@ -149,7 +159,7 @@ def test_a_batch_refuses_what_posting_apply_refuses_and_leaves_nothing(books: Le
             entry = _entry(c, f"{account_id}:refused:{n}", account_id)
             entry_ids, accounts, currencies = legs(entry)
             with pytest.raises(sa.exc.DBAPIError, match=message) as raised:
-                c.execute(POST_LEGS, {"e": entry_ids, "a": accounts, "s": ["D", "C"], "m": [7, 7], "c": currencies})
+                _legs(c, entry_ids, accounts, 7, currencies)
             assert isinstance(raised.value.orig, error)
             c.rollback()
     with books.engine.connect() as c:
@@ -160,13 +170,10 @@ def test_a_batch_refuses_what_posting_apply_refuses_and_leaves_nothing(books: Le
 def test_the_batch_path_opens_no_way_around_the_posting_trigger(books: Ledger) -> None:
     """After a batch, in the same transaction, a direct insert is still stamped by posting_apply (whatever
     stamps it brings), the cached balance still cannot be set, and the batch row itself is never kept."""
-    names = _open(books, "around")
-    custody, investors = (books.resolve([n])[n].id for n in names[:2])
-    account_id = names[0].split(":")[-1]
+    account_id, custody, investors = _pair(books, "around")
     with books.engine.begin() as c:
         first = _entry(c, f"{account_id}:1", account_id)
-        c.execute(POST_LEGS, {"e": [first, first], "a": [custody, investors], "s": ["D", "C"], "m": [30, 30],
-                              "c": ["USD", "USD"]})
+        _legs(c, [first, first], [custody, investors], 30)
         second = _entry(c, f"{account_id}:2", account_id)
         c.execute(sa.text("""
             INSERT INTO posting (ledger_account_id, entry_id, side, amount_minor, currency, seq, effective_at,
@@ -189,20 +196,14 @@ def test_a_repeatable_read_batch_cannot_miss_a_checkpoint(fresh_database) -> Non
     engine = create_engine(url, pool_size=3, statement_timeout_ms=60_000)
     try:
         ledger = Ledger(engine)
-        names = _open(ledger, "rr")
-        account_id = names[0].split(":")[-1]
-        custody, investors = (ledger.resolve([n])[n].id for n in names[:2])
+        account_id, custody, investors = _pair(ledger, "rr")
         with engine.connect() as writer:
             writer.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             writer.exec_driver_sql("SELECT 1").all()  # the snapshot is taken here
             checkpoints.make(ledger, CHECKPOINTS[0])
-            entry = writer.execute(sa.text("""
-                INSERT INTO journal_entry (idempotency_key, content_hash, kind, investment_account_id, effective_at)
-                VALUES ('rr:late', decode(repeat('ab', 32), 'hex'), 'adjustment', :a, :at) RETURNING id"""),
-                {"a": account_id, "at": CHECKPOINTS[0] - timedelta(days=1)}).scalar_one()
+            entry = _entry(writer, "rr:late", account_id, CHECKPOINTS[0] - timedelta(days=1))
             with pytest.raises(sa.exc.OperationalError) as raised:
-                writer.execute(POST_LEGS, {"e": [entry, entry], "a": [custody, investors], "s": ["D", "C"],
-                                           "m": [70, 70], "c": ["USD", "USD"]})
+                _legs(writer, [entry, entry], [custody, investors], 70)
             assert isinstance(raised.value.orig, psycopg.errors.SerializationFailure)
             writer.rollback()
         with engine.connect() as c:

@@ -358,7 +358,7 @@ def backfill(engine: sa.Engine, *, threads: int, duration_s: float, accounts: in
     for name, work, path in (
             ("backfill.book_trades", batched,
              f"WebhookProcessor.book_trades: {BACKFILL_BATCH} trades of one account per transaction "
-             "(Tx.post_many: the entries from one JSON document, the legs stamped set-based by ledger_post_legs, "
+             "(Tx.post_many: entries and legs in one call of ledger_post_entries, the legs stamped set-based; "
              "the trade rows from one JSON document); the sync job's path"),
             ("backfill.book_trade", one_by_one,
              "WebhookProcessor.book_trade: one transaction per trade (the fallback when a batch is refused)")):

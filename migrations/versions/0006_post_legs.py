@@ -1,11 +1,11 @@
-"""Batches of legs stamped set-based: `ledger_post_legs` books a batch's postings in one statement.
+"""Batches of legs stamped set-based: `posting_batch` books a batch's postings in one statement.
 
 `posting_apply` stamps one posting at a time and updates the posting's ledger account row each time, so a
 batch of N postings on one account leaves N versions of that row in the transaction and every later
 posting walks them (a back-fill of 500 trades of one account spent ~55 µs per posting there).
-`ledger_post_legs(entry_ids, accounts, sides, amounts, currencies)` books the same rows as inserting the
-legs one by one through `posting_apply`, in the given order, with the same checks and errors. It inserts
-one row into `posting_batch`, whose BEFORE trigger does the work and returns NULL (no row is kept):
+A row (entry_ids, accounts, sides, amounts, currencies) inserted into `posting_batch` books the same rows as
+inserting the legs one by one through `posting_apply`, in the given order, with the same checks and errors:
+its BEFORE trigger does the work and returns NULL (no row is kept):
 
 - it locks the legs' ledger accounts in id order, then reads the latest checkpoint (as posting_apply does
   after its update: a checkpoint being made holds the accounts' table, so it has committed by then; in
@@ -22,6 +22,9 @@ clause): a statement cannot skip the stamping, only a trigger can, and this is t
 inserts postings. The ledger-account and checkpoint guards already let depth 2 write the caches (that
 is where posting_apply's own writes run). Entries still balance at commit (the deferred check is
 untouched), and `invledger verify` recomputes every stamp and cache from the postings.
+
+`ledger_post_entries(accounts, entries, legs)` is what `Tx.post_many` calls: the entries and their legs
+(JSON documents) in one round trip, so a batch holds its account locks for one call and the commit.
 
 Revision ID: 0006
 Revises: 0005
@@ -143,15 +146,48 @@ END $$;
 CREATE TRIGGER posting_batch_apply BEFORE INSERT ON posting_batch
     FOR EACH ROW EXECUTE FUNCTION posting_batch_apply();
 
--- Book a batch of legs and answer each leg's running balance (per account, in posting order).
-CREATE FUNCTION ledger_post_legs(entry_ids bigint[], accounts bigint[], sides text[], amounts bigint[],
-                                 currencies text[])
-RETURNS TABLE (entry_id bigint, ledger_account_id bigint, balance_after_minor bigint)
+-- A list of entries and their legs in one call (Tx.post_many): every leg account locked in id order (the
+-- global lock order) before the clock is read, so a defaulted effective time is monotone per account; the
+-- entries inserted in list order (a key booked before is skipped: the caller reads it as a replay); the
+-- legs of the new ones booked through posting_batch, in list order; each new entry's legs answered with
+-- their running balances (per account in posting order). One round trip: the locks are held for this call
+-- and the commit only.
+CREATE FUNCTION ledger_post_entries(accounts bigint[], entries json, legs json)
+RETURNS TABLE (idempotency_key text, entry_id bigint, effective_at timestamptz, recorded_at timestamptz,
+               ledger_account_id bigint, balance_after_minor bigint)
 LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    made bigint[];
 BEGIN
-    INSERT INTO posting_batch VALUES (entry_ids, accounts, sides, amounts, currencies);
-    RETURN QUERY SELECT p.entry_id, p.ledger_account_id, p.balance_after_minor FROM posting p
-                  WHERE p.entry_id = ANY(ledger_post_legs.entry_ids) ORDER BY p.ledger_account_id, p.seq;
+    WITH locked AS (
+        SELECT a.id FROM ledger_account a WHERE a.id = ANY(ledger_post_entries.accounts) ORDER BY a.id
+           FOR NO KEY UPDATE),
+    held AS (SELECT clock_timestamp() AS at, count(*) FROM locked),
+    e AS (
+        INSERT INTO journal_entry (idempotency_key, content_hash, kind, investment_account_id, effective_at,
+                                   recorded_at, memo, metadata, reverses_entry_id)
+        SELECT d.key, decode(d.hash, 'hex'), d.kind, d.account_id, COALESCE(d.effective_at, held.at), held.at,
+               d.memo, d.metadata, d.reverses
+          FROM held CROSS JOIN ROWS FROM (json_to_recordset(ledger_post_entries.entries)
+                   AS (key text, hash text, kind text, account_id text, effective_at timestamptz, memo text,
+                       metadata jsonb, reverses bigint))
+               WITH ORDINALITY AS d(key, hash, kind, account_id, effective_at, memo, metadata, reverses, ord)
+         ORDER BY d.ord
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING journal_entry.id)
+    SELECT array_agg(e.id) INTO made FROM e;
+    INSERT INTO posting_batch
+    SELECT array_agg(j.id ORDER BY l.ord), array_agg(l.a ORDER BY l.ord), array_agg(l.s ORDER BY l.ord),
+           array_agg(l.m ORDER BY l.ord), array_agg(l.c ORDER BY l.ord)
+      FROM ROWS FROM (json_to_recordset(ledger_post_entries.legs) AS (k text, a bigint, s text, m bigint, c text))
+           WITH ORDINALITY AS l(k, a, s, m, c, ord)
+      JOIN journal_entry j ON j.idempotency_key = l.k AND j.id = ANY(made)
+    HAVING count(*) > 0;
+    RETURN QUERY
+    SELECT j.idempotency_key, j.id, j.effective_at, j.recorded_at, p.ledger_account_id, p.balance_after_minor
+      FROM journal_entry j JOIN posting p ON p.entry_id = j.id
+     WHERE j.id = ANY(made) ORDER BY p.ledger_account_id, p.seq;
 END $$;
 """
 

@@ -1,4 +1,4 @@
-"""A batch of legs (`ledger_post_legs`, migration 0006; `Tx.post_many`) is booked exactly as the same legs
+"""A batch of legs (`posting_batch`, migration 0006; `Tx.post_many`) is booked exactly as the same legs
 posted one entry at a time through `posting_apply`: the same sequence numbers, running balances, effective
 times and late flags, the same cached account columns, the same checkpoint balances. And it refuses what
 `posting_apply` refuses, leaving nothing behind, while `posting_apply` still stamps every other insert."""
@@ -125,13 +125,13 @@ def _entry(c: sa.Connection, key: str, account_id: str, at: datetime | None = No
         {"k": key, "a": account_id, "at": at}).scalar_one()
 
 
-POST_LEGS = sa.text("SELECT * FROM ledger_post_legs(CAST(:e AS bigint[]), CAST(:a AS bigint[]), "
+POST_LEGS = sa.text("INSERT INTO posting_batch VALUES (CAST(:e AS bigint[]), CAST(:a AS bigint[]), "
                     "CAST(:s AS text[]), CAST(:m AS bigint[]), CAST(:c AS text[]))")
 
 
 def _legs(c: sa.Connection, entry_ids: list[int], accounts: list[int], minor: int,
           currencies: tuple[str, ...] = ("USD", "USD")) -> None:
-    """A debit and a credit of `minor` through ledger_post_legs."""
+    """A debit and a credit of `minor` through posting_batch."""
     c.execute(POST_LEGS, {"e": entry_ids, "a": accounts, "s": ["D", "C"], "m": [minor, minor], "c": list(currencies)})
 
 

@@ -109,6 +109,16 @@ def server_facts(engine: sa.Engine) -> tuple[str, dict[str, str]]:
     return version, {name: value for name, value in settings.items() if value is not None}
 
 
+def analyze(engine: sa.Engine) -> None:
+    """ANALYZE, as autovacuum does for a database in service, before each measured write run: the plans the
+    run caches are then made for the tables' present sizes. A fresh benchmark database starts with empty
+    tables, and a plan cached for an empty table (a prepared statement's, a trigger's) keeps scanning the
+    table whole as it grows, until the next ANALYZE — which autovacuum runs about a minute later in service,
+    but at a moment no ten-second run can control."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.exec_driver_sql("ANALYZE")
+
+
 def checkpoint(engine: sa.Engine) -> None:
     """Start each measured run from a clean WAL state; needs superuser, so best effort."""
     try:

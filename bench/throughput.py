@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from bench.cpu import CpuMeter, cores_used, settle
 from bench.report import Result, latency_summary_ms, progress
-from bench.server import checkpoint
+from bench.server import analyze, checkpoint
 from ledger import AccountSpec, Ledger, Money, chart, rules
 from ledger.db import create_engine, sqlstate
 
@@ -280,6 +280,7 @@ def run(url: str, engine: sa.Engine, *, duration_s: float, writers_set: tuple[in
                     warm(ledger, ids, max(writers_set))
                 for writers in writers_set:
                     tag = f"{mode}-a{accounts}-w{writers}"
+                    analyze(engine)
                     checkpoint(engine)
                     quiet = settle()
                     meter = CpuMeter(engine, pool.pids if pool else None)

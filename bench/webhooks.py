@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from bench.cpu import CpuMeter, cores_used, settle
 from bench.history import open_bulk
 from bench.report import Result, latency_summary_ms, progress
+from bench.server import analyze
 from integration import engine_api, signature
 
 SECRET = "bench-webhook-secret"
@@ -217,6 +218,7 @@ def run(database_url: str, engine: sa.Engine, *, duration_s: float, senders_set:
         def measure(servers: list[Served], senders: int) -> tuple[LoadFigures, dict[str, Any]]:
             """One timed load on `servers` (senders split evenly), with CPU, latency and committed rows."""
             nonlocal failures
+            analyze(engine)
             quiet = settle()
             meter = CpuMeter(engine, [server.process.pid for server in servers])
             before, applied_before = meter.snapshot(), _applied(engine)
@@ -362,6 +364,7 @@ def backfill(engine: sa.Engine, *, threads: int, duration_s: float, accounts: in
              "the trade rows from one JSON document); the sync job's path"),
             ("backfill.book_trade", one_by_one,
              "WebhookProcessor.book_trade: one transaction per trade (the fallback when a batch is refused)")):
+        analyze(engine)
         quiet = settle()
         began = time.perf_counter()
         deadline = began + duration_s

@@ -325,14 +325,15 @@ class WebhookProcessor:
                       source: str) -> None:
         """(trade, profit/loss in minor units, its entry, update?) rows: new trades inserted (one statement),
         then the ones known as open updated, in order (psycopg pipelines the parameter sets)."""
-        params = [{"t": trade.trade_id, "a": trade.account_id, "sym": trade.symbol, "side": trade.side,
-                   "q": trade.quantity, "ep": trade.entry_price, "xp": trade.exit_price, "pnl": pnl_minor,
-                   "status": trade.status, "at": trade.executed_at,
-                   "day": trade.executed_at.astimezone(UTC).date(), "e": entry_id, "src": source, "update": update}
-                  for trade, pnl_minor, entry_id, update in rows]
-        inserts = [p for p in params if not p["update"]]
-        updates = [p for p in params if p["update"]]
-        if inserts:  # one statement for them all, the rows as one JSON document (msgspec encodes it fast)
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        for trade, pnl_minor, entry_id, update in rows:
+            (updates if update else inserts).append({
+                "t": trade.trade_id, "a": trade.account_id, "sym": trade.symbol, "side": trade.side,
+                "q": trade.quantity, "ep": trade.entry_price, "xp": trade.exit_price, "pnl": pnl_minor,
+                "status": trade.status, "at": trade.executed_at, "day": trade.executed_at.astimezone(UTC).date(),
+                "e": entry_id})
+        if inserts:  # one statement for them all, the rows as one JSON document (Decimals as exact strings)
             c.execute(sa.text("""
                 INSERT INTO trade (trade_id, account_id, symbol, side, quantity, entry_price, exit_price,
                                    profit_loss_minor, status, executed_at, trade_date, entry_id, source)
@@ -340,8 +341,7 @@ class WebhookProcessor:
                   FROM json_to_recordset(CAST(:rows AS json))
                        AS r(t text, a text, sym text, side text, q numeric, ep numeric, xp numeric, pnl bigint,
                             status text, at timestamptz, day date, e bigint)"""),
-                {"rows": _rows_json.encode([{key: p[key] for key in _TRADE_COLUMNS} for p in inserts]).decode(),
-                 "src": source})
+                {"rows": _canonical.encode(inserts).decode(), "src": source})
         if updates:
             c.execute(sa.text("""
                 UPDATE trade SET status = :status, exit_price = :xp, profit_loss_minor = :pnl, entry_id = :e,
@@ -457,10 +457,6 @@ class WebhookProcessor:
                                message=f"{what} moved account {account_id} by {difference} "
                                        f"(threshold {self.adjustment_alert_threshold})",
                                account_id=account_id, event_key=key, details={"difference": str(difference)})
-
-
-_TRADE_COLUMNS = ("t", "a", "sym", "side", "q", "ep", "xp", "pnl", "status", "at", "day", "e")
-_rows_json = msgspec.json.Encoder()  # Decimal as a string: exact, read by PostgreSQL as numeric
 
 
 class _Known(msgspec.Struct, frozen=True):

@@ -42,6 +42,7 @@ from ledger.model import (
     Entry,
     EntryDraft,
     InvestmentAccount,
+    Leg,
     Posted,
     PostingView,
     Statement,
@@ -297,7 +298,7 @@ class Tx:
         accounts = self.resolve(leg.account for leg in draft.legs)
         _validate(draft, accounts)
         content_hash = content_hash_of(draft)
-        legs = sorted(draft.legs, key=lambda leg: accounts[leg.account].id)  # the global lock order
+        legs = _in_lock_order(draft, accounts)
         params = {
             "key": draft.idempotency_key, "hash": content_hash, "kind": draft.kind,
             "account_id": draft.investment_account_id, "effective_at": draft.effective_at,
@@ -360,7 +361,7 @@ class Tx:
                 "legs": _json.encode([{
                     "k": drafts[i].idempotency_key, "a": accounts[leg.account].id, "s": leg.side,
                     "m": leg.amount.minor, "c": leg.amount.currency}
-                    for i in unique for leg in sorted(drafts[i].legs, key=lambda leg: accounts[leg.account].id)]
+                    for i in unique for leg in _in_lock_order(drafts[i], accounts)]
                 ).decode()}).all()
         legs_of: dict[str, list[Any]] = {}  # idempotency key -> the new entry's legs
         for row in rows:
@@ -721,6 +722,11 @@ def _integrity_error(error: IntegrityError) -> Exception:
     if "journal_entry_reverses_entry_id_key" in message:
         return AlreadyReversed("the entry was already reversed")
     return IntegrityViolation(f"the database refused the write: {message}")
+
+
+def _in_lock_order(draft: EntryDraft, accounts: dict[str, _LedgerAccount]) -> list[Leg]:
+    """The draft's legs by ledger account id: the global lock order, and the order their postings are stamped."""
+    return sorted(draft.legs, key=lambda leg: accounts[leg.account].id)
 
 
 def _normal(balance_minor: int, account: _LedgerAccount) -> Money:

@@ -80,6 +80,16 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- posting_apply's test (migration 0001) of "this journal entry was created by this transaction", by the row's
+-- xmin: its 32-bit xid widened to an xid8 next to the current one, which pg_xact_status reports 'in progress'
+-- for this transaction and its savepoints only. (posting_apply keeps its inline copy: replacing it to call
+-- this would restate it whole once more.)
+CREATE FUNCTION journal_entry_created_here(entry_xmin xid) RETURNS boolean LANGUAGE sql AS $$
+    SELECT pg_xact_status((pg_current_xact_id()::text::bigint
+        + (((entry_xmin::text::bigint - (pg_current_xact_id()::text::bigint & 4294967295) + 2147483648)
+            % 4294967296 + 4294967296) % 4294967296 - 2147483648))::text::xid8) IS NOT DISTINCT FROM 'in progress'
+$$;
+
 CREATE FUNCTION posting_batch_apply() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     checkpointed timestamptz;
@@ -99,24 +109,19 @@ BEGIN
         SELECT l.at INTO checkpointed FROM ledger_checkpoint_latest l FOR KEY SHARE;
     END IF;
     -- posting_apply's refusals, for the whole batch; the first offending leg is named.
-    SELECT l.entry_id, l.account, l.currency, e.id IS NULL AS no_entry, a.id IS NULL AS no_account,
-           a.currency AS kept_in, pg_xact_status((pg_current_xact_id()::text::bigint
-               + (((e.xmin::text::bigint - (pg_current_xact_id()::text::bigint & 4294967295) + 2147483648)
-                   % 4294967296 + 4294967296) % 4294967296 - 2147483648))::text::xid8) AS status
-      INTO bad
-      FROM unnest(NEW.entry_ids, NEW.accounts, NEW.currencies) WITH ORDINALITY AS l(entry_id, account, currency, ord)
-      LEFT JOIN journal_entry e ON e.id = l.entry_id
-      LEFT JOIN ledger_account a ON a.id = l.account
-     WHERE e.id IS NULL OR a.id IS NULL OR a.currency IS DISTINCT FROM l.currency
-        OR pg_xact_status((pg_current_xact_id()::text::bigint
-               + (((e.xmin::text::bigint - (pg_current_xact_id()::text::bigint & 4294967295) + 2147483648)
-                   % 4294967296 + 4294967296) % 4294967296 - 2147483648))::text::xid8)
-           IS DISTINCT FROM 'in progress'
-     ORDER BY l.ord LIMIT 1;
+    SELECT * INTO bad FROM (
+        SELECT l.ord, l.entry_id, l.account, l.currency, e.id IS NULL AS no_entry,
+               e.id IS NOT NULL AND journal_entry_created_here(e.xmin) AS open,
+               a.id IS NULL AS no_account, a.currency AS kept_in
+          FROM unnest(NEW.entry_ids, NEW.accounts, NEW.currencies) WITH ORDINALITY AS l(entry_id, account, currency, ord)
+          LEFT JOIN journal_entry e ON e.id = l.entry_id
+          LEFT JOIN ledger_account a ON a.id = l.account) leg
+     WHERE leg.no_entry OR NOT leg.open OR leg.no_account OR leg.kept_in IS DISTINCT FROM leg.currency
+     ORDER BY leg.ord LIMIT 1;
     IF FOUND THEN
         IF bad.no_entry THEN
             RAISE EXCEPTION 'posting for unknown journal entry %', bad.entry_id USING ERRCODE = 'foreign_key_violation';
-        ELSIF bad.status IS DISTINCT FROM 'in progress' THEN
+        ELSIF NOT bad.open THEN
             RAISE EXCEPTION 'journal entry % is closed: legs may only be added in the transaction that created it',
                 bad.entry_id USING ERRCODE = 'restrict_violation';
         ELSIF bad.no_account THEN
@@ -147,8 +152,7 @@ BEGIN
                              balance_after_minor, late)
         SELECT s.account, s.seq, s.entry_id, s.side, s.amount, s.currency, s.effective_at, s.balance_after,
                COALESCE(s.before > s.effective_at, false)
-          FROM stamped s ORDER BY s.ord
-        RETURNING 1),
+          FROM stamped s ORDER BY s.ord),
     moved AS (
         UPDATE ledger_account a
            SET balance_minor = a.balance_minor + m.total, posting_count = a.posting_count + m.n,
@@ -158,8 +162,7 @@ BEGIN
                        COALESCE(max((extract(epoch FROM s.before - s.effective_at) * 1000000)::bigint), 0)
                            AS lateness_us
                   FROM stamped s GROUP BY s.account) m
-         WHERE a.id = m.account
-        RETURNING 1)
+         WHERE a.id = m.account)
     INSERT INTO ledger_checkpoint_balance AS c (at, ledger_account_id, balance_minor)
     SELECT k.at, s.account, sum(s.signed)
       FROM stamped s JOIN ledger_checkpoint k ON k.at >= s.effective_at

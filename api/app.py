@@ -24,12 +24,16 @@ from api.controllers.reports import ReportController
 from api.controllers.webhooks import ml_engine_webhook
 from api.errors import HANDLERS, document_error_answers
 from api.params import LedgerDep
+from integration.intake import GroupCommit
 from integration.webhooks import WebhookProcessor
 from invledger import __version__, metrics
 from invledger.config import Settings
 from ledger import Ledger
 
 REQUEST_BODY_MAX_BYTES = 1024 * 1024
+# Webhook group commit (integration.intake): committer threads, and the most deliveries one transaction takes.
+WEBHOOK_COMMITTERS = 2
+WEBHOOK_BATCH_MAX = 64
 
 
 @get("/api/v1/health", tags=["operations"], summary="Liveness: the process answers")
@@ -96,7 +100,9 @@ def create_app(ledger: Ledger, settings: Settings, *, readiness: dict[str, Calla
                on_shutdown: list[Any] | None = None, jobs: Callable[..., None] | None = None) -> Litestar:
     """The app. `readiness` adds checks to /ready (e.g. broker, engine circuit); `jobs(actor_name, **kwargs)`
     enqueues a job (POST /reconciliations needs it; without it that route answers 503)."""
-    webhooks = WebhookProcessor(ledger, adjustment_alert_threshold=settings.adjustment_alert_threshold)
+    processor = WebhookProcessor(ledger, adjustment_alert_threshold=settings.adjustment_alert_threshold)
+    webhooks = GroupCommit(processor.receive_many, max_batch=WEBHOOK_BATCH_MAX, committers=WEBHOOK_COMMITTERS,
+                           name="webhook-commit")
     metrics.register_database(ledger.engine)
 
     def constant(value: Any) -> Provide:
@@ -106,16 +112,16 @@ def create_app(ledger: Ledger, settings: Settings, *, readiness: dict[str, Calla
         route_handlers=[health, ready, prometheus_metrics, prometheus_metrics_v1, ml_engine_webhook,
                         AccountController, JournalController, OutboxController, ReportController, AlertController,
                         ReconciliationController, pages.ROUTER, *(route_handlers or [])],
-        dependencies={"ledger": constant(ledger), "settings": constant(settings), "webhooks": constant(webhooks)},
+        dependencies={"ledger": constant(ledger), "settings": constant(settings)},
         state=State({"key_store": KeyStore(ledger.engine), "readiness": readiness or {}, "settings": settings,
-                     "jobs": jobs}),
+                     "jobs": jobs, "webhooks": webhooks}),
         exception_handlers=HANDLERS,
         logging_config=None,  # logs are JSON lines, configured once by invledger.logs
         middleware=[_timing_middleware],
         template_config=pages.TEMPLATE_CONFIG,
         request_max_body_size=REQUEST_BODY_MAX_BYTES,
         on_startup=on_startup or [],
-        on_shutdown=on_shutdown or [],
+        on_shutdown=[*(on_shutdown or []), lambda: webhooks.close()],
         openapi_config=OpenAPIConfig(
             title="invledger", version=__version__, path="/schema",
             description="Double-entry ledger for investment accounts traded by an ML Engine. "

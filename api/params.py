@@ -8,12 +8,10 @@ from typing import TypeAlias
 from litestar.di import NamedDependency
 from litestar.params import FromQuery
 
-from integration.webhooks import WebhookProcessor
 from invledger.config import Settings
 from ledger import Ledger
 
 LedgerDep: TypeAlias = NamedDependency[Ledger]
 SettingsDep: TypeAlias = NamedDependency[Settings]
-WebhooksDep: TypeAlias = NamedDependency[WebhookProcessor]
 QueryText: TypeAlias = FromQuery[str | None]
 QueryInt: TypeAlias = FromQuery[int | None]

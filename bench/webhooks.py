@@ -248,7 +248,8 @@ def run(database_url: str, engine: sa.Engine, *, duration_s: float, senders_set:
 
         for senders in senders_set:
             figures, params = measure([served], senders)
-            params["server"] = "invledger serve: uvicorn + uvloop + httptools, 1 process, jobs in-process"
+            params["server"] = ("invledger serve: uvicorn + uvloop + httptools, 1 process, jobs in-process; "
+                                 "webhooks group-committed (2 committer threads, up to 64 per transaction)")
             rate, ratio, latency = figures.ok / duration_s, params["ratio_to_pgbench"], params["latency"]
             top = senders == max(senders_set)
             results.append(Result(

@@ -1,8 +1,10 @@
 """Signed ML Engine webhooks in: store every verified delivery and turn it into ledger entries, once.
 
-One delivery is one transaction: the stored event, its entries, the trade or snapshot rows and any
-alert commit together or not at all (then the engine gets a 5xx and retries). Deliveries with the same
-dedup key are serialised by an advisory lock on the key, then by the account's row lock.
+A delivery is stored and applied in one transaction: the stored event, its entries, the trade or snapshot
+rows and any alert commit together or not at all (then the engine gets a 5xx and retries). Deliveries
+that arrive together share that transaction (`receive_many`, a group commit fed by `integration.intake`),
+each answered as if it had come alone. Deliveries with the same dedup key are serialised by an advisory
+lock on the key, then by the account's row lock.
 
 Late facts. The engine's daily snapshot (daily.performance for day D) is the truth for A's balance at
 the end of D: the ledger books a true-up so that its balance at the end of D equals closing_balance.
@@ -27,7 +29,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -77,6 +79,26 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
         return body
 
 
+def _rejected(status: int, reason: str) -> Outcome:
+    return Outcome(status_code=status, reason=reason, result="rejected")
+
+
+class Delivery(msgspec.Struct, frozen=True, kw_only=True):
+    """One verified delivery as it came: the raw body, its webhook-id header (if any), the signature scheme."""
+
+    body: bytes
+    webhook_id: str | None = None
+    signature_scheme: str
+
+
+class _Item(msgspec.Struct, frozen=True, kw_only=True):
+    """A decoded delivery: the event, its dedup key and the hash of its canonical content."""
+
+    event: Event
+    key: str
+    content_sha256: bytes
+
+
 class Booking(msgspec.Struct, frozen=True, kw_only=True):
     """What booking one fact fetched from the engine did.
 
@@ -106,32 +128,125 @@ class WebhookProcessor:
 
     def receive(self, body: bytes, headers: Mapping[str, str], signature_scheme: str) -> Outcome:
         """Store and apply one delivery whose signature has already been verified."""
-        try:
-            event = decode(body)
-        except msgspec.ValidationError as error:
-            return self._reject(body, signature_scheme, 422, f"invalid event: {error}")
-        except msgspec.DecodeError as error:
-            return self._reject(body, signature_scheme, 400, f"malformed JSON: {error}")
-        key = dedup_key(event, body, headers.get("webhook-id"))
-        # Same content = same canonical encoding: whitespace and key order do not make a conflict.
-        content_sha256 = hashlib.sha256(_canonical.encode(event)).digest()
-        return self.ledger.transact(
-            lambda tx: self._receive(tx, event, key, body, content_sha256, signature_scheme))
+        return self.receive_many([Delivery(body=body, webhook_id=headers.get("webhook-id"),
+                                           signature_scheme=signature_scheme)])[0]
 
-    def _reject(self, body: bytes, scheme: str, status: int, reason: str) -> Outcome:
-        body_sha256 = hashlib.sha256(body).digest()
+    def receive_many(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        """Store and apply verified deliveries in ONE transaction (a group commit), answering each exactly as
+        `receive` would have answered it had they arrived one by one in this order.
 
-        def store(tx: Tx) -> int:
-            return tx.connection.execute(sa.text("""
-                INSERT INTO webhook_event (dedup_key, content_sha256, event_type, body, signature_scheme, status,
-                                           reason)
-                VALUES (:k, :h, 'unknown', :b, :s, 'rejected', :r)
-                ON CONFLICT (dedup_key, content_sha256) DO UPDATE
-                   SET delivery_count = webhook_event.delivery_count + 1, last_received_at = now()
-                RETURNING id"""), {"k": "sha256:" + body_sha256.hex(), "h": body_sha256, "b": body, "s": scheme,
-                                   "r": reason[:2000]}).scalar_one()
-        event_id = self.ledger.transact(store)
-        return Outcome(status_code=status, reason=reason, event_id=event_id, result="rejected")
+        Consecutive trade deliveries under new dedup keys, on known accounts, are booked set-based (a few
+        statements for them all); anything else (a redelivery, a key seen earlier in the batch, another event
+        type, an unknown account) goes through the one-delivery path at its place in the order. If the
+        transaction fails, no delivery of the batch is stored.
+        """
+        items: list[_Item | Outcome] = []
+        for delivery in deliveries:
+            try:
+                event = decode(delivery.body)
+            except msgspec.ValidationError as error:
+                items.append(_rejected(422, f"invalid event: {error}"))
+                continue
+            except msgspec.DecodeError as error:
+                items.append(_rejected(400, f"malformed JSON: {error}"))
+                continue
+            # Same content = same canonical encoding: whitespace and key order do not make a conflict.
+            items.append(_Item(event=event, key=dedup_key(event, delivery.body, delivery.webhook_id),
+                               content_sha256=hashlib.sha256(_canonical.encode(event)).digest()))
+        return self.ledger.transact(lambda tx: self._receive_batch(tx, deliveries, items))
+
+    def _receive_batch(self, tx: Tx, deliveries: Sequence[Delivery], items: list[_Item | Outcome]) -> list[Outcome]:
+        c = tx.connection
+        decoded = [item for item in items if isinstance(item, _Item)]
+        keys = sorted({item.key for item in decoded})
+        if keys:
+            # Every key's lock up front, in the locks' own order (any two batches take them in the same order).
+            c.execute(sa.text("""
+                SELECT count(pg_advisory_xact_lock(h))
+                  FROM (SELECT DISTINCT hashtextextended(k, 0) AS h FROM unnest(CAST(:keys AS text[])) AS k
+                         ORDER BY h) AS ordered"""), {"keys": keys})
+            seen = set(c.execute(sa.text("SELECT DISTINCT dedup_key FROM webhook_event WHERE dedup_key = ANY(:keys)"),
+                                 {"keys": keys}).scalars())
+        else:
+            seen = set()
+        accounts = tx.lock_accounts(item.event.data.account_id for item in decoded)
+        outcomes: list[Outcome | None] = [None] * len(items)
+        run: list[int] = []  # consecutive new trade deliveries, booked together
+        for i, item in enumerate(items):
+            delivery = deliveries[i]
+            if isinstance(item, Outcome):  # undecodable: stored as rejected, in order
+                outcomes[i] = self._store_rejected(c, delivery, item)
+                continue
+            if (isinstance(item.event, TradeExecuted) and item.key not in seen
+                    and item.event.data.account_id in accounts):
+                seen.add(item.key)
+                run.append(i)
+                continue
+            seen.add(item.key)
+            self._book_trade_deliveries(tx, run, deliveries, items, accounts, outcomes)
+            run = []
+            outcomes[i] = self._receive(tx, item.event, item.key, delivery.body, item.content_sha256,
+                                        delivery.signature_scheme)
+        self._book_trade_deliveries(tx, run, deliveries, items, accounts, outcomes)
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _book_trade_deliveries(self, tx: Tx, run: list[int], deliveries: Sequence[Delivery],
+                               items: list[Any], accounts: Mapping[str, Any], outcomes: list[Outcome | None]) -> None:
+        """Trade deliveries under new keys on locked accounts: their trades booked together (`_trades`), their
+        alerts raised, and their webhook_event rows stored in one statement."""
+        if not run:
+            return
+        c = tx.connection
+        trades = [items[i].event.data for i in run]
+        currencies = {trade.account_id: accounts[trade.account_id].currency for trade in trades}
+        answers = self._trades(tx, currencies, trades, source="webhook")
+        rows: list[tuple[int, Outcome]] = []
+        for i, trade, answer in zip(run, trades, answers, strict=True):
+            item = items[i]
+            if isinstance(answer, _Review):
+                alerts.raise_alert(c, kind=answer.kind, message=answer.reason, account_id=trade.account_id,
+                                   dedup_key=f"webhook:{item.key}:{item.content_sha256.hex()[:16]}", event_key=item.key)
+                outcome = Outcome(status_code=202, reason=answer.reason, result="review")
+            elif isinstance(answer, InvalidAmount | InvalidEntry):
+                outcome = Outcome(status_code=422, reason=answer.detail, result="rejected")
+            elif isinstance(answer, Exception):
+                raise answer  # as the one-delivery path: the transaction fails and the engine retries
+            else:
+                entry_ids, duplicate = answer
+                outcome = Outcome(status_code=200, duplicate=duplicate, entry_ids=entry_ids,
+                                  result="duplicate" if duplicate else "applied")
+            rows.append((i, msgspec.structs.replace(outcome, event_type="trade.executed")))
+        ids = dict(c.execute(sa.text("""
+            INSERT INTO webhook_event (dedup_key, content_sha256, event_type, account_id, body, signature_scheme,
+                                       status, reason, entry_ids, occurred_at)
+            SELECT k, h, 'trade.executed', a, b, s, st, r, CAST(e AS bigint[]), o
+              FROM unnest(CAST(:k AS text[]), CAST(:h AS bytea[]), CAST(:a AS text[]), CAST(:b AS bytea[]),
+                          CAST(:s AS text[]), CAST(:st AS text[]), CAST(:r AS text[]), CAST(:e AS text[]),
+                          CAST(:o AS timestamptz[])) WITH ORDINALITY AS r(k, h, a, b, s, st, r, e, o, n)
+             ORDER BY n
+            RETURNING dedup_key, id"""), {
+            "k": [items[i].key for i, _ in rows], "h": [items[i].content_sha256 for i, _ in rows],
+            "a": [items[i].event.data.account_id for i, _ in rows], "b": [deliveries[i].body for i, _ in rows],
+            "s": [deliveries[i].signature_scheme for i, _ in rows],
+            "st": [{"duplicate": "applied"}.get(o.result, o.result) for _, o in rows],
+            "r": [o.reason[:2000] for _, o in rows],
+            "e": ["{" + ",".join(map(str, o.entry_ids)) + "}" for _, o in rows],
+            "o": [items[i].event.occurred_at for i, _ in rows]}).all())
+        for i, outcome in rows:
+            outcomes[i] = msgspec.structs.replace(outcome, event_id=ids[items[i].key])
+
+    @staticmethod
+    def _store_rejected(c: sa.Connection, delivery: Delivery, rejected: Outcome) -> Outcome:
+        """An undecodable delivery is kept (under its body's hash, counted once per body) and answered 400/422."""
+        body_sha256 = hashlib.sha256(delivery.body).digest()
+        event_id = c.execute(sa.text("""
+            INSERT INTO webhook_event (dedup_key, content_sha256, event_type, body, signature_scheme, status, reason)
+            VALUES (:k, :h, 'unknown', :b, :s, 'rejected', :r)
+            ON CONFLICT (dedup_key, content_sha256) DO UPDATE
+               SET delivery_count = webhook_event.delivery_count + 1, last_received_at = now()
+            RETURNING id"""), {"k": "sha256:" + body_sha256.hex(), "h": body_sha256, "b": delivery.body,
+                               "s": delivery.signature_scheme, "r": rejected.reason[:2000]}).scalar_one()
+        return msgspec.structs.replace(rejected, event_id=event_id)
 
     def _receive(self, tx: Tx, event: Event, key: str, body: bytes, content_sha256: bytes, scheme: str) -> Outcome:
         c = tx.connection
@@ -192,7 +307,8 @@ class WebhookProcessor:
         def work(tx: Tx) -> list[Booking | LedgerError]:
             account = tx.lock_account(account_id)
             out: list[Booking | LedgerError] = []
-            for trade, answer in zip(trades, self._trades(tx, account_id, account.currency, trades, source=source),
+            for trade, answer in zip(trades, self._trades(tx, {account_id: account.currency}, trades,
+                                                                   source=source),
                                      strict=True):
                 if isinstance(answer, _Review):
                     key = f"trade:{trade.trade_id}"
@@ -243,14 +359,15 @@ class WebhookProcessor:
 
     def _trade(self, tx: Tx, trade: TradeData, currency: str, *,
                source: str = "webhook") -> tuple[tuple[int, ...], bool]:
-        answer = self._trades(tx, trade.account_id, currency, [trade], source=source)[0]
+        answer = self._trades(tx, {trade.account_id: currency}, [trade], source=source)[0]
         if isinstance(answer, Exception):
             raise answer
         return answer
 
-    def _trades(self, tx: Tx, account_id: str, currency: str, trades: list[TradeData], *,
+    def _trades(self, tx: Tx, currencies: Mapping[str, str], trades: list[TradeData], *,
                 source: str) -> list[tuple[tuple[int, ...], bool] | _Review | LedgerError]:
-        """The trade rule for trades of one account (locked by the caller), in order, in a few statements.
+        """The trade rule for trades of the accounts in `currencies` (locked by the caller, with their currency),
+        in order, in a few statements.
 
         Per trade: (its entry ids, whether it was booked before), or why it is not booked — `_Review` (it
         contradicts what was recorded) or a LedgerError (the ledger cannot book it). An open trade is
@@ -262,8 +379,11 @@ class WebhookProcessor:
         known: dict[str, Any] = {row.trade_id: row for row in c.execute(sa.text("""
             SELECT trade_id, status, profit_loss_minor, entry_id, account_id FROM trade
              WHERE trade_id = ANY(:ids)"""), {"ids": [t.trade_id for t in trades]})}
-        snapshot_days = self._snapshot_days(c, account_id, min((t.executed_at.astimezone(UTC).date() for t in trades),
-                                                               default=date.max))
+        first_days: dict[str, date] = {}
+        for t in trades:
+            day = t.executed_at.astimezone(UTC).date()
+            first_days[t.account_id] = min(day, first_days.get(t.account_id, day))
+        snapshot_days = self._snapshot_days_of(c, {a: d for a, d in first_days.items() if a in currencies})
         answers: list[tuple[tuple[int, ...], bool] | _Review | LedgerError | None] = [None] * len(trades)
         closed_at: dict[str, int] = {}  # trade id -> index of the trade that closed it in this batch
         duplicates: dict[int, int] = {}  # index -> index of that trade
@@ -273,8 +393,10 @@ class WebhookProcessor:
             key = f"trade:{trade.trade_id}"
             seen = known.get(trade.trade_id)
             try:
-                if trade.account_id != account_id:
-                    raise InvalidEntry(f"trade {trade.trade_id} belongs to {trade.account_id}, not {account_id}")
+                currency = currencies.get(trade.account_id)
+                if currency is None:
+                    raise InvalidEntry(f"trade {trade.trade_id} belongs to {trade.account_id}, "
+                                       f"not {' or '.join(currencies)}")
                 if seen is not None and seen.account_id != trade.account_id:
                     raise _Review(f"trade {trade.trade_id} was reported for account {seen.account_id}",
                                   "webhook_conflict")
@@ -303,8 +425,8 @@ class WebhookProcessor:
                                        metadata={"trade_id": trade.trade_id, "symbol": trade.symbol})
             if draft is not None:
                 drafts.append((i, draft))
-                offset = self._offset(account_id, trade.executed_at, pnl, key, f"trade {trade.trade_id}",
-                                      snapshot_days)
+                offset = self._offset(trade.account_id, trade.executed_at, pnl, key, f"trade {trade.trade_id}",
+                                      snapshot_days[trade.account_id])
                 if offset is not None:
                     drafts.append((i, offset))
             rows.append((trade, pnl.minor, i, seen is not None))
@@ -422,16 +544,22 @@ class WebhookProcessor:
     def _protect_snapshots(self, tx: Tx, account_id: str, effective_at: datetime, change: Money, cause_key: str,
                            cause: str, *, after_day: date | None = None) -> list[int]:
         """Offset `change` at the end of the earliest trued-up day it would otherwise alter (see module doc)."""
-        days = self._snapshot_days(tx.connection, account_id, effective_at.astimezone(UTC).date())
+        days = self._snapshot_days_of(tx.connection, {account_id: effective_at.astimezone(UTC).date()})[account_id]
         draft = self._offset(account_id, effective_at, change, cause_key, cause, days, after_day=after_day)
         return [tx.post(draft).entry_id] if draft is not None else []
 
     @staticmethod
-    def _snapshot_days(c: sa.Connection, account_id: str, from_day: date) -> list[date]:
-        """The account's trued-up days (engine snapshots booked) from `from_day` on, in order."""
-        return list(c.execute(sa.text("""
-            SELECT date FROM daily_performance WHERE account_id = :a AND date >= :day ORDER BY date"""),
-            {"a": account_id, "day": from_day}).scalars())
+    def _snapshot_days_of(c: sa.Connection, first_days: Mapping[str, date]) -> dict[str, list[date]]:
+        """The trued-up days (engine snapshots booked) of each account from its given day on, in order."""
+        days: dict[str, list[date]] = {account_id: [] for account_id in first_days}
+        if first_days:
+            for account_id, day in c.execute(sa.text("""
+                SELECT p.account_id, p.date
+                  FROM unnest(CAST(:a AS text[]), CAST(:d AS date[])) AS f(a, d)
+                  JOIN daily_performance p ON p.account_id = f.a AND p.date >= f.d
+                 ORDER BY p.account_id, p.date"""), {"a": list(first_days), "d": list(first_days.values())}):
+                days[account_id].append(day)
+        return days
 
     @staticmethod
     def _offset(account_id: str, effective_at: datetime, change: Money, cause_key: str, cause: str,

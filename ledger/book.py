@@ -167,9 +167,12 @@ class Tx:
     def lock_accounts(self, account_ids: Iterable[str]) -> dict[str, InvestmentAccount]:
         """Lock several accounts in one statement, in account id order (the order every batch uses, so two
         batches wait for each other instead of deadlocking); the ones that exist, by id."""
+        ids = sorted(set(account_ids))
+        if not ids:
+            return {}
         rows = self.connection.execute(sa.text(
             f"SELECT {_ACCOUNT_COLUMNS} FROM {_ACCOUNT_FROM} WHERE a.account_id = ANY(:ids)"
-            " ORDER BY a.account_id FOR NO KEY UPDATE OF a"), {"ids": sorted(set(account_ids))}).mappings().all()
+            " ORDER BY a.account_id FOR NO KEY UPDATE OF a"), {"ids": ids}).mappings().all()
         self._locked.update(row["account_id"] for row in rows)
         return {row["account_id"]: _account(row) for row in rows}
 

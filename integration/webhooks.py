@@ -51,7 +51,8 @@ from integration.events import (
     event_type_of,
 )
 from ledger import Ledger, Money, Tx, rules
-from ledger.errors import InvalidAmount, InvalidEntry, LedgerError, UnknownAccount
+from ledger.errors import InvalidAmount, InvalidEntry, LedgerError
+from ledger.model import InvestmentAccount
 from ledger.times import end_of_day
 
 log = logging.getLogger("integration.webhooks")
@@ -81,6 +82,9 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 
 def _rejected(status: int, reason: str) -> Outcome:
     return Outcome(status_code=status, reason=reason, result="rejected")
+
+
+_TRADE = "trade.executed"
 
 
 class Delivery(msgspec.Struct, frozen=True, kw_only=True):
@@ -159,81 +163,87 @@ class WebhookProcessor:
         c = tx.connection
         decoded = [item for item in items if isinstance(item, _Item)]
         keys = sorted({item.key for item in decoded})
+        seen: set[str] = set()
         if keys:
-            # Every key's lock up front, in the locks' own order (any two batches take them in the same order).
+            # Every key's lock up front, in the locks' own order (any two batches take them in the same order);
+            # they serialise deliveries with the same key until commit.
             c.execute(sa.text("""
                 SELECT count(pg_advisory_xact_lock(h))
                   FROM (SELECT DISTINCT hashtextextended(k, 0) AS h FROM unnest(CAST(:keys AS text[])) AS k
                          ORDER BY h) AS ordered"""), {"keys": keys})
-            seen = set(c.execute(sa.text("SELECT DISTINCT dedup_key FROM webhook_event WHERE dedup_key = ANY(:keys)"),
-                                 {"keys": keys}).scalars())
-        else:
-            seen = set()
+            seen.update(c.execute(sa.text(
+                "SELECT DISTINCT dedup_key FROM webhook_event WHERE dedup_key = ANY(:keys)"), {"keys": keys}).scalars())
         accounts = tx.lock_accounts(item.event.data.account_id for item in decoded)
-        outcomes: list[Outcome | None] = [None] * len(items)
-        run: list[int] = []  # consecutive new trade deliveries, booked together
-        for i, item in enumerate(items):
-            delivery = deliveries[i]
+        outcomes: dict[int, Outcome] = {}
+        run: list[tuple[int, Delivery, _Item]] = []  # consecutive new trade deliveries, booked together
+        for i, (delivery, item) in enumerate(zip(deliveries, items, strict=True)):
             if isinstance(item, Outcome):  # undecodable: stored as rejected, in order
                 outcomes[i] = self._store_rejected(c, delivery, item)
                 continue
-            if (isinstance(item.event, TradeExecuted) and item.key not in seen
-                    and item.event.data.account_id in accounts):
-                seen.add(item.key)
-                run.append(i)
-                continue
+            new = item.key not in seen
             seen.add(item.key)
-            self._book_trade_deliveries(tx, run, deliveries, items, accounts, outcomes)
+            if new and isinstance(item.event, TradeExecuted) and item.event.data.account_id in accounts:
+                run.append((i, delivery, item))
+                continue
+            outcomes |= self._book_trade_deliveries(tx, run, accounts)
             run = []
-            outcomes[i] = self._receive(tx, item.event, item.key, delivery.body, item.content_sha256,
-                                        delivery.signature_scheme)
-        self._book_trade_deliveries(tx, run, deliveries, items, accounts, outcomes)
-        return [outcome for outcome in outcomes if outcome is not None]
+            outcomes[i] = self._receive(tx, delivery, item, accounts)
+        outcomes |= self._book_trade_deliveries(tx, run, accounts)
+        return [outcomes[i] for i in range(len(items))]
 
-    def _book_trade_deliveries(self, tx: Tx, run: list[int], deliveries: Sequence[Delivery],
-                               items: list[Any], accounts: Mapping[str, Any], outcomes: list[Outcome | None]) -> None:
+    def _book_trade_deliveries(self, tx: Tx, run: list[tuple[int, Delivery, _Item]],
+                               accounts: Mapping[str, InvestmentAccount]) -> dict[int, Outcome]:
         """Trade deliveries under new keys on locked accounts: their trades booked together (`_trades`), their
-        alerts raised, and their webhook_event rows stored in one statement."""
+        alerts raised, and their webhook_event rows stored in one statement. Outcomes by delivery index."""
         if not run:
-            return
-        c = tx.connection
-        trades = [items[i].event.data for i in run]
+            return {}
+        trades = [item.event.data for _, _, item in run]
         currencies = {trade.account_id: accounts[trade.account_id].currency for trade in trades}
+        answered: list[tuple[int, Delivery, _Item, Outcome]] = []
         answers = self._trades(tx, currencies, trades, source="webhook")
-        rows: list[tuple[int, Outcome]] = []
-        for i, trade, answer in zip(run, trades, answers, strict=True):
-            item = items[i]
+        for (i, delivery, item), answer in zip(run, answers, strict=True):
             if isinstance(answer, _Review):
-                alerts.raise_alert(c, kind=answer.kind, message=answer.reason, account_id=trade.account_id,
-                                   dedup_key=f"webhook:{item.key}:{item.content_sha256.hex()[:16]}", event_key=item.key)
-                outcome = Outcome(status_code=202, reason=answer.reason, result="review")
+                self._raise_review(tx.connection, item, answer)
+                outcome = Outcome(status_code=202, reason=answer.reason, event_type=_TRADE, result="review")
             elif isinstance(answer, InvalidAmount | InvalidEntry):
-                outcome = Outcome(status_code=422, reason=answer.detail, result="rejected")
+                outcome = Outcome(status_code=422, reason=answer.detail, event_type=_TRADE, result="rejected")
             elif isinstance(answer, Exception):
                 raise answer  # as the one-delivery path: the transaction fails and the engine retries
             else:
                 entry_ids, duplicate = answer
-                outcome = Outcome(status_code=200, duplicate=duplicate, entry_ids=entry_ids,
+                outcome = Outcome(status_code=200, duplicate=duplicate, entry_ids=entry_ids, event_type=_TRADE,
                                   result="duplicate" if duplicate else "applied")
-            rows.append((i, msgspec.structs.replace(outcome, event_type="trade.executed")))
+            answered.append((i, delivery, item, outcome))
+        event_ids = self._store_events(tx.connection, [(d, item, o) for _, d, item, o in answered])
+        return {i: msgspec.structs.replace(outcome, event_id=event_id)
+                for (i, _, _, outcome), event_id in zip(answered, event_ids, strict=True)}
+
+    @staticmethod
+    def _store_events(c: sa.Connection, stored: list[tuple[Delivery, _Item, Outcome]]) -> list[int]:
+        """The webhook_event rows of decoded deliveries under distinct keys, in one statement; their ids, in order."""
         ids = dict(c.execute(sa.text("""
             INSERT INTO webhook_event (dedup_key, content_sha256, event_type, account_id, body, signature_scheme,
                                        status, reason, entry_ids, occurred_at)
-            SELECT k, h, 'trade.executed', a, b, s, st, r, CAST(e AS bigint[]), o
-              FROM unnest(CAST(:k AS text[]), CAST(:h AS bytea[]), CAST(:a AS text[]), CAST(:b AS bytea[]),
-                          CAST(:s AS text[]), CAST(:st AS text[]), CAST(:r AS text[]), CAST(:e AS text[]),
-                          CAST(:o AS timestamptz[])) WITH ORDINALITY AS r(k, h, a, b, s, st, r, e, o, n)
+            SELECT k, h, t, a, b, s, st, r, CAST(e AS bigint[]), o
+              FROM unnest(CAST(:k AS text[]), CAST(:h AS bytea[]), CAST(:t AS text[]), CAST(:a AS text[]),
+                          CAST(:b AS bytea[]), CAST(:s AS text[]), CAST(:st AS text[]), CAST(:r AS text[]),
+                          CAST(:e AS text[]), CAST(:o AS timestamptz[]))
+                   WITH ORDINALITY AS r(k, h, t, a, b, s, st, r, e, o, n)
              ORDER BY n
             RETURNING dedup_key, id"""), {
-            "k": [items[i].key for i, _ in rows], "h": [items[i].content_sha256 for i, _ in rows],
-            "a": [items[i].event.data.account_id for i, _ in rows], "b": [deliveries[i].body for i, _ in rows],
-            "s": [deliveries[i].signature_scheme for i, _ in rows],
-            "st": [{"duplicate": "applied"}.get(o.result, o.result) for _, o in rows],
-            "r": [o.reason[:2000] for _, o in rows],
-            "e": ["{" + ",".join(map(str, o.entry_ids)) + "}" for _, o in rows],
-            "o": [items[i].event.occurred_at for i, _ in rows]}).all())
-        for i, outcome in rows:
-            outcomes[i] = msgspec.structs.replace(outcome, event_id=ids[items[i].key])
+            "k": [item.key for _, item, _ in stored], "h": [item.content_sha256 for _, item, _ in stored],
+            "t": [o.event_type for _, _, o in stored], "a": [item.event.data.account_id for _, item, _ in stored],
+            "b": [d.body for d, _, _ in stored], "s": [d.signature_scheme for d, _, _ in stored],
+            "st": [{"duplicate": "applied"}.get(o.result, o.result) for _, _, o in stored],
+            "r": [o.reason[:2000] for _, _, o in stored],
+            "e": ["{" + ",".join(map(str, o.entry_ids)) + "}" for _, _, o in stored],
+            "o": [item.event.occurred_at for _, item, _ in stored]}).all())
+        return [ids[item.key] for _, item, _ in stored]
+
+    @staticmethod
+    def _raise_review(c: sa.Connection, item: _Item, review: _Review) -> None:
+        alerts.raise_alert(c, kind=review.kind, dedup_key=f"webhook:{item.key}:{item.content_sha256.hex()[:16]}",
+                           message=review.reason, account_id=item.event.data.account_id, event_key=item.key)
 
     @staticmethod
     def _store_rejected(c: sa.Connection, delivery: Delivery, rejected: Outcome) -> Outcome:
@@ -248,45 +258,38 @@ class WebhookProcessor:
                                "s": delivery.signature_scheme, "r": rejected.reason[:2000]}).scalar_one()
         return msgspec.structs.replace(rejected, event_id=event_id)
 
-    def _receive(self, tx: Tx, event: Event, key: str, body: bytes, content_sha256: bytes, scheme: str) -> Outcome:
+    def _receive(self, tx: Tx, delivery: Delivery, item: _Item,
+                 accounts: Mapping[str, InvestmentAccount]) -> Outcome:
+        """One delivery, its key's lock and its account's lock already held (`_receive_batch`)."""
         c = tx.connection
+        event, key = item.event, item.key
         event_type = event_type_of(event)
-        c.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": key})
         previous = c.execute(sa.text("""
             SELECT id, content_sha256, status, reason, entry_ids FROM webhook_event
              WHERE dedup_key = :k ORDER BY id"""),
             {"k": key}).all()
-        same = next((row for row in previous if bytes(row.content_sha256) == content_sha256), None)
+        same = next((row for row in previous if bytes(row.content_sha256) == item.content_sha256), None)
         if same is not None:  # a redelivery: answer as the first time, change nothing
             c.execute(sa.text("""UPDATE webhook_event SET delivery_count = delivery_count + 1, last_received_at = now()
                                  WHERE id = :id"""), {"id": same.id})
             status = {"applied": 200, "review": 202}.get(same.status, 422)
             return Outcome(status_code=status, duplicate=True, entry_ids=tuple(same.entry_ids), reason=same.reason,
                            event_id=same.id, event_type=event_type, result="duplicate")
-        account_id = event.data.account_id
-        occurred_at = event.occurred_at
         try:
             if previous:
                 raise _Review(f"dedup key {key!r} was first received (event {previous[0].id}) with other content",
                               "webhook_conflict")
-            entry_ids, duplicate = self._apply(tx, event, key)
-            status, result, reason = 200, ("duplicate" if duplicate else "applied"), ""
+            entry_ids, duplicate = self._apply(tx, event, key, accounts)
+            outcome = Outcome(status_code=200, duplicate=duplicate, entry_ids=tuple(entry_ids), event_type=event_type,
+                              result="duplicate" if duplicate else "applied")
         except _Review as review:
-            entry_ids, duplicate, status, result, reason = (), False, 202, "review", review.reason
-            alerts.raise_alert(c, kind=review.kind, dedup_key=f"webhook:{key}:{content_sha256.hex()[:16]}",
-                               message=review.reason, account_id=account_id, event_key=key)
+            self._raise_review(c, item, review)
+            outcome = Outcome(status_code=202, reason=review.reason, event_type=event_type, result="review")
         except (InvalidAmount, InvalidEntry) as error:
             # Content the ledger cannot book (an amount finer than the currency's scale, a day not over yet).
-            entry_ids, duplicate, status, result, reason = (), False, 422, "rejected", error.detail
-        event_id = c.execute(sa.text("""
-            INSERT INTO webhook_event (dedup_key, content_sha256, event_type, account_id, body, signature_scheme,
-                                       status, reason, entry_ids, occurred_at)
-            VALUES (:k, :h, :t, :a, :b, :s, :status, :reason, :entry_ids, :occurred_at) RETURNING id"""), {
-            "k": key, "h": content_sha256, "t": event_type, "a": account_id, "b": body, "s": scheme,
-            "status": {"duplicate": "applied"}.get(result, result), "reason": reason[:2000],
-            "entry_ids": list(entry_ids), "occurred_at": occurred_at}).scalar_one()
-        return Outcome(status_code=status, duplicate=duplicate, entry_ids=tuple(entry_ids), reason=reason,
-                       event_id=event_id, event_type=event_type, result=result)
+            outcome = Outcome(status_code=422, reason=error.detail, event_type=event_type, result="rejected")
+        [event_id] = self._store_events(c, [(delivery, item, outcome)])
+        return msgspec.structs.replace(outcome, event_id=event_id)
 
     # ------------------------------------------------------------------------------ back-fill
 
@@ -343,12 +346,12 @@ class WebhookProcessor:
 
     # ------------------------------------------------------------------------------ effects
 
-    def _apply(self, tx: Tx, event: Event, key: str) -> tuple[tuple[int, ...], bool]:
+    def _apply(self, tx: Tx, event: Event, key: str,
+               accounts: Mapping[str, InvestmentAccount]) -> tuple[tuple[int, ...], bool]:
         account_id = event.data.account_id
-        try:
-            account = tx.lock_account(account_id)
-        except UnknownAccount:
-            raise _Review(f"unknown account {account_id!r}", "unknown_account") from None
+        account = accounts.get(account_id)  # locked by `_receive_batch`
+        if account is None:
+            raise _Review(f"unknown account {account_id!r}", "unknown_account")
         if isinstance(event, TradeExecuted):
             return self._trade(tx, event.data, account.currency)
         if isinstance(event, DailyPerformance):

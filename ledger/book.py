@@ -156,13 +156,10 @@ class Tx:
 
     def lock_account(self, account_id: str) -> InvestmentAccount:
         """Lock A's row until commit (serialises read-then-write work on A) and return it."""
-        row = self.connection.execute(sa.text(
-            f"SELECT {_ACCOUNT_COLUMNS} FROM {_ACCOUNT_FROM} WHERE a.account_id = :id FOR NO KEY UPDATE OF a"),
-            {"id": account_id}).mappings().first()
-        if row is None:
+        account = self.lock_accounts([account_id]).get(account_id)
+        if account is None:
             raise UnknownAccount(f"investment account {account_id!r} does not exist")
-        self._locked.add(account_id)
-        return _account(row)
+        return account
 
     def lock_accounts(self, account_ids: Iterable[str]) -> dict[str, InvestmentAccount]:
         """Lock several accounts in one statement, in account id order (the order every batch uses, so two

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import msgspec
 
-from bench import books, cpu, history, latency, reference, report, throughput, webhooks
+from bench import backfill, books, cpu, history, latency, reference, report, throughput, webhooks
 from bench import reconcile as reconciliation
 from bench.report import Result, progress
 from bench.server import bench_database, server_facts
 from ledger import Ledger
 from ledger.db import create_engine
 
-GROUPS = ("pgbench", "post", "asof", "books", "webhooks", "reconcile")
+GROUPS = ("pgbench", "post", "asof", "books", "webhooks", "backfill", "reconcile")
 ENGINE_POOL_SIZE = 40
 STATEMENT_TIMEOUT_MS = 600_000  # VACUUM of a few million postings must not be cut short
 
@@ -119,7 +119,9 @@ def _run(plan: Plan, groups: tuple[str, ...], results: list[Result], facts: dict
                 results.extend(webhooks.run(db.url, engine, duration_s=plan.webhook_s, senders_set=plan.writers,
                                             accounts=plan.webhook_accounts, memory_s=plan.memory_s,
                                             reference=limits))
-                results.extend(webhooks.backfill(engine, threads=4, duration_s=plan.webhook_s,
+            if "backfill" in groups:
+                progress("trade back-fill: the ledger's batch path, one by one, and the rows' own floor")
+                results.extend(backfill.backfill(engine, threads=4, duration_s=plan.webhook_s,
                                                  accounts=plan.webhook_accounts,
                                                  copy_rows_per_s=limits.get("copy_rows_per_s")))
         finally:

@@ -10,7 +10,6 @@ afterwards must equal the 200s counted here.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import random
 import socket
@@ -294,95 +293,4 @@ def run(database_url: str, engine: sa.Engine, *, duration_s: float, senders_set:
         finished = True
     finally:
         served.stop(keep_log=not finished)
-    return results
-
-
-BACKFILL_RATIO_TARGET = 0.1  # issue 6: bulk back-fill / import >= 0.1 x COPY rows/s, counted in postings
-
-
-BACKFILL_BATCH = 500  # trades of one account per book_trades call: a busy account's day at the engine
-
-
-def backfill(engine: sa.Engine, *, threads: int, duration_s: float, accounts: int,
-             copy_rows_per_s: float | None) -> list[Result]:
-    """Trades from the engine's history booked through the back-fill's two paths: `book_trades` (one
-    account's trades, BACKFILL_BATCH at a time, in one transaction — what the sync job uses; the target)
-    and `book_trade` (one transaction per trade — the fallback, for comparison)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from integration.events import TradeData
-    from integration.webhooks import Booking, WebhookProcessor
-    from ledger import Ledger
-
-    ids = [f"bench-bf-{i:05d}" for i in range(accounts)]
-    open_bulk(engine, ids)
-    processor = WebhookProcessor(Ledger(engine))
-    day = datetime.now(UTC) - timedelta(hours=1)
-
-    def trades(seed: int, account_ids: list[str]):
-        rng = random.Random(seed)
-        sequence = 0
-        while True:
-            sequence += 1
-            yield TradeData(trade_id=f"bf-{seed}-{sequence}", account_id=rng.choice(account_ids), symbol="ETHUSDT",
-                            side="sell", quantity=Decimal("2"), entry_price=Decimal("2500.00"),
-                            exit_price=Decimal("2490.00"), profit_loss=Decimal(rng.randint(1, 99_999)).scaleb(-2),
-                            status="closed", executed_at=day)
-
-    def one_by_one(seed: int, deadline: float) -> tuple[int, int]:
-        booked = errors = 0
-        for trade in trades(seed, ids):
-            if time.perf_counter() >= deadline:
-                return booked, errors
-            try:
-                booked += len(processor.book_trade(trade).entry_ids)
-            except Exception:  # noqa: BLE001 — counted and reported
-                errors += 1
-
-    def batched(seed: int, deadline: float) -> tuple[int, int]:
-        booked = errors = 0
-        mine = ids[seed::threads]  # each thread its own accounts: a batch locks its account for its transaction
-        stream = trades(1000 + seed, mine)
-        for n in itertools.count():
-            if time.perf_counter() >= deadline:
-                break
-            account_id = mine[n % len(mine)]
-            batch = [msgspec.structs.replace(next(stream), account_id=account_id) for _ in range(BACKFILL_BATCH)]
-            try:
-                answers = processor.book_trades(account_id, batch)
-            except Exception:  # noqa: BLE001 — counted and reported
-                errors += len(batch)
-                continue
-            booked += sum(len(a.entry_ids) for a in answers if isinstance(a, Booking))
-            errors += sum(1 for a in answers if not isinstance(a, Booking))
-        return booked, errors
-
-    results = []
-    for name, work, path in (
-            ("backfill.book_trades", batched,
-             f"WebhookProcessor.book_trades: {BACKFILL_BATCH} trades of one account per transaction "
-             "(Tx.post_many: entries and legs in one call of ledger_post_entries, the legs stamped set-based; "
-             "the trade rows from one JSON document); the sync job's path"),
-            ("backfill.book_trade", one_by_one,
-             "WebhookProcessor.book_trade: one transaction per trade (the fallback when a batch is refused)")):
-        analyze(engine)
-        quiet = settle()
-        began = time.perf_counter()
-        deadline = began + duration_s
-        with ThreadPoolExecutor(threads) as pool:
-            outcomes = list(pool.map(work, range(threads), [deadline] * threads))
-        elapsed_s = time.perf_counter() - began  # a batch in flight at the deadline finishes: count its time
-        entries, errors = sum(o[0] for o in outcomes), sum(o[1] for o in outcomes)
-        postings_per_s = 2 * entries / elapsed_s
-        ratio = round(postings_per_s / copy_rows_per_s, 4) if copy_rows_per_s else None
-        target = name == "backfill.book_trades"
-        progress(f"back-fill through {name.split('.')[1]}, {threads} threads: {postings_per_s:.0f} postings/s "
-                 f"(ratio to COPY {ratio}), errors {errors}")
-        results.append(Result(
-            name=name, value=round(postings_per_s, 1), unit="postings/s",
-            target=round(BACKFILL_RATIO_TARGET * copy_rows_per_s, 1) if copy_rows_per_s and target else None,
-            met=ratio >= BACKFILL_RATIO_TARGET if ratio is not None and target else None,
-            params={"threads": threads, "accounts": accounts, "duration_s": round(elapsed_s, 1), "entries": entries,
-                    "errors": errors, "copy_rows_per_s": copy_rows_per_s, "ratio_to_copy": ratio, "settle": quiet,
-                    "path": path}))
     return results

@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -31,6 +31,9 @@ from bench.cpu import settle
 from bench.history import open_bulk
 from bench.report import Result, progress
 from bench.server import analyze
+from integration.events import TradeData
+from integration.webhooks import Booking, WebhookProcessor
+from ledger import Ledger
 
 RATIO_TARGET = 0.1  # issue 6: bulk back-fill / import >= 0.1 x COPY rows/s, counted in postings
 BATCH = 500  # trades of one account per book_trades call: a busy account's day at the engine
@@ -62,9 +65,8 @@ SELECT CASE WHEN l.custody THEN CAST(:custody AS bigint) ELSE CAST(:investors AS
 """)
 
 
-def _trades(seed: int, account_ids: list[str], day: datetime):
-    from integration.events import TradeData
-
+def _trade_stream(seed: int, account_ids: list[str], day: datetime) -> Iterator[TradeData]:
+    """Distinct closed trades (a gain each) on accounts drawn from `account_ids`, without end."""
     rng = random.Random(seed)
     for sequence in itertools.count(1):
         yield TradeData(trade_id=f"bf-{seed}-{sequence}", account_id=rng.choice(account_ids), symbol="ETHUSDT",
@@ -76,9 +78,6 @@ def _trades(seed: int, account_ids: list[str], day: datetime):
 def backfill(engine: sa.Engine, *, threads: int, duration_s: float, accounts: int,
              copy_rows_per_s: float | None) -> list[Result]:
     """The three runs of the module docstring; each result's value is postings per second."""
-    from integration.webhooks import Booking, WebhookProcessor
-    from ledger import Ledger
-
     ids = [f"bench-bf-{i:05d}" for i in range(accounts)]
     custody, investors = open_bulk(engine, ids)
     processor = WebhookProcessor(Ledger(engine))
@@ -86,19 +85,18 @@ def backfill(engine: sa.Engine, *, threads: int, duration_s: float, accounts: in
 
     def one_by_one(seed: int, deadline: float) -> tuple[int, int]:
         booked = errors = 0
-        for trade in _trades(seed, ids, day):
-            if time.perf_counter() >= deadline:
-                return booked, errors
+        stream = _trade_stream(seed, ids, day)
+        while time.perf_counter() < deadline:
             try:
-                booked += len(processor.book_trade(trade).entry_ids)
+                booked += len(processor.book_trade(next(stream)).entry_ids)
             except Exception:  # noqa: BLE001 — counted and reported
                 errors += 1
-        raise AssertionError("unreachable")
+        return booked, errors
 
     def batched(seed: int, deadline: float) -> tuple[int, int]:
         booked = errors = 0
         mine = ids[seed::threads]  # each thread its own accounts: a batch locks its account for its transaction
-        stream = _trades(1000 + seed, mine, day)
+        stream = _trade_stream(1000 + seed, mine, day)
         for n in itertools.count():
             if time.perf_counter() >= deadline:
                 break

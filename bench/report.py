@@ -106,9 +106,9 @@ def write(doc: bytes) -> None:
 
 # The README table: every figure with a target, and the headline figures around them.
 TABLE_PREFIXES = ("pgbench.journal_tps", "pgbench.single_insert", "pgbench.copy", "post.threads.", "post.group.",
-                  "post.processes.",
-                  "post.w", "post.deadlocks", "post.exceptions", "asof.balance.", "asof.sql.n", "asof.sql.growth",
-                  "statement.page.", "report.", "webhook.", "backfill.", "reconcil", "verify.")
+                  "post.queue.", "post.processes.", "post.w", "post.deadlocks", "post.exceptions", "asof.balance.",
+                  "asof.sql.n", "asof.sql.growth", "statement.page.", "report.", "webhook.", "backfill.", "reconcil",
+                  "verify.")
 TABLE_SKIPPED_SUFFIXES = (".p95", ".oldest.p50")
 
 

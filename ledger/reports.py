@@ -29,6 +29,9 @@ from ledger.times import ONE_MICROSECOND, end_of_day, start_of_day
 
 RETURN_PLACES = 8
 PAGE_LIMIT_MAX = 1000
+# Reports sort, hash and aggregate every ledger account: with the default 4MB they spill to disk at 100k
+# accounts (the as-of balances' own function asks for as much, migration 0005).
+REPORT_WORK_MEM = "64MB"
 PERFORMANCE_DAYS_MAX = 1830  # five years of daily rows in one answer; longer periods are refused
 PERFORMANCE_DAYS_DEFAULT = 90
 FLOW_KINDS = ("deposit", "withdrawal", "transfer")  # money the investor moved in or out: not a return
@@ -163,6 +166,7 @@ def _snapshot(ledger: Ledger) -> Iterator[sa.Connection]:
     with ledger.engine.connect() as connection:
         connection.execution_options(isolation_level="REPEATABLE READ")
         connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+        connection.exec_driver_sql(f"SET LOCAL work_mem = '{REPORT_WORK_MEM}'")
         try:
             yield connection
         finally:
@@ -198,12 +202,16 @@ def trial_balance(ledger: Ledger, as_of: datetime | None = None, *, after: str |
         now = c.execute(sa.text("SELECT now()")).scalar_one()
         # The page's rows, then a total row per currency. As of a time, the balances are computed once
         # (the costly part); now, each part reads the cached balances itself (cheaper than keeping them).
+        # The page's names come from their index and meet the balances by id: carrying 200k names through
+        # the balances and sorting them cost a quarter of the report (390 against 300 ms at 10M postings).
         found = c.execute(sa.text(f"""
             WITH s AS {"MATERIALIZED" if at else "NOT MATERIALIZED"} (
-                 SELECT a.name, a.type, a.currency, s.b FROM {_accounts(at)})
-            (SELECT 0 AS part, name, type, currency, b AS balance_minor, NULL::bigint AS debit,
+                 SELECT a.id, a.currency, s.b FROM {_accounts(at)}),
+            page AS (SELECT a.id, a.name, a.type FROM ledger_account a
+                      WHERE CAST(:after AS text) IS NULL OR a.name > :after ORDER BY a.name LIMIT :limit)
+            (SELECT 0 AS part, p.name, p.type, s.currency, s.b AS balance_minor, NULL::bigint AS debit,
                     NULL::bigint AS credit
-               FROM s WHERE CAST(:after AS text) IS NULL OR name > :after ORDER BY name LIMIT :limit)
+               FROM page p JOIN s ON s.id = p.id)
             UNION ALL
             SELECT 1, NULL, NULL, currency, NULL, COALESCE(sum(GREATEST(b, 0)), 0)::bigint,
                    COALESCE(sum(GREATEST(-b, 0)), 0)::bigint

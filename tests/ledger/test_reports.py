@@ -112,20 +112,22 @@ def test_performance_defaults_and_limits(ledger: Ledger, open_account) -> None:
 
 def test_trial_balance_pages_and_totals_match_the_core(ledger: Ledger, open_account) -> None:
     open_account("123.45")
-    core = ledger.trial_balance()
-    page = reports.trial_balance(ledger)
-    assert page.totals == core.totals and page.balanced
-    rows, cursor = [], None
-    while True:
-        part = reports.trial_balance(ledger, after=cursor, limit=7)
-        assert part.totals == core.totals  # totals always cover every account
-        rows += part.rows
-        cursor = part.next_cursor
-        if cursor is None:
-            break
-    assert [(r.account, r.debit, r.credit) for r in rows] == [(r.account, r.debit, r.credit) for r in core.rows]
-    past = datetime.now(UTC) - timedelta(days=3)
-    assert reports.trial_balance(ledger, past).totals == ledger.trial_balance(past).totals
+    ledger.post(rules.gain_or_loss("trade", open_account("50.00"), usd("-7.25"), idempotency_key=f"tb:{uuid.uuid4()}",
+                                   effective_at=datetime.now(UTC) - timedelta(days=1)))
+    for as_of in (None, datetime.now(UTC) - timedelta(days=3), datetime.now(UTC) - timedelta(hours=1)):
+        core = ledger.trial_balance(as_of)
+        page = reports.trial_balance(ledger, as_of)
+        assert page.totals == core.totals and page.balanced
+        rows, cursor = [], None
+        while True:
+            part = reports.trial_balance(ledger, as_of, after=cursor, limit=7)
+            assert part.totals == core.totals  # totals always cover every account
+            assert len(part.rows) == 7 or part.next_cursor is None  # a short page is the last one
+            rows += part.rows
+            cursor = part.next_cursor
+            if cursor is None:
+                break
+        assert [(r.account, r.debit, r.credit) for r in rows] == [(r.account, r.debit, r.credit) for r in core.rows]
 
 
 def test_balance_sheet_balances_and_agrees_with_the_trial_balance(ledger: Ledger, open_account) -> None:

@@ -9,7 +9,8 @@ import sqlalchemy as sa
 
 
 def _cpu_s(process: psutil.Process, *, with_children: bool = False) -> float:
-    """User + system CPU seconds; `with_children` adds children already waited for (pgbench runs)."""
+    """User + system CPU seconds; `with_children` adds children already waited for (pgbench runs, exited
+    backends)."""
     try:
         times = process.cpu_times()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -40,7 +41,10 @@ class CpuMeter:
     def snapshot(self) -> dict[str, float | None]:
         server_s = None
         if self.postmaster is not None:
-            server_s = _cpu_s(self.postmaster) + sum(_cpu_s(child) for child in self.postmaster.children(True))
+            # Live backends, plus the ones that have exited (the postmaster has waited for them): pgbench's
+            # connections end with the run, and their CPU was counted as a neighbour's.
+            server_s = (_cpu_s(self.postmaster, with_children=True)
+                        + sum(_cpu_s(child) for child in self.postmaster.children(True)))
         machine = psutil.cpu_times()
         return {"client_s": _cpu_s(self.me, with_children=True) + sum(_cpu_s(worker) for worker in self.workers),
                 "postgres_s": server_s,

@@ -58,6 +58,39 @@ from ledger.times import end_of_day
 log = logging.getLogger("integration.webhooks")
 _canonical = msgspec.json.Encoder(order="deterministic")
 
+# The statements of the batch path, made once (a TextClause parses its text for bind parameters when built).
+_LOCK_KEYS = sa.text("""
+    SELECT count(pg_advisory_xact_lock(h))
+      FROM (SELECT DISTINCT hashtextextended(k, 0) AS h FROM unnest(CAST(:keys AS text[])) AS k
+             ORDER BY h) AS ordered""")
+_SEEN_KEYS = sa.text("SELECT DISTINCT dedup_key FROM webhook_event WHERE dedup_key = ANY(:keys)")
+_STORE_EVENTS = sa.text("""
+    INSERT INTO webhook_event (dedup_key, content_sha256, event_type, account_id, body, signature_scheme,
+                               status, reason, entry_ids, occurred_at)
+    SELECT k, decode(h, 'base64'), t, a, decode(b, 'base64'), s, st, r, e, o
+      FROM ROWS FROM (json_to_recordset(CAST(:rows AS json))
+                      AS (k text, h text, t text, a text, b text, s text, st text, r text, e bigint[], o timestamptz))
+           WITH ORDINALITY AS r(k, h, t, a, b, s, st, r, e, o, n)
+     ORDER BY n
+    RETURNING dedup_key, id""")
+_KNOWN_TRADES = sa.text("""
+    SELECT trade_id, status, profit_loss_minor, entry_id, account_id FROM trade WHERE trade_id = ANY(:ids)""")
+_INSERT_TRADES = sa.text("""
+    INSERT INTO trade (trade_id, account_id, symbol, side, quantity, entry_price, exit_price,
+                       profit_loss_minor, status, executed_at, trade_date, entry_id, source)
+    SELECT t, a, sym, side, q, ep, xp, pnl, status, at, day, e, CAST(:src AS text)
+      FROM json_to_recordset(CAST(:rows AS json))
+           AS r(t text, a text, sym text, side text, q numeric, ep numeric, xp numeric, pnl bigint,
+                status text, at timestamptz, day date, e bigint)""")
+_UPDATE_TRADE = sa.text("""
+    UPDATE trade SET status = :status, exit_price = :xp, profit_loss_minor = :pnl, entry_id = :e,
+           executed_at = :at, trade_date = :day, updated_at = now() WHERE trade_id = :t""")
+_SNAPSHOT_DAYS = sa.text("""
+    SELECT p.account_id, p.date
+      FROM unnest(CAST(:a AS text[]), CAST(:d AS date[])) AS f(a, d)
+      JOIN daily_performance p ON p.account_id = f.a AND p.date >= f.d
+     ORDER BY p.account_id, p.date""")
+
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     """What to answer the engine: status 200 (applied/duplicate), 202 (review), 400/422 (rejected)."""
@@ -167,12 +200,8 @@ class WebhookProcessor:
         if keys:
             # Every key's lock up front, in the locks' own order (any two batches take them in the same order);
             # they serialise deliveries with the same key until commit.
-            c.execute(sa.text("""
-                SELECT count(pg_advisory_xact_lock(h))
-                  FROM (SELECT DISTINCT hashtextextended(k, 0) AS h FROM unnest(CAST(:keys AS text[])) AS k
-                         ORDER BY h) AS ordered"""), {"keys": keys})
-            seen.update(c.execute(sa.text(
-                "SELECT DISTINCT dedup_key FROM webhook_event WHERE dedup_key = ANY(:keys)"), {"keys": keys}).scalars())
+            c.execute(_LOCK_KEYS, {"keys": keys})
+            seen.update(c.execute(_SEEN_KEYS, {"keys": keys}).scalars())
         accounts = tx.lock_accounts(item.event.data.account_id for item in decoded)
         outcomes: dict[int, Outcome] = {}
         run: list[tuple[int, Delivery, _Item]] = []  # consecutive new trade deliveries, booked together
@@ -221,23 +250,12 @@ class WebhookProcessor:
     @staticmethod
     def _store_events(c: sa.Connection, stored: list[tuple[Delivery, _Item, Outcome]]) -> list[int]:
         """The webhook_event rows of decoded deliveries under distinct keys, in one statement; their ids, in order."""
-        ids = dict(c.execute(sa.text("""
-            INSERT INTO webhook_event (dedup_key, content_sha256, event_type, account_id, body, signature_scheme,
-                                       status, reason, entry_ids, occurred_at)
-            SELECT k, h, t, a, b, s, st, r, CAST(e AS bigint[]), o
-              FROM unnest(CAST(:k AS text[]), CAST(:h AS bytea[]), CAST(:t AS text[]), CAST(:a AS text[]),
-                          CAST(:b AS bytea[]), CAST(:s AS text[]), CAST(:st AS text[]), CAST(:r AS text[]),
-                          CAST(:e AS text[]), CAST(:o AS timestamptz[]))
-                   WITH ORDINALITY AS r(k, h, t, a, b, s, st, r, e, o, n)
-             ORDER BY n
-            RETURNING dedup_key, id"""), {
-            "k": [item.key for _, item, _ in stored], "h": [item.content_sha256 for _, item, _ in stored],
-            "t": [o.event_type for _, _, o in stored], "a": [item.event.data.account_id for _, item, _ in stored],
-            "b": [d.body for d, _, _ in stored], "s": [d.signature_scheme for d, _, _ in stored],
-            "st": [{"duplicate": "applied"}.get(o.result, o.result) for _, _, o in stored],
-            "r": [o.reason[:2000] for _, _, o in stored],
-            "e": ["{" + ",".join(map(str, o.entry_ids)) + "}" for _, _, o in stored],
-            "o": [item.event.occurred_at for _, item, _ in stored]}).all())
+        # The rows as one JSON document (bytes as base64, decoded back exactly by the statement): one parameter
+        # instead of ten arrays, whose text-format dumping was a fifth of the batch's Python time.
+        rows = [{"k": item.key, "h": item.content_sha256, "t": o.event_type, "a": item.event.data.account_id,
+                 "b": d.body, "s": d.signature_scheme, "st": {"duplicate": "applied"}.get(o.result, o.result),
+                 "r": o.reason[:2000], "e": o.entry_ids, "o": item.event.occurred_at} for d, item, o in stored]
+        ids = dict(c.execute(_STORE_EVENTS, {"rows": _canonical.encode(rows).decode()}).all())
         return [ids[item.key] for _, item, _ in stored]
 
     @staticmethod
@@ -379,9 +397,8 @@ class WebhookProcessor:
         the same profit is a duplicate.
         """
         c = tx.connection
-        known: dict[str, Any] = {row.trade_id: row for row in c.execute(sa.text("""
-            SELECT trade_id, status, profit_loss_minor, entry_id, account_id FROM trade
-             WHERE trade_id = ANY(:ids)"""), {"ids": [t.trade_id for t in trades]})}
+        known: dict[str, Any] = {row.trade_id: row for row in c.execute(
+            _KNOWN_TRADES, {"ids": [t.trade_id for t in trades]})}
         first_days: dict[str, date] = {}
         for t in trades:
             day = t.executed_at.astimezone(UTC).date()
@@ -459,18 +476,9 @@ class WebhookProcessor:
                 "status": trade.status, "at": trade.executed_at, "day": trade.executed_at.astimezone(UTC).date(),
                 "e": entry_id})
         if inserts:  # one statement for them all, the rows as one JSON document (Decimals as exact strings)
-            c.execute(sa.text("""
-                INSERT INTO trade (trade_id, account_id, symbol, side, quantity, entry_price, exit_price,
-                                   profit_loss_minor, status, executed_at, trade_date, entry_id, source)
-                SELECT t, a, sym, side, q, ep, xp, pnl, status, at, day, e, CAST(:src AS text)
-                  FROM json_to_recordset(CAST(:rows AS json))
-                       AS r(t text, a text, sym text, side text, q numeric, ep numeric, xp numeric, pnl bigint,
-                            status text, at timestamptz, day date, e bigint)"""),
-                {"rows": _canonical.encode(inserts).decode(), "src": source})
+            c.execute(_INSERT_TRADES, {"rows": _canonical.encode(inserts).decode(), "src": source})
         if updates:
-            c.execute(sa.text("""
-                UPDATE trade SET status = :status, exit_price = :xp, profit_loss_minor = :pnl, entry_id = :e,
-                       executed_at = :at, trade_date = :day, updated_at = now() WHERE trade_id = :t"""), updates)
+            c.execute(_UPDATE_TRADE, updates)
 
     def _performance(self, tx: Tx, perf: PerformanceData, currency: str, *,
                      source: str = "webhook") -> tuple[tuple[int, ...], bool]:
@@ -556,11 +564,7 @@ class WebhookProcessor:
         """The trued-up days (engine snapshots booked) of each account from its given day on, in order."""
         days: dict[str, list[date]] = {account_id: [] for account_id in first_days}
         if first_days:
-            for account_id, day in c.execute(sa.text("""
-                SELECT p.account_id, p.date
-                  FROM unnest(CAST(:a AS text[]), CAST(:d AS date[])) AS f(a, d)
-                  JOIN daily_performance p ON p.account_id = f.a AND p.date >= f.d
-                 ORDER BY p.account_id, p.date"""), {"a": list(first_days), "d": list(first_days.values())}):
+            for account_id, day in c.execute(_SNAPSHOT_DAYS, {"a": list(first_days), "d": list(first_days.values())}):
                 days[account_id].append(day)
         return days
 

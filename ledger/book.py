@@ -115,6 +115,9 @@ _ACCOUNT_COLUMNS = """a.account_id, a.product_id, a.agent_type, a.currency, a.fe
        a.created_at, a.updated_at, -l.balance_minor AS balance_minor"""
 _ACCOUNT_FROM = """investment_account a
   JOIN ledger_account l ON l.name = 'liabilities:investors:' || a.account_id"""
+_LOCK_ACCOUNTS = sa.text(f"SELECT {_ACCOUNT_COLUMNS} FROM {_ACCOUNT_FROM} WHERE a.account_id = ANY(:ids)"
+                         " ORDER BY a.account_id FOR NO KEY UPDATE OF a")
+_LEDGER_ACCOUNTS_NAMED = sa.text("SELECT id, name, type, currency FROM ledger_account WHERE name = ANY(:names)")
 
 
 class Tx:
@@ -132,9 +135,7 @@ class Tx:
         known = {n: self._created.get(n) or self.ledger._accounts.get(n) for n in names}
         missing = sorted(n for n, a in known.items() if a is None)
         if missing:
-            for row in self.connection.execute(sa.text(
-                    "SELECT id, name, type, currency FROM ledger_account WHERE name = ANY(:names)"),
-                    {"names": missing}):
+            for row in self.connection.execute(_LEDGER_ACCOUNTS_NAMED, {"names": missing}):
                 known[row.name] = self.ledger._remember(_LedgerAccount(row.id, row.name, row.type, row.currency))
             unknown = sorted(n for n, a in known.items() if a is None)
             if unknown:
@@ -167,9 +168,7 @@ class Tx:
         ids = sorted(set(account_ids))
         if not ids:
             return {}
-        rows = self.connection.execute(sa.text(
-            f"SELECT {_ACCOUNT_COLUMNS} FROM {_ACCOUNT_FROM} WHERE a.account_id = ANY(:ids)"
-            " ORDER BY a.account_id FOR NO KEY UPDATE OF a"), {"ids": ids}).mappings().all()
+        rows = self.connection.execute(_LOCK_ACCOUNTS, {"ids": ids}).mappings().all()
         self._locked.update(row["account_id"] for row in rows)
         return {row["account_id"]: _account(row) for row in rows}
 

@@ -189,6 +189,43 @@ def test_a_batch_of_new_trades_is_booked_together(ledger: Ledger, engine: sa.Eng
                              {"n": f"liabilities:investors:{account_id}"}).scalar_one() == 100_000 + 2 * 1250
 
 
+def test_a_batch_stores_each_event_as_received(ledger: Ledger, engine: sa.Engine,
+                                               open_account: Callable[..., str]) -> None:
+    """The set-based store keeps each body byte for byte (non-ASCII text, odd spacing and key order, escapes),
+    with its content hash, entry ids (none for an open trade) and occurred_at."""
+    processor = WebhookProcessor(ledger)
+    account = open_account("1000.00")
+    tag = uuid.uuid4().hex[:10]
+    at = NOW - timedelta(hours=1)
+    bodies = [
+        (f'{{ "data" : {{"trade_id":"{tag}-1","account_id":"{account}","symbol":"BTCUSDT","side":"buy",'
+         f'"quantity":"0.5","entry_price":"100","status":"closed","executed_at":"{at.isoformat()}",'
+         f'"exit_price":"101","profit_loss":"12.50"}},\n\t"event_type":"trade.executed", "event_id": "{tag}-a", '
+         r'"note": "caf\u00e9 € 漢字 \\ \"q\""}').encode(),
+        msgspec.json.encode({"event_type": "trade.executed", "event_id": f"{tag}-b", "occurred_at": NOW.isoformat(),
+                             "data": {"trade_id": f"{tag}-2", "account_id": account, "symbol": "ETHUSDT",
+                                      "side": "sell", "quantity": "1", "entry_price": "10", "status": "open",
+                                      "executed_at": at.isoformat()}}),
+    ]
+    outcomes = processor.receive_many([Delivery(body=b, signature_scheme="ml") for b in bodies])
+    assert [o.status_code for o in outcomes] == [200, 200]
+    assert len(outcomes[0].entry_ids) == 1 and outcomes[1].entry_ids == ()
+    with engine.connect() as c:
+        rows = c.execute(sa.text("""
+            SELECT id, body, content_sha256, entry_ids, occurred_at, status, signature_scheme FROM webhook_event
+             WHERE id = ANY(:ids) ORDER BY id"""), {"ids": [o.event_id for o in outcomes]}).all()
+    assert [bytes(row.body) for row in rows] == bodies
+    assert [row.id for row in rows] == [o.event_id for o in outcomes]  # ids in delivery order
+    assert [list(row.entry_ids) for row in rows] == [list(outcomes[0].entry_ids), []]
+    assert [row.occurred_at for row in rows] == [None, NOW]
+    assert {row.status for row in rows} == {"applied"} and {row.signature_scheme for row in rows} == {"ml"}
+    hashes = [bytes(row.content_sha256) for row in rows]
+    assert len(set(hashes)) == 2 and all(len(h) == 32 for h in hashes)
+    # The same content sent again (reformatted) is a duplicate of the stored hash: the hash was kept exactly.
+    again = msgspec.json.encode(msgspec.json.decode(bodies[0]))
+    assert processor.receive(again, {}, "ml").duplicate
+
+
 # ------------------------------------------------------------------------------------------ GroupCommit
 
 def test_group_commit_batches_what_queues_behind_a_commit_and_answers_each() -> None:

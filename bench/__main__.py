@@ -36,19 +36,20 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     statement_calls: int
     book_accounts: int  # the large book for trial balance and balance sheet ...
     book_entries_per_account: int  # ... two postings per entry
+    small_book_accounts: int  # the same reports on a book this size first (a database of its own): the slope
     webhook_s: float
     webhook_accounts: int = 1_000
-    memory_s: float  # server RSS under webhook load (issue 6 asks for 5 minutes: raise it for a long run)
+    memory_s: float  # server RSS under webhook load (issue 6: 5 minutes), and the intake's rate over that time
     settle_budget_s: float  # waiting for a neighbour's load to pass, all runs together
-    reconcile_accounts: int = 10_000  # one reconciliation run of this many accounts, 20 ms engine latency
+    reconcile_accounts: tuple[int, ...] = (1_000, 10_000)  # one reconciliation run of each size, 20 ms latency
 
 
 QUICK = Plan(reference_s=4, post_s=4, processes=False, copy_rows=300_000, history_sizes=(1_000, 100_000),
-             as_of_calls=300, statement_calls=100, book_accounts=10_000, book_entries_per_account=50, webhook_s=5,
-             memory_s=15, settle_budget_s=15, reconcile_accounts=1_000)
+             as_of_calls=300, statement_calls=100, book_accounts=10_000, book_entries_per_account=50,
+             small_book_accounts=1_000, webhook_s=5, memory_s=15, settle_budget_s=15, reconcile_accounts=(1_000,))
 FULL = Plan(reference_s=10, post_s=10, processes=False, copy_rows=1_000_000, history_sizes=(1_000, 100_000, 1_000_000),
-            as_of_calls=500, statement_calls=300, book_accounts=100_000, book_entries_per_account=50, webhook_s=10,
-            memory_s=60, settle_budget_s=60)
+            as_of_calls=500, statement_calls=300, book_accounts=100_000, book_entries_per_account=50,
+            small_book_accounts=10_000, webhook_s=10, memory_s=300, settle_budget_s=60)
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -106,11 +107,13 @@ def _run(plan: Plan, groups: tuple[str, ...], results: list[Result], facts: dict
                                              statement_calls=plan.statement_calls, seed=seed)
                 results.extend(found + latency.targets(found, plan.history_sizes))
             if "books" in groups:
+                small_book, small = _small_book(plan)
                 progress(f"large book: {plan.book_accounts} accounts x {plan.book_entries_per_account} entries")
                 book = history.build_book(engine, plan.book_accounts, plan.book_entries_per_account, bulk=bulk)
                 progress(f"book of {book.postings} postings built in {book.elapsed_s}s; VACUUM ANALYZE took "
                          f"{history.vacuum_analyze(engine):.1f}s")
-                results.extend(books.measure(ledger, book, target_size="10M postings, 100k accounts"))
+                large = books.measure(ledger, book, target_size="10M postings, 100k accounts")
+                results.extend(small + large + books.growth(small, large, small_book, book))
             if "asof" in groups or "books" in groups:
                 progress("verify: ledger/verify.py checks over the built histories and book")
                 results.append(history.verify_built(engine))
@@ -128,7 +131,26 @@ def _run(plan: Plan, groups: tuple[str, ...], results: list[Result], facts: dict
             engine.dispose()
     if "reconcile" in groups:  # on a database of its own: it reconciles every open account
         progress("reconciliation time and peak RSS")
-        results.extend(reconciliation.measure(plan.reconcile_accounts))
+        found = []
+        for accounts in plan.reconcile_accounts:
+            found += reconciliation.measure(accounts)
+        results.extend(found + reconciliation.growth(found, plan.reconcile_accounts))
+
+
+def _small_book(plan: Plan) -> tuple[history.Book, list[Result]]:
+    """The reports on a smaller book, in a database of its own (reports read every account there is): the first
+    size of their slope."""
+    with bench_database() as db:
+        engine = create_engine(db.url, pool_size=4, statement_timeout_ms=STATEMENT_TIMEOUT_MS)
+        try:
+            progress(f"small book: {plan.small_book_accounts} accounts x {plan.book_entries_per_account} entries")
+            book = history.build_book(engine, plan.small_book_accounts, plan.book_entries_per_account,
+                                      bulk=history.is_superuser(engine))
+            history.vacuum_analyze(engine)
+            return book, books.measure(Ledger(engine), book, target_size="10M postings, 100k accounts",
+                                       suffix=f".n{book.postings}")
+        finally:
+            engine.dispose()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,18 +30,21 @@ def _time(call, calls: int) -> dict[str, float]:
     return latency_summary_ms(samples)
 
 
-def _report(name: str, call, what: str, base: dict[str, object], book: Book, target: bool = True) -> Result:
+def _report(name: str, call, what: str, base: dict[str, object], book: Book, target: bool = True,
+            suffix: str = "") -> Result:
     summary = _time(call, CALLS)
     progress(f"{name} over {book.postings} postings / {book.accounts} accounts: p50 {summary['p50_ms']} ms")
-    return Result(name=f"report.{name}", value=summary["p50_ms"], unit="ms",
+    target = target and not suffix  # the targets are for the large book; a smaller one is measured for the slope
+    return Result(name=f"report.{name}{suffix}", value=summary["p50_ms"], unit="ms",
                   target=REPORT_TARGET_MS if target else None,
                   met=summary["p50_ms"] <= REPORT_TARGET_MS if target else None,
                   params={**base, "call": what, "calls": summary["calls"], "max_ms": summary["max_ms"]})
 
 
-def measure(ledger: Ledger, book: Book, *, target_size: str) -> list[Result]:
+def measure(ledger: Ledger, book: Book, *, target_size: str, suffix: str = "") -> list[Result]:
     """Each report now (cached balances) and as of a year ago: first with every account probed (no
-    checkpoint yet), then after making the book's month-end checkpoints (the targets), and as of yesterday."""
+    checkpoint yet), then after making the book's month-end checkpoints (the targets), and as of yesterday.
+    With a `suffix` (a smaller book, measured for the slope) the names end with it and carry no target."""
     now = datetime.now(UTC)
     past = now - AS_OF_AGO
     base = {"accounts": book.accounts, "ledger_accounts_in_book": book.ledger_accounts,
@@ -49,12 +52,12 @@ def measure(ledger: Ledger, book: Book, *, target_size: str) -> list[Result]:
             "target_is_for": target_size, "settle": settle()}
     results = [
         _report("trial_balance.now", lambda: reports.trial_balance(ledger), "reports.trial_balance(ledger) — cached "
-                "balances; first page of 1,000 rows plus totals over every account", base, book),
+                "balances; first page of 1,000 rows plus totals over every account", base, book, suffix=suffix),
         _report("balance_sheet.now", lambda: reports.balance_sheet(ledger), "reports.balance_sheet(ledger)", base,
-                book),
+                book, suffix=suffix),
         _report("trial_balance.as_of.probed", lambda: reports.trial_balance(ledger, past),
                 "reports.trial_balance(ledger, a year ago) before any checkpoint: a few index reads per account",
-                base, book, target=False),
+                base, book, target=False, suffix=suffix),
     ]
     progress("making the book's month-end balance checkpoints")
     began = time.perf_counter()
@@ -66,7 +69,7 @@ def measure(ledger: Ledger, book: Book, *, target_size: str) -> list[Result]:
     checkpoints.make_due(ledger, progress=made)
     later = sorted(seconds[1:]) or seconds
     results.append(Result(
-        name="checkpoint.make", value=round(later[len(later) // 2], 2), unit="s",
+        name=f"checkpoint.make{suffix}", value=round(later[len(later) // 2], 2), unit="s",
         params={"checkpoints": len(seconds), "first_s": round(seconds[0], 2) if seconds else None,
                 "max_s": round(max(later), 2) if later else None, "ledger_accounts": book.ledger_accounts,
                 "what": "ledger_checkpoint_make of one month end, from the previous checkpoint and the month's "
@@ -77,10 +80,34 @@ def measure(ledger: Ledger, book: Book, *, target_size: str) -> list[Result]:
     at_base = {**base, "days_to_nearest_checkpoint": round(gap / timedelta(days=1), 1) if gap is not None else None}
     results += [
         _report("trial_balance.as_of", lambda: reports.trial_balance(ledger, past),
-                "reports.trial_balance(ledger, a year ago) — from the nearest month-end checkpoint", at_base, book),
+                "reports.trial_balance(ledger, a year ago) — from the nearest month-end checkpoint",
+                at_base, book, suffix=suffix),
         _report("balance_sheet.as_of", lambda: reports.balance_sheet(ledger, past),
-                "reports.balance_sheet(ledger, a year ago) — from the nearest month-end checkpoint", at_base, book),
+                "reports.balance_sheet(ledger, a year ago) — from the nearest month-end checkpoint",
+                at_base, book, suffix=suffix),
         _report("trial_balance.as_of_yesterday", lambda: reports.trial_balance(ledger, now - timedelta(days=1)),
-                "reports.trial_balance(ledger, a day ago) — the cheaper of checkpoint and probing", base, book),
+                "reports.trial_balance(ledger, a day ago) — the cheaper of checkpoint and probing",
+                base, book, suffix=suffix),
     ]
     return results
+
+
+def growth(small: list[Result], large: list[Result], small_book: Book, large_book: Book) -> list[Result]:
+    """How each report's p50 grows from the small book to the large one: the ratio, and ms per million postings."""
+    suffix = f".n{small_book.postings}"
+    by_name = {r.name: r for r in small}
+    out = []
+    for result in large:
+        before = by_name.get(result.name + suffix)
+        if before is None or not before.value or result.unit not in ("ms", "s"):
+            continue
+        ratio = round(result.value / before.value, 2)
+        out.append(Result(name=f"{result.name}.growth", value=ratio, unit="ratio", params={
+            "what": f"p50 at {large_book.postings} postings / {large_book.accounts} accounts over p50 at "
+                    f"{small_book.postings} / {small_book.accounts} ({large_book.postings / small_book.postings:g}x "
+                    "the postings and accounts)",
+            f"{result.unit}_by_postings": {str(small_book.postings): before.value,
+                                            str(large_book.postings): result.value},
+            f"slope_{result.unit}_per_million_postings": round(
+                (result.value - before.value) / ((large_book.postings - small_book.postings) / 1e6), 3)}))
+    return out

@@ -128,3 +128,19 @@ def measure(accounts: int, latency_ms: int = LATENCY_MS) -> list[Result]:
             return run(db.url, engine, accounts=accounts, latency_ms=latency_ms)
         finally:
             engine.dispose()
+
+
+def growth(results: list[Result], sizes: tuple[int, ...]) -> list[Result]:
+    """Time and peak RSS of the largest run over the smallest's (nothing when only one size ran)."""
+    if len(sizes) < 2:
+        return []
+    by_name = {r.name: r for r in results}
+    small, large = min(sizes), max(sizes)
+    out = []
+    for what in ("time", "peak_rss"):
+        before, after = by_name[f"reconcile.{what}.a{small}"], by_name[f"reconcile.{what}.a{large}"]
+        out.append(Result(name=f"reconcile.{what}.growth.a{large}_over_a{small}",
+                          value=round(after.value / before.value, 2), unit="ratio",
+                          params={"by_accounts": {str(n): by_name[f"reconcile.{what}.a{n}"].value for n in sizes},
+                                  "unit": before.unit, "accounts_ratio": large / small}))
+    return out

@@ -277,20 +277,50 @@ def run(database_url: str, engine: sa.Engine, *, duration_s: float, senders_set:
                               met=failures == 0, params={"what": "answers other than 200, and connection errors, "
                                                                  "over the runs above"}))
         if memory_s > 0:
-            senders = max(senders_set)
-            start_rss = served.rss_mb()
-            figures = asyncio.run(_load(served.base_url, deliveries, senders=senders, duration_s=memory_s))
-            end_rss = served.rss_mb()
-            growth = (end_rss - start_rss) / start_rss
-            progress(f"server RSS under {memory_s:.0f}s of webhook load ({figures.ok} booked): "
-                     f"{start_rss} -> {end_rss} MB ({100 * growth:+.1f}%)")
-            results.append(Result(
-                name="webhook.serve_rss_growth", value=round(100 * growth, 1), unit="%",
-                target=100 * RSS_GROWTH_MAX, met=growth <= RSS_GROWTH_MAX,
-                params={"start_rss_mb": start_rss, "end_rss_mb": end_rss, "duration_s": memory_s, "senders": senders,
-                        "booked": figures.ok, "target_is_for": "5 minutes of load",
-                        "start": "after the throughput runs above (warm)"}))
+            results += _sustained(served, deliveries, senders=max(senders_set), memory_s=memory_s,
+                                  journal_tps=journal_tps)
         finished = True
     finally:
         served.stop(keep_log=not finished)
     return results
+
+
+MEMORY_WINDOWS = 5
+
+
+def _sustained(served: Served, deliveries: Deliveries, *, senders: int, memory_s: float,
+               journal_tps: float | None) -> list[Result]:
+    """`memory_s` of load in MEMORY_WINDOWS windows: the server's RSS after each (the target: end <= start + 20%)
+    and the rate in each, as the webhook, trade, entry and posting tables grow (how the intake's cost grows)."""
+    start_rss = served.rss_mb()
+    windows: list[dict[str, Any]] = []
+    for n in range(MEMORY_WINDOWS):
+        figures = asyncio.run(_load(served.base_url, deliveries, senders=senders,
+                                    duration_s=memory_s / MEMORY_WINDOWS))
+        windows.append({"window": n + 1, "booked": figures.ok, "per_s": round(figures.ok / figures.elapsed_s, 1),
+                        "p99_ms": latency_summary_ms(figures.latencies_s)["p99_ms"], "rss_mb": served.rss_mb(),
+                        "failures": sum(c for status, c in figures.statuses.items() if status != "200")
+                        + sum(figures.errors.values())})
+        progress(f"sustained webhook load, window {n + 1}/{MEMORY_WINDOWS}: {windows[-1]}")
+    end_rss = windows[-1]["rss_mb"]
+    growth = (end_rss - start_rss) / start_rss
+    booked = sum(w["booked"] for w in windows)
+    progress(f"server RSS under {memory_s:.0f}s of webhook load ({booked} booked): "
+             f"{start_rss} -> {end_rss} MB ({100 * growth:+.1f}%)")
+    params = {"senders": senders, "duration_s": memory_s, "booked": booked, "windows": windows,
+              "start": "after the throughput runs above (warm)"}
+    first, last = windows[0]["per_s"], windows[-1]["per_s"]
+    failures = sum(w["failures"] for w in windows)
+    return [
+        Result(name="webhook.serve_rss_growth", value=round(100 * growth, 1), unit="%", target=100 * RSS_GROWTH_MAX,
+               met=growth <= RSS_GROWTH_MAX, params={**params, "start_rss_mb": start_rss, "end_rss_mb": end_rss,
+                                                     "target_is_for": "5 minutes of load"}),
+        Result(name=f"webhook.trade.s{senders}.sustained", value=round(booked / memory_s, 1), unit="webhooks/s",
+               params={**params, "ratio_to_pgbench": round(booked / memory_s / journal_tps, 3) if journal_tps
+                       else None}),
+        Result(name=f"webhook.trade.s{senders}.sustained.last_over_first", value=round(last / first, 3),
+               unit="ratio", params={"first_window_per_s": first, "last_window_per_s": last,
+                                     "window_s": memory_s / MEMORY_WINDOWS}),
+        Result(name="webhook.sustained.failures", value=failures, unit="count", target=0, met=failures == 0,
+               params={"what": "answers other than 200, and connection errors, under the sustained load"}),
+    ]

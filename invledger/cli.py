@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -106,6 +107,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             demo.start_feeder(rt.ledger, rt.engine, sim, context.engine_client(),
                               create_key(rt.engine, "admin", "demo"))
 
+    def freeze_heap() -> None:
+        # What start-up made (modules, the app, its routes and schemas, pools) lives as long as the process.
+        # Frozen, a full collection no longer walks it: under webhook load one took ~42 ms every 1-2 s (a
+        # stop for every thread: the webhook p99), for nothing (0 objects collected).
+        gc.collect()
+        gc.freeze()
+
     def stop_jobs() -> None:
         if sim is not None:
             sim.stop()  # type: ignore[attr-defined]
@@ -115,7 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from jobs import actors
 
-    app = create_app(rt.ledger, settings, readiness=context.readiness(broker), on_startup=[start_jobs],
+    app = create_app(rt.ledger, settings, readiness=context.readiness(broker), on_startup=[start_jobs, freeze_heap],
                      on_shutdown=[stop_jobs], jobs=actors.enqueue)
     log.info("serving", extra={"url": f"http://{host}:{port}", "docs": f"http://{host}:{port}/schema",
                                "jobs": "in-process" if job_broker.is_in_process(broker) else "broker"})

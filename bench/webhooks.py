@@ -277,7 +277,7 @@ def run(database_url: str, engine: sa.Engine, *, duration_s: float, senders_set:
                               met=failures == 0, params={"what": "answers other than 200, and connection errors, "
                                                                  "over the runs above"}))
         if memory_s > 0:
-            results += _sustained(served, deliveries, senders=max(senders_set), memory_s=memory_s,
+            results += _sustained(served, engine, deliveries, senders=max(senders_set), memory_s=memory_s,
                                   journal_tps=journal_tps)
         finished = True
     finally:
@@ -288,19 +288,35 @@ def run(database_url: str, engine: sa.Engine, *, duration_s: float, senders_set:
 MEMORY_WINDOWS = 5
 
 
-def _sustained(served: Served, deliveries: Deliveries, *, senders: int, memory_s: float,
+def _jobs_running(engine: sa.Engine, start: datetime, end: datetime) -> list[str]:
+    """The job runs (reconciliation, sync, distribution) that worked at some time between `start` and `end`: the
+    server runs the schedule in-process, and an hourly catch-up on this fresh database reconciles every account."""
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text("""
+            SELECT job, trigger, status, started_at, finished_at FROM job_run
+             WHERE started_at <= :end AND coalesce(finished_at, now()) >= :start ORDER BY id"""),
+            {"start": start, "end": end}).all()
+    return [f"{row.job} ({row.trigger}, {row.status}) {row.started_at:%H:%M:%S}-"
+            f"{row.finished_at:%H:%M:%S}" if row.finished_at else f"{row.job} ({row.trigger}, {row.status})"
+            for row in rows]
+
+
+def _sustained(served: Served, engine: sa.Engine, deliveries: Deliveries, *, senders: int, memory_s: float,
                journal_tps: float | None) -> list[Result]:
     """`memory_s` of load in MEMORY_WINDOWS windows: the server's RSS after each (the target: end <= start + 20%)
-    and the rate in each, as the webhook, trade, entry and posting tables grow (how the intake's cost grows)."""
+    and the rate in each, as the webhook, trade, entry and posting tables grow (how the intake's cost grows),
+    with the jobs that ran in the server meanwhile."""
     start_rss = served.rss_mb()
     windows: list[dict[str, Any]] = []
     for n in range(MEMORY_WINDOWS):
+        began = datetime.now(UTC)
         figures = asyncio.run(_load(served.base_url, deliveries, senders=senders,
                                     duration_s=memory_s / MEMORY_WINDOWS))
         windows.append({"window": n + 1, "booked": figures.ok, "per_s": round(figures.ok / figures.elapsed_s, 1),
                         "p99_ms": latency_summary_ms(figures.latencies_s)["p99_ms"], "rss_mb": served.rss_mb(),
                         "failures": sum(c for status, c in figures.statuses.items() if status != "200")
-                        + sum(figures.errors.values())})
+                        + sum(figures.errors.values()),
+                        "jobs_running": _jobs_running(engine, began, datetime.now(UTC))})
         progress(f"sustained webhook load, window {n + 1}/{MEMORY_WINDOWS}: {windows[-1]}")
     end_rss = windows[-1]["rss_mb"]
     growth = (end_rss - start_rss) / start_rss

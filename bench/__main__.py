@@ -148,7 +148,7 @@ def _small_book(plan: Plan) -> tuple[history.Book, list[Result]]:
                                       bulk=history.is_superuser(engine))
             history.vacuum_analyze(engine)
             return book, books.measure(Ledger(engine), book, target_size="10M postings, 100k accounts",
-                                       suffix=f".n{book.postings}")
+                                       suffix=books.size_suffix(book))
         finally:
             engine.dispose()
 

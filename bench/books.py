@@ -30,12 +30,10 @@ def _time(call, calls: int) -> dict[str, float]:
     return latency_summary_ms(samples)
 
 
-def _report(name: str, call, what: str, base: dict[str, object], book: Book, target: bool = True,
-            suffix: str = "") -> Result:
+def _report(name: str, call, what: str, base: dict[str, object], book: Book, target: bool = True) -> Result:
     summary = _time(call, CALLS)
     progress(f"{name} over {book.postings} postings / {book.accounts} accounts: p50 {summary['p50_ms']} ms")
-    target = target and not suffix  # the targets are for the large book; a smaller one is measured for the slope
-    return Result(name=f"report.{name}{suffix}", value=summary["p50_ms"], unit="ms",
+    return Result(name=f"report.{name}", value=summary["p50_ms"], unit="ms",
                   target=REPORT_TARGET_MS if target else None,
                   met=summary["p50_ms"] <= REPORT_TARGET_MS if target else None,
                   params={**base, "call": what, "calls": summary["calls"], "max_ms": summary["max_ms"]})
@@ -52,12 +50,12 @@ def measure(ledger: Ledger, book: Book, *, target_size: str, suffix: str = "") -
             "target_is_for": target_size, "settle": settle()}
     results = [
         _report("trial_balance.now", lambda: reports.trial_balance(ledger), "reports.trial_balance(ledger) — cached "
-                "balances; first page of 1,000 rows plus totals over every account", base, book, suffix=suffix),
+                "balances; first page of 1,000 rows plus totals over every account", base, book),
         _report("balance_sheet.now", lambda: reports.balance_sheet(ledger), "reports.balance_sheet(ledger)", base,
-                book, suffix=suffix),
+                book),
         _report("trial_balance.as_of.probed", lambda: reports.trial_balance(ledger, past),
                 "reports.trial_balance(ledger, a year ago) before any checkpoint: a few index reads per account",
-                base, book, target=False, suffix=suffix),
+                base, book, target=False),
     ]
     progress("making the book's month-end balance checkpoints")
     began = time.perf_counter()
@@ -69,7 +67,7 @@ def measure(ledger: Ledger, book: Book, *, target_size: str, suffix: str = "") -
     checkpoints.make_due(ledger, progress=made)
     later = sorted(seconds[1:]) or seconds
     results.append(Result(
-        name=f"checkpoint.make{suffix}", value=round(later[len(later) // 2], 2), unit="s",
+        name="checkpoint.make", value=round(later[len(later) // 2], 2), unit="s",
         params={"checkpoints": len(seconds), "first_s": round(seconds[0], 2) if seconds else None,
                 "max_s": round(max(later), 2) if later else None, "ledger_accounts": book.ledger_accounts,
                 "what": "ledger_checkpoint_make of one month end, from the previous checkpoint and the month's "
@@ -80,21 +78,27 @@ def measure(ledger: Ledger, book: Book, *, target_size: str, suffix: str = "") -
     at_base = {**base, "days_to_nearest_checkpoint": round(gap / timedelta(days=1), 1) if gap is not None else None}
     results += [
         _report("trial_balance.as_of", lambda: reports.trial_balance(ledger, past),
-                "reports.trial_balance(ledger, a year ago) — from the nearest month-end checkpoint",
-                at_base, book, suffix=suffix),
+                "reports.trial_balance(ledger, a year ago) — from the nearest month-end checkpoint", at_base, book),
         _report("balance_sheet.as_of", lambda: reports.balance_sheet(ledger, past),
-                "reports.balance_sheet(ledger, a year ago) — from the nearest month-end checkpoint",
-                at_base, book, suffix=suffix),
+                "reports.balance_sheet(ledger, a year ago) — from the nearest month-end checkpoint", at_base, book),
         _report("trial_balance.as_of_yesterday", lambda: reports.trial_balance(ledger, now - timedelta(days=1)),
-                "reports.trial_balance(ledger, a day ago) — the cheaper of checkpoint and probing",
-                base, book, suffix=suffix),
+                "reports.trial_balance(ledger, a day ago) — the cheaper of checkpoint and probing", base, book),
     ]
+    if suffix:  # a smaller book, measured for the slope: its own names, and the targets stay with the large one
+        for result in results:
+            result.name, result.target, result.met = result.name + suffix, None, None
+            result.params.pop("target_is_for", None)
     return results
+
+
+def size_suffix(book: Book) -> str:
+    """The names' ending for the results of a smaller book (`measure(..., suffix=...)`)."""
+    return f".n{book.postings}"
 
 
 def growth(small: list[Result], large: list[Result], small_book: Book, large_book: Book) -> list[Result]:
     """How each report's p50 grows from the small book to the large one: the ratio, and ms per million postings."""
-    suffix = f".n{small_book.postings}"
+    suffix = size_suffix(small_book)
     by_name = {r.name: r for r in small}
     out = []
     for result in large:

@@ -25,9 +25,12 @@ ACCOUNT_ID_LENGTH_MAX: Final[int] = 128
 TEXT_LENGTH_MAX: Final[int] = 2000
 
 # The ledger's own account ids (investment_account.account_id): the engine only knows the ones we created.
+# PostgreSQL text cannot hold NUL: a string with one is refused where it is decoded (the webhook's 422, stored as
+# rejected), not at its INSERT, which would fail the delivery's transaction and store nothing.
+NO_NUL: Final[str] = r"^[^\x00]*$"
 AccountId = Annotated[str, msgspec.Meta(pattern=ACCOUNT_ID_PATTERN)]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=ACCOUNT_ID_LENGTH_MAX)]
-Text = Annotated[str, msgspec.Meta(max_length=TEXT_LENGTH_MAX)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=ACCOUNT_ID_LENGTH_MAX, pattern=NO_NUL)]
+Text = Annotated[str, msgspec.Meta(max_length=TEXT_LENGTH_MAX, pattern=NO_NUL)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=10**9)]
 UtcTime = Annotated[datetime, msgspec.Meta(tz=True)]
 

@@ -13,10 +13,10 @@ from typing import Annotated
 
 import msgspec
 
-from integration.engine_api import AccountId, Performance, Trade, UtcTime, check_decimal
+from integration.engine_api import NO_NUL, AccountId, Performance, Trade, UtcTime, check_decimal
 
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-Text = Annotated[str, msgspec.Meta(max_length=1000)]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=NO_NUL)]
+Text = Annotated[str, msgspec.Meta(max_length=1000, pattern=NO_NUL)]
 WEBHOOK_BODY_MAX_BYTES = 1024 * 1024
 
 
@@ -37,7 +37,7 @@ class BalanceUpdatedData(msgspec.Struct, frozen=True, kw_only=True):
 
 class AccountErrorData(msgspec.Struct, frozen=True, kw_only=True):
     account_id: AccountId
-    error_type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    error_type: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_NUL)]
     error_message: Text
 
 

@@ -7,6 +7,7 @@ import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from integration.signature import sign, sign_standard
@@ -254,3 +255,31 @@ def test_critical_account_error_pauses_and_alerts(client, keys, engine) -> None:
     with engine.connect() as c:
         kinds = c.execute(sa.text("SELECT kind FROM alert WHERE account_id = :a"), {"a": account_id}).scalars().all()
     assert kinds == ["engine_critical_error"]
+
+
+@pytest.mark.parametrize("where", ["trade_id", "symbol", "event_id", "reason", "error_message"])
+def test_a_nul_in_a_text_field_is_rejected_and_stored_as_received(client, keys, engine, where) -> None:
+    """PostgreSQL text cannot hold NUL: refused at decode (422) and kept as rejected, not a 5xx that stores
+    nothing and that the engine would retry for ever."""
+    account_id = open_account(client, keys)
+    if where in ("trade_id", "symbol", "event_id"):
+        data, envelope = trade(account_id), {}
+        if where == "event_id":
+            envelope["event_id"] = f"e-{uuid.uuid4().hex[:8]}\u0000x"
+        else:
+            data[where] += "\u0000x"
+        event_type = "trade.executed"
+    elif where == "reason":
+        event_type, envelope = "account.balance_updated", {}
+        data = {"account_id": account_id, "new_balance": "1000.00", "reason": "fix\u0000"}
+    else:
+        event_type, envelope = "account.error", {}
+        data = {"account_id": account_id, "error_type": "warning", "error_message": "slow\u0000"}
+    body = json.dumps({"event_type": event_type, "data": data, **envelope}).encode()
+    answer = client.post(URL, content=body, headers={"X-ML-Signature": sign(WEBHOOK_SECRET, body),
+                                                     "content-type": "application/json"})
+    assert answer.status_code == 422 and answer.json()["error"] == "invalid", answer.text
+    with engine.connect() as c:
+        kept = c.execute(sa.text("SELECT status, reason FROM webhook_event WHERE body = :b"), {"b": body}).all()
+    assert [row.status for row in kept] == ["rejected"] and where in kept[0].reason
+    assert balance(client, keys, account_id) == "1000.00"

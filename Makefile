@@ -3,11 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-HOST   ?= 127.0.0.1
-PORT   ?= 8080
+# `make run` reads every setting of contract §2 from the environment (LEDGER_PORT=9000 make run), or from the
+# make command line (make run LEDGER_PORT=9000): make passes both to the recipe as they are.
 PYTEST_ARGS ?=
 
-.PHONY: help install browser run soak test test-fast bench lint fmt migrate verify clean
+.PHONY: help install browser run soak test test-slow test-all bench lint fmt migrate verify clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -27,14 +27,17 @@ browser:
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }; }; } || \
 	  echo "chromium is not installed: the browser test will be skipped (apt-get install chromium)"
 
-run: $(STAMP)  ## embedded PostgreSQL, migrate, serve on http://$(HOST):$(PORT) (DEMO=1 adds the engine simulator)
-	LEDGER_HOST=$(HOST) LEDGER_PORT=$(PORT) $(BIN)/invledger serve $(if $(DEMO),--demo,)
+run: $(STAMP)  ## embedded PostgreSQL, migrate, serve on LEDGER_HOST:LEDGER_PORT (DEMO=1 adds the engine simulator)
+	$(BIN)/invledger serve $(if $(DEMO),--demo,)
 
-test: $(STAMP) browser  ## the whole suite on a real PostgreSQL (embedded unless DATABASE_URL is set)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: $(STAMP) browser  ## the suite without the slow suites, on a real PostgreSQL (embedded unless DATABASE_URL is set)
+	$(BIN)/python -m pytest -m 'not slow' --durations=15 $(PYTEST_ARGS)
 
-test-fast: $(STAMP)  ## the suite without the slow marker
-	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+test-slow: $(STAMP) browser  ## the slow suites alone: kill -9, database and engine faults, several instances, schemathesis, a 5-minute soak
+	SOAK_SECONDS=$${SOAK_SECONDS:-300} $(BIN)/python -m pytest -m slow --durations=15 $(PYTEST_ARGS)
+
+test-all: $(STAMP) browser  ## test and test-slow in one run (what .ci/run proves)
+	SOAK_SECONDS=$${SOAK_SECONDS:-300} $(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
 
 soak: $(STAMP)  ## the 10-minute soak alone (SOAK_SECONDS to change it); prints its figures as JSON
 	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(BIN)/python -m pytest -s -m soak tests/reliability/test_soak.py

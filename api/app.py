@@ -24,6 +24,7 @@ from api.controllers.reports import ReportController
 from api.controllers.webhooks import ml_engine_webhook
 from api.errors import HANDLERS, document_error_answers
 from api.params import LedgerDep
+from api.requests import ExactJsonRequest
 from integration.intake import GroupCommit
 from integration.webhooks import WebhookProcessor
 from invledger import __version__, metrics
@@ -120,6 +121,7 @@ def create_app(ledger: Ledger, settings: Settings, *, readiness: dict[str, Calla
         middleware=[_timing_middleware],
         template_config=pages.TEMPLATE_CONFIG,
         request_max_body_size=REQUEST_BODY_MAX_BYTES,
+        request_class=ExactJsonRequest,
         on_startup=on_startup or [],
         on_shutdown=[*(on_shutdown or []), lambda: webhooks.close()],
         openapi_config=OpenAPIConfig(

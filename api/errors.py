@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from litestar import Request, Response
@@ -37,8 +38,22 @@ class ApiError(Exception):
         self.status, self.code, self.detail = status, code, detail
 
 
-def answer(status: int, code: str, detail: str) -> Response:
-    return Response({"error": code, "detail": detail}, status_code=status)
+def answer(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Response:
+    return Response({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+# A code for every status litestar itself may answer with; any other is named after its reason phrase.
+_CODES = {400: "malformed", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+          413: "too_large", 415: "unsupported_media_type", 429: "too_many_requests"}
+
+
+def code_of(status: int) -> str:
+    if status in _CODES:
+        return _CODES[status]
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "http_" + str(status)
 
 
 def on_ledger_error(_: Request, error: ledger_errors.LedgerError) -> Response:
@@ -60,9 +75,8 @@ def on_http_exception(_: Request, error: HTTPException) -> Response:
                            if isinstance(e, dict)) or error.detail
         code = "malformed" if "JSON" in str(detail) or "decode" in str(detail).lower() else "invalid"
         return answer(400 if code == "malformed" else 422, code, str(detail))
-    code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-            413: "too_large", 429: "too_many_requests"}.get(status, "error")
-    return answer(status, code, str(error.detail))
+    # The exception's headers go out with it: a 405 names the methods the resource has (Allow, RFC 9110 §15.5.6).
+    return answer(status, code_of(status), str(error.detail), dict(error.headers or {}))
 
 
 def on_unexpected(_: Request, error: Exception) -> Response:

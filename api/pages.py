@@ -36,8 +36,9 @@ from api import tabular, views
 from api.auth import RANK, KeyStore
 from api.controllers.alerts import acknowledge
 from api.errors import STATUS_OF, ApiError
-from api.params import LedgerDep, QueryInt, QueryText
+from api.params import LedgerDep, QueryInt, QueryText, SettingsDep
 from api.schemas import PeriodStart, parse_time, statement_out
+from integration import reconcile
 from ledger import chart, reports, times
 from ledger.errors import LedgerError
 from ledger.times import rfc3339
@@ -108,7 +109,8 @@ async def _check_post(request: Request) -> dict[str, Any]:
     form = await request.form()
     token = str(form.get("csrf_token", ""))
     expected = csrf_token(request.cookies.get(COOKIE, ""))
-    if not _same_origin(request) or not hmac.compare_digest(token, expected):
+    # Compared as bytes: compare_digest refuses a non-ASCII str (a TypeError, once a 500, not the 403 it is).
+    if not _same_origin(request) or not hmac.compare_digest(token.encode("utf-8", "replace"), expected.encode()):
         raise ApiError(403, "csrf", "this form was not sent from this site's page; reload the page and try again")
     return dict(form)
 
@@ -289,9 +291,21 @@ class PagesController(Controller):
                      report=tabular.income_statement_out(statement), from_=from_ or "", to=to or "")
 
     @get("/reconciliations", sync_to_thread=True)
-    def reconciliations(self, request: Request, ledger: LedgerDep) -> Template:
+    def reconciliations(self, request: Request, ledger: LedgerDep, started: QueryInt = None) -> Template:
         runs = views.reconciliation_runs(ledger.engine)
-        return _page(request, "reconciliations.html", title="Reconciliation", runs=runs)
+        return _page(request, "reconciliations.html", title="Reconciliation", runs=runs, started=started,
+                     can_run=request.app.state.get("jobs") is not None)
+
+    @post("/reconciliations", opt={"role": "operator"})
+    async def run_reconciliation(self, request: Request, ledger: LedgerDep, settings: SettingsDep) -> Response:
+        """"Run now": the same run as POST /api/v1/reconciliations, done by the jobs; the page shows it when done."""
+        await _check_post(request)
+        enqueue = request.app.state.get("jobs")
+        if enqueue is None:
+            raise ApiError(503, "unavailable", "no job queue in this process: run `invledger reconcile` instead")
+        run = await to_thread.run_sync(lambda: reconcile.request_run(
+            ledger.engine, enqueue, tolerance=settings.reconciliation_tolerance, trigger="api"))
+        return Redirect(path=f"/reconciliations?started={run.id}", status_code=303, headers=SECURITY_HEADERS)
 
     @get("/alerts", sync_to_thread=True)
     def alerts(self, request: Request, ledger: LedgerDep, status: QueryText = "open", cursor: QueryInt = None,

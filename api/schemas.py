@@ -11,13 +11,23 @@ from litestar.params import HeaderParameter, QueryParameter
 
 from api.errors import ApiError
 from ledger import times
-from ledger.model import ACCOUNT_ID_PATTERN, Entry, InvestmentAccount, Posted, Statement, TrialBalance
+from ledger.model import (
+    ACCOUNT_ID_PATTERN,
+    AGENT_TYPE_LENGTH_MAX,
+    PRODUCT_ID_LENGTH_MAX,
+    Entry,
+    InvestmentAccount,
+    Posted,
+    Statement,
+    TrialBalance,
+)
 from ledger.money import Money
 from ledger.times import rfc3339
 
 AccountId = Annotated[str, msgspec.Meta(pattern=ACCOUNT_ID_PATTERN,
                                         description="letters, digits, _ . - (at most 64)")]
-Short = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+ProductId = Annotated[str, msgspec.Meta(min_length=1, max_length=PRODUCT_ID_LENGTH_MAX)]
+AgentType = Annotated[str, msgspec.Meta(min_length=1, max_length=AGENT_TYPE_LENGTH_MAX)]
 Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3,5}$")]
 Reference = Annotated[str, msgspec.Meta(max_length=500)]
 # Parameters whose wire name is not a Python name: `from` (a keyword) and the Idempotency-Key header.
@@ -27,8 +37,8 @@ IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key")]
 
 class CreateAccount(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     account_id: AccountId
-    product_id: Short
-    agent_type: Short
+    product_id: ProductId
+    agent_type: AgentType
     currency: Currency = "USD"
     fee_rate: Decimal | None = None
     initial_capital: Decimal | None = None

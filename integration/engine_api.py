@@ -18,7 +18,7 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
-from ledger.model import ACCOUNT_ID_PATTERN
+from ledger.model import ACCOUNT_ID_PATTERN, AGENT_TYPE_LENGTH_MAX, PRODUCT_ID_LENGTH_MAX
 from ledger.money import DIGITS_MAX
 
 ACCOUNT_ID_LENGTH_MAX: Final[int] = 128
@@ -31,6 +31,8 @@ NO_NUL: Final[str] = r"^[^\x00]*$"
 AccountId = Annotated[str, msgspec.Meta(pattern=ACCOUNT_ID_PATTERN)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=ACCOUNT_ID_LENGTH_MAX, pattern=NO_NUL)]
 Text = Annotated[str, msgspec.Meta(max_length=TEXT_LENGTH_MAX, pattern=NO_NUL)]
+ProductId = Annotated[str, msgspec.Meta(min_length=1, max_length=PRODUCT_ID_LENGTH_MAX, pattern=NO_NUL)]
+AgentType = Annotated[str, msgspec.Meta(min_length=1, max_length=AGENT_TYPE_LENGTH_MAX, pattern=NO_NUL)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=10**9)]
 UtcTime = Annotated[datetime, msgspec.Meta(tz=True)]
 
@@ -68,8 +70,8 @@ class CreateAccountRequest(msgspec.Struct, frozen=True, kw_only=True):
     """`POST /trading/accounts` (seed CreateMLAccountDto); `initial_capital` may be zero."""
 
     account_id: AccountId
-    product_id: Name
-    agent_type: Name
+    product_id: ProductId
+    agent_type: AgentType
     initial_capital: Decimal
     agent_config: dict[str, Any] = {}
 

@@ -79,11 +79,15 @@ def event_type_of(event: Event) -> str:
 
 
 def dedup_key(event: Event, body: bytes, webhook_id: str | None = None) -> str:
-    """Contract §6: event_id / webhook-id, else trade_id+status, else account_id+date, else body SHA-256."""
+    """Contract §6: event_id, else a signed webhook-id, else trade_id+status, else account_id+date, else body SHA-256.
+
+    `webhook_id` must be one the Standard Webhooks signature verified (`signature.Verified`). It keys under a
+    namespace of its own ("webhook:"), so no header id can claim a key a body's event_id will use later.
+    """
     if event.event_id:
         return f"event:{event.event_id}"
     if webhook_id:
-        return f"event:{webhook_id}"
+        return f"webhook:{webhook_id}"
     if isinstance(event, TradeExecuted):
         return f"trade:{event.data.trade_id}:{event.data.status}"
     if isinstance(event, DailyPerformance):

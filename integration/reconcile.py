@@ -1,7 +1,9 @@
 """Reconciliation: every open account's ledger balance and status against the engine's `status` (contract §5).
 
 Per account the result is one of:
-- `matched`: |engine − (ledger − in flight)| ≤ tolerance and the statuses agree;
+- `matched`: the engine shows the ledger's balance, or the ledger's less the in-flight capital changes it may
+  not have applied yet (any of the newest ones: it applies them in order), within the tolerance; and the
+  statuses agree (or the ledger's new status is still in flight);
 - `break`: the balances differ by more than the tolerance (RECONCILIATION_TOLERANCE, default 0; exact
   decimal arithmetic, so 0.01 USD off is a break);
 - `status_mismatch`: the balances agree but the statuses do not;
@@ -9,9 +11,11 @@ Per account the result is one of:
   webhook kept for review) that the ledger does not have;
 - `engine_unavailable`: a timeout, 5xx, unreadable answer or open circuit — an outage, never a break.
 
-"In flight" is what the ledger has told the engine through the outbox but the engine has not received
-yet (capital changes, status changes, the account's creation): the engine cannot know it, so it is not a
-break. `difference` is always reported as engine − ledger, and `in_flight` alongside it.
+"In flight" is what the ledger has told the engine through the outbox but not yet seen acknowledged (capital
+changes, status changes, the account's creation). The engine may not know it yet — or may have applied it
+already, in the window between its answer and the delivery being marked: so in-flight changes explain a
+difference, and never make a break of agreement. `difference` is always reported as engine − ledger, and
+`in_flight` alongside it; a break names both readings (engine − ledger, and engine − (ledger − in flight)).
 
 A break is read twice: after `recheck_delay_ms` both sides are read again, so a webhook that was on its
 way while the account was compared does not make a break. The ledger is read before the engine (a fact
@@ -70,7 +74,8 @@ class LedgerSide(msgspec.Struct, frozen=True, kw_only=True):
     currency: str
     balance_minor: int
     status: str
-    in_flight_minor: int = 0  # signed: deposits +, withdrawals − (outbox capital changes not delivered)
+    in_flight_changes_minor: tuple[int, ...] = ()  # outbox capital changes not marked delivered, oldest first;
+    # signed: deposits +, withdrawals −
     status_in_flight: bool = False
     creation_in_flight: bool = False
 
@@ -144,19 +149,29 @@ def judge(side: LedgerSide, answer: AccountStatus | EngineError, tolerance: Deci
     if isinstance(answer, EngineError):
         return Line(result="engine_unavailable", detail=answer.detail[:500], **base)
     scale = scale_of(side.currency)
+    changes = side.in_flight_changes_minor
     with localcontext() as ctx:
         ctx.prec = 80  # exact: balances have at most 34 digits, scales at most 18 places
         ledger_balance = Decimal(side.balance_minor).scaleb(-scale)
-        in_flight = Decimal(side.in_flight_minor).scaleb(-scale)
+        in_flight = Decimal(sum(changes)).scaleb(-scale)
         difference = answer.balance - ledger_balance
-        unexplained = difference + in_flight  # engine − (what the engine has been told so far)
+        # What the engine may rightly show: the ledger less the in-flight changes it has not applied yet. It applies
+        # them in order and may already have applied any of the oldest (a delivery not yet marked delivered: the
+        # crash window the outbox exists for), so each suffix of the queue is an explanation — none of it too.
+        unapplied = [Decimal(sum(changes[k:])).scaleb(-scale) for k in range(len(changes) + 1)]
+        explained = [u for u in unapplied if abs(difference + u) <= tolerance]
     line = {**base, "engine_balance": answer.balance, "difference": difference, "in_flight": in_flight,
             "engine_status": answer.status}
-    notes = [f"{_amount(in_flight, side.currency)} of capital changes not yet delivered to the engine"] \
-        if in_flight else []
-    if abs(unexplained) > tolerance:
-        return Line(result="break", detail="; ".join(
-            [f"engine − ledger = {_amount(difference, side.currency)} (tolerance {tolerance})", *notes]), **line)
+    notes = []
+    if in_flight:
+        notes.append(f"{_amount(in_flight, side.currency)} of capital changes not yet marked delivered to the engine"
+                     + ("" if not explained else " (the engine already shows them)" if explained[0] == 0
+                        else f" (the engine has yet to apply {_amount(explained[0], side.currency)})"))
+    if not explained:
+        readings = [f"engine − ledger = {_amount(difference, side.currency)}"]
+        if in_flight:
+            readings.append(f"engine − (ledger − in flight) = {_amount(difference + in_flight, side.currency)}")
+        return Line(result="break", detail="; ".join([*readings, f"tolerance {tolerance}", *notes]), **line)
     if answer.status != side.status:
         if side.status_in_flight:
             notes.append(f"status {side.status} not yet delivered to the engine")
@@ -182,16 +197,16 @@ def ledger_sides(engine: sa.Engine, *, after: str | None = None, account_ids: li
             {"ids": account_ids, "after": after, "limit": limit}).all()
         pending = c.execute(sa.text("""
             SELECT account_id, topic, payload->>'operation' AS operation, payload->>'amount' AS amount
-              FROM outbox_event WHERE status <> 'delivered' AND account_id = ANY(:ids)"""),
+              FROM outbox_event WHERE status <> 'delivered' AND account_id = ANY(:ids) ORDER BY id"""),
             {"ids": [r.account_id for r in rows]}).all()
     flights: dict[str, dict[str, Any]] = {}
     currency_of = {r.account_id: r.currency for r in rows}
     for p in pending:
-        flight = flights.setdefault(p.account_id, {"in_flight_minor": 0, "status_in_flight": False,
+        flight = flights.setdefault(p.account_id, {"in_flight_changes_minor": (), "status_in_flight": False,
                                                    "creation_in_flight": False})
         if p.topic == "account.capital_changed" and p.amount is not None:
             minor = Money.from_decimal(p.amount, currency_of[p.account_id]).minor
-            flight["in_flight_minor"] += minor if p.operation == "deposit" else -minor
+            flight["in_flight_changes_minor"] += (minor if p.operation == "deposit" else -minor,)
         elif p.topic in ("account.paused", "account.resumed", "account.closed"):
             flight["status_in_flight"] = True
         elif p.topic == "account.created":
@@ -394,6 +409,17 @@ def on_demand_key(now: datetime | None = None) -> tuple[str, str]:
     """(run_key, period) for a run asked for now (by an operator), unique per request."""
     at = (now or datetime.now(UTC)).astimezone(UTC)
     return f"reconcile:on-demand:{at:%Y%m%dT%H%M%S}:{uuid.uuid4().hex[:8]}", at.isoformat().replace("+00:00", "Z")
+
+
+def request_run(engine: sa.Engine, enqueue: Callable[..., None], *, tolerance: Decimal,
+                trigger: runs.Trigger) -> runs.Run:
+    """Record a run asked for now (`queued`) and hand it to the jobs through `enqueue(actor_name, **kwargs)`:
+    what the API's `POST /reconciliations`, the reconciliation page's "Run now" and the demo all do."""
+    run_key, period = on_demand_key()
+    run = runs.enqueue_record(engine, job="reconcile", run_key=run_key, period=period, trigger=trigger,
+                              parameters={"tolerance": str(tolerance)})
+    enqueue("reconcile", period=period, run_key=run_key, trigger=trigger)
+    return run
 
 
 # ------------------------------------------------------------------------------------------ reads

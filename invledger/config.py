@@ -30,6 +30,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ml_engine_url: str
     ml_engine_api_key: str
     ml_engine_webhook_secrets: tuple[str, ...]
+    ml_engine_webhook_schemes: tuple[str, ...]
     ml_engine_timeout_ms: int
     ml_engine_retry_attempts: int
     ml_engine_retry_delay_ms: int
@@ -94,6 +95,15 @@ def _secrets(value: str) -> tuple[str, ...]:
     return secrets
 
 
+def _schemes(value: str) -> tuple[str, ...]:
+    from integration.signature import SCHEMES
+
+    schemes = tuple(dict.fromkeys(s.strip().lower() for s in value.split(",") if s.strip()))
+    if not schemes or any(s not in SCHEMES for s in schemes):
+        raise ValueError("must list one or both of: ml (X-ML-Signature), standard (Standard Webhooks)")
+    return schemes
+
+
 def _scales(value: str) -> str:
     from ledger.money import configure_scales
 
@@ -120,6 +130,7 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any], str | None]] = {
     "ML_ENGINE_URL": ("ml_engine_url", _url(("http", "https")), "http://localhost:8000/api/v1"),
     "ML_ENGINE_API_KEY": ("ml_engine_api_key", _text, ""),
     "ML_ENGINE_WEBHOOK_SECRET": ("ml_engine_webhook_secrets", _secrets, None),
+    "ML_ENGINE_WEBHOOK_SCHEMES": ("ml_engine_webhook_schemes", _schemes, "ml,standard"),
     "ML_ENGINE_TIMEOUT_MS": ("ml_engine_timeout_ms", _int(1, 600_000), "30000"),
     "ML_ENGINE_RETRY_ATTEMPTS": ("ml_engine_retry_attempts", _int(1, 20), "3"),
     "ML_ENGINE_RETRY_DELAY_MS": ("ml_engine_retry_delay_ms", _int(0, 600_000), "1000"),

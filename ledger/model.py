@@ -10,8 +10,11 @@ import msgspec
 
 from ledger.money import Money
 
-# An investment account's id, as the database's CHECK on investment_account.account_id has it (migration 0001).
+# An investment account's fields as the database's CHECKs on investment_account have them (migration 0001). The
+# API's and the engine's schemas take them from here; tests/ledger/test_limits.py holds them to the live CHECKs.
 ACCOUNT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+PRODUCT_ID_LENGTH_MAX = 128
+AGENT_TYPE_LENGTH_MAX = 64
 
 Side = Literal["D", "C"]
 AccountStatus = Literal["active", "paused", "closed"]

@@ -70,10 +70,7 @@ class ReconciliationController(Controller):
         enqueue = state.get("jobs")
         if enqueue is None:
             raise ApiError(503, "unavailable", "no job queue in this process: run `invledger reconcile` instead")
-        run_key, period = reconcile.on_demand_key()
-        run = runs.enqueue_record(ledger.engine, job="reconcile", run_key=run_key, period=period, trigger="api",
-                                  parameters={"tolerance": str(settings.reconciliation_tolerance)})
-        enqueue("reconcile", period=period, run_key=run_key, trigger="api")
+        run = reconcile.request_run(ledger.engine, enqueue, tolerance=settings.reconciliation_tolerance, trigger="api")
         return tabular.run_out(run)
 
     @get("/", sync_to_thread=True, summary="Reconciliation runs, newest first (JSON or CSV)")

@@ -27,12 +27,12 @@ async def ml_engine_webhook(request: Request) -> Response:
     if len(body) > WEBHOOK_BODY_MAX_BYTES:
         raise ApiError(413, "too_large", f"webhook bodies are limited to {WEBHOOK_BODY_MAX_BYTES} bytes")
     try:
-        scheme = signature.verify(settings.ml_engine_webhook_secrets, body, request.headers)
+        verified = signature.verify(settings.ml_engine_webhook_secrets, body, request.headers,
+                                    schemes=settings.ml_engine_webhook_schemes)
     except signature.SignatureError as error:
         metrics.WEBHOOKS.labels(event_type="unknown", result="unauthorized").inc()
         raise ApiError(401, "unauthorized", str(error)) from None
-    outcome: Outcome = await asyncio.wrap_future(webhooks.submit(
-        Delivery(body=body, webhook_id=request.headers.get("webhook-id"), signature_scheme=scheme)))
+    outcome: Outcome = await asyncio.wrap_future(webhooks.submit(Delivery.of(body, verified)))
     metrics.WEBHOOKS.labels(event_type=outcome.event_type, result=outcome.result).inc()
     if outcome.entry_ids and not outcome.duplicate:
         metrics.ENTRIES.inc(len(outcome.entry_ids))

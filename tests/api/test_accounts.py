@@ -82,6 +82,48 @@ def test_bad_amounts_are_422_and_change_nothing(client, keys) -> None:
     assert client.get(f"/api/v1/accounts/{account_id}", headers=auth(keys["finance"])).json()["balance"] == "1000.00"
 
 
+def test_json_numbers_are_exact_and_out_of_range_is_invalid_amount(client, keys) -> None:
+    """Issue 16: `{"amount": 1e400}` was a 400 with the code "error" (litestar decoded the body through float)."""
+    account_id = open_account(client, keys, "0.00")
+    url = f"/api/v1/accounts/{account_id}/deposits"
+
+    def deposit(raw: bytes, key: str):
+        return client.post(url, content=raw, headers={**auth(keys["operator"]), "Idempotency-Key": key,
+                                                      "content-type": "application/json"})
+
+    for i, number in enumerate([b"1e400", b"-1e400", b"1E+400", b"1e-400", b"0.001", b"-5", b"0", b"0.0",
+                                b"1" + b"0" * 40, b"12345678901234567890123456789012345.5",
+                                # Not a cent amount: through float it was 10.0, and 10.00 was booked.
+                                b"10.000000000000000001"]):
+        answer = deposit(b'{"amount": ' + number + b"}", f"range-{i}")
+        assert (answer.status_code, answer.json()["error"]) == (422, "invalid_amount"), (number, answer.text)
+    exact = deposit(b'{"amount": 9999999999999.99}', "exact")
+    headers = {**auth(keys["operator"]), "content-type": "application/json"}
+    assert exact.status_code == 201 and exact.json()["balance"] == "9999999999999.99"
+    withdrawn = client.post(f"/api/v1/accounts/{account_id}/withdrawals", content=b'{"amount": 9999999999989.9}',
+                            headers={**headers, "Idempotency-Key": "w"})
+    assert withdrawn.json()["balance"] == "10.09", withdrawn.text
+    assert deposit(b'{"amount": 10}', "integer").json()["balance"] == "20.09"
+    initial = client.post("/api/v1/accounts", headers={**auth(keys["operator"]), "content-type": "application/json"},
+                          content=b'{"account_id": "' + new_id().encode() + b'", "product_id": "p", '
+                                  b'"agent_type": "a", "initial_capital": 1e400}')
+    assert (initial.status_code, initial.json()["error"]) == (422, "invalid_amount"), initial.text
+
+
+def test_every_refusal_has_a_meaningful_code_and_405_says_allow(client, keys) -> None:
+    account_id = open_account(client, keys)
+    url = f"/api/v1/accounts/{account_id}/deposits"
+    headers = {**auth(keys["operator"]), "Idempotency-Key": "codes", "content-type": "application/json"}
+    for body in (b"{not json", b'{"amount": 1', b"\xff\xfe", b'{"amount": "1"} trailing'):
+        answer = client.post(url, content=body, headers=headers)
+        assert (answer.status_code, answer.json()["error"]) == (400, "malformed"), (body, answer.text)
+    wrong_type = client.post(url, content=b'{"amount": true}', headers=headers)
+    assert (wrong_type.status_code, wrong_type.json()["error"]) == (422, "invalid"), wrong_type.text
+    not_allowed = client.delete(f"/api/v1/accounts/{account_id}", headers=auth(keys["admin"]))
+    assert (not_allowed.status_code, not_allowed.json()["error"]) == (405, "method_not_allowed")
+    assert "GET" in not_allowed.headers["allow"] and "DELETE" not in not_allowed.headers["allow"]
+
+
 def test_overdraft_is_409_and_balance_unchanged(client, keys) -> None:
     account_id = open_account(client, keys, "100.00")
     response = client.post(f"/api/v1/accounts/{account_id}/withdrawals",

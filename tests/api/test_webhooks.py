@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -94,6 +95,93 @@ def test_rotated_secret_and_standard_webhooks(client, keys) -> None:
                "webhook-signature": sign_standard(WEBHOOK_SECRET, "msg_stale", stale, body)}
     assert client.post(URL, content=body, headers=headers).status_code == 401
     assert balance(client, keys, account_id) == "1013.50"
+
+
+def test_an_unsigned_webhook_id_never_makes_a_captured_delivery_new(client, keys, engine) -> None:
+    """Issue 16: a captured X-ML delivery replayed with a made-up `webhook-id` rolled a balance back."""
+    account_id = open_account(client, keys)
+    first = send(client, "account.balance_updated",
+                 {"account_id": account_id, "new_balance": "500.00", "reason": "engine correction"})
+    assert first.status_code == 200
+    assert send(client, "account.balance_updated",
+                {"account_id": account_id, "new_balance": "2000.00", "reason": "engine correction"}
+                ).status_code == 200
+    captured = first.request.content
+    for extra in ({}, {"webhook-id": "evil-1"}, {"webhook-id": "evil-2", "webhook-timestamp": str(int(time.time()))}):
+        replay = client.post(URL, content=captured, headers={"X-ML-Signature": sign(WEBHOOK_SECRET, captured), **extra})
+        assert replay.status_code == 200 and replay.json()["duplicate"] is True, (extra, replay.text)
+    assert balance(client, keys, account_id) == "2000.00"
+    assert len(stored(engine, account_id)) == 2
+    # X-ML with a webhook-signature header that is not a valid one: judged by the Standard scheme alone, refused.
+    forged = {"X-ML-Signature": sign(WEBHOOK_SECRET, captured), "webhook-id": "evil-3",
+              "webhook-timestamp": str(int(time.time())), "webhook-signature": "v1," + "A" * 44}
+    assert client.post(URL, content=captured, headers=forged).status_code == 401
+    assert balance(client, keys, account_id) == "2000.00"
+
+
+def test_a_signed_webhook_id_keys_in_a_namespace_of_its_own(client, keys, engine) -> None:
+    """A Standard Webhooks id dedups its redeliveries, but cannot claim a key a body's event_id uses later."""
+    account_id = open_account(client, keys)
+
+    def standard(body: bytes, webhook_id: str) -> dict[str, str]:
+        now = int(time.time())
+        return {"webhook-id": webhook_id, "webhook-timestamp": str(now),
+                "webhook-signature": sign_standard(WEBHOOK_SECRET, webhook_id, now, body)}
+
+    update = {"account_id": account_id, "new_balance": "700.00", "reason": "r"}
+    body = json.dumps({"event_type": "account.balance_updated", "data": update}).encode()
+    taken = f"evt-{uuid.uuid4().hex}"
+    assert client.post(URL, content=body, headers=standard(body, taken)).json()["duplicate"] is False
+    again = client.post(URL, content=body, headers=standard(body, taken))
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert [row.dedup_key for row in stored(engine, account_id)] == [f"webhook:{taken}"]
+    # The engine's own event_id equal to that header id is another event, not a duplicate of it.
+    later = send(client, "account.balance_updated", {**update, "new_balance": "900.00"}, event_id=taken)
+    assert later.status_code == 200 and later.json()["duplicate"] is False
+    assert balance(client, keys, account_id) == "900.00"
+
+
+def test_the_standard_webhooks_reference_library_and_ours_agree(ledger, keys, engine) -> None:
+    """Deliveries the reference library signs are accepted; what we sign, the reference library verifies."""
+    from litestar.testing import TestClient
+    from standardwebhooks import Webhook
+
+    from api.app import create_app
+    from invledger import config
+
+    secret = "whsec_" + base64.b64encode(b"reference-library-secret-0123456").decode()
+    app = create_app(ledger, config.load({"ML_ENGINE_WEBHOOK_SECRET": secret,
+                                          "ML_ENGINE_WEBHOOK_SCHEMES": "standard"}))
+    reference = Webhook(secret)
+    with TestClient(app=app, raise_server_exceptions=False) as client:
+        account_id = open_account(client, keys)
+        body = json.dumps({"event_type": "trade.executed", "data": trade(account_id, pnl="5.00")}).encode()
+        webhook_id, at = f"msg_{uuid.uuid4().hex}", datetime.now(UTC)
+        headers = {"webhook-id": webhook_id, "webhook-timestamp": str(int(at.timestamp())),
+                   "webhook-signature": reference.sign(webhook_id, at, body.decode())}
+        assert client.post(URL, content=body, headers=headers).status_code == 200
+        assert reference.verify(body, {**headers, "webhook-signature": sign_standard(
+            secret, webhook_id, int(at.timestamp()), body)}) is not None
+        # Standard only: X-ML-Signature alone is refused, whatever it signs.
+        other = json.dumps({"event_type": "trade.executed", "data": trade(account_id, pnl="7.00")}).encode()
+        refused = client.post(URL, content=other, headers={"X-ML-Signature": sign(secret, other)})
+        assert refused.status_code == 401 and "Standard Webhooks" in refused.json()["detail"]
+        assert balance(client, keys, account_id) == "1005.00"
+    assert [row.signature_scheme for row in stored(engine, account_id)] == ["standard"]
+
+
+@pytest.mark.parametrize("header", ["X-ML-Signature", "webhook-signature", "webhook-id"])
+def test_a_non_ascii_signature_header_is_401(client, keys, engine, header) -> None:
+    account_id = open_account(client, keys)
+    body = json.dumps({"event_type": "trade.executed", "data": trade(account_id)}).encode()
+    now = int(time.time())
+    headers = {"X-ML-Signature": sign(WEBHOOK_SECRET, body)} if header == "X-ML-Signature" else {
+        "webhook-id": "msg_1", "webhook-timestamp": str(now),
+        "webhook-signature": sign_standard(WEBHOOK_SECRET, "msg_1", now, body)}
+    headers[header] = "é" + headers[header][1:]
+    answer = client.post(URL, content=body, headers={k: v.encode("latin-1") for k, v in headers.items()})
+    assert answer.status_code == 401 and answer.json()["error"] == "unauthorized", answer.text
+    assert stored(engine, account_id) == []
 
 
 # ------------------------------------------------------------------------------------------ trades

@@ -22,7 +22,7 @@ from integration.engine_api import (
     decode,
     decode_event_data,
 )
-from integration.signature import verify
+from integration.signature import Verified, verify
 from integration.simulator import Faults, Simulator, main
 from tests.integration.support import API_KEY, SECRET, START, Receiver, new_account
 
@@ -144,7 +144,7 @@ def test_webhooks_are_signed_over_the_exact_bytes(serve_simulator: ServeSimulato
     assert sim.flush(10)
     assert receiver.bodies() == sim.events()
     for body, headers in receiver.deliveries:
-        assert verify([SECRET], body, headers) == "ml"
+        assert verify([SECRET], body, headers) == Verified(scheme="ml")
         envelope = decode(body, WebhookEnvelope)
         assert envelope.event_id and envelope.occurred_at is not None
         assert set(json.loads(body)) == {"event_id", "occurred_at", "event_type", "data"}
@@ -163,8 +163,9 @@ def test_standard_webhooks_signature(serve_simulator: ServeSimulator, receiver: 
     assert sim.flush(10)
     for body, headers in receiver.deliveries:
         assert "x-ml-signature" not in headers
-        assert verify([SECRET], body, headers) == "standard"
-        assert headers["webhook-id"] == decode(body, WebhookEnvelope).event_id
+        webhook_id = decode(body, WebhookEnvelope).event_id
+        assert headers["webhook-id"] == webhook_id
+        assert verify([SECRET], body, headers) == Verified(scheme="standard", webhook_id=webhook_id)
 
 
 def test_numbers_on_the_wire_are_json_numbers(serve_simulator: ServeSimulator) -> None:

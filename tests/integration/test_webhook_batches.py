@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from integration.intake import GroupCommit
+from integration.signature import Verified
 from integration.webhooks import Delivery, Outcome, WebhookProcessor
 from ledger import Ledger
 
@@ -146,7 +147,7 @@ def test_a_batch_answers_and_books_what_one_by_one_does(ledger: Ledger, engine: 
         names = {i: open_account("1000.00") for i in range(ACCOUNTS)} | {ACCOUNTS: f"{tag}-nobody"}
         deliveries = [Delivery(body=_render(p, names, tag), signature_scheme="ml") for p in plan]
         if mode == "one_by_one":
-            outcomes = [processor.receive(d.body, {}, d.signature_scheme) for d in deliveries]
+            outcomes = [processor.receive(d.body, Verified(scheme=d.signature_scheme)) for d in deliveries]
         else:
             outcomes = processor.receive_many(deliveries)
 
@@ -223,7 +224,7 @@ def test_a_batch_stores_each_event_as_received(ledger: Ledger, engine: sa.Engine
     assert len(set(hashes)) == 2 and all(len(h) == 32 for h in hashes)
     # The same content sent again (reformatted) is a duplicate of the stored hash: the hash was kept exactly.
     again = msgspec.json.encode(msgspec.json.decode(bodies[0]))
-    assert processor.receive(again, {}, "ml").duplicate
+    assert processor.receive(again, Verified(scheme="ml")).duplicate
 
 
 # ------------------------------------------------------------------------------------------ GroupCommit

@@ -106,10 +106,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             in_process.update(worker=worker, scheduler=jobs)
         if sim is not None:
             from api.auth import create_key
+            from integration import reconcile
             from invledger import demo
 
             demo.start_feeder(rt.ledger, rt.engine, sim, context.engine_client(),
-                              create_key(rt.engine, "admin", "demo"))
+                              create_key(rt.engine, "admin", "demo"),
+                              reconcile_now=lambda: reconcile.request_run(
+                                  rt.engine, actors.enqueue, tolerance=settings.reconciliation_tolerance,
+                                  trigger="api"))
 
     def freeze_heap() -> None:
         # What start-up made (modules, the app, its routes and schemas, pools) lives as long as the process.

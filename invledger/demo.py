@@ -2,7 +2,9 @@
 
 Each run opens three new accounts (`demo-<run>-<n>`), value-dates their capital a week back, lets the
 outbox tell the simulator about them, and has the simulator trade the past week and send its signed
-webhooks to this server. A newcomer then sees entries, statements and reports within a minute.
+webhooks to this server; then it has the simulator misreport one account and runs a reconciliation. A
+newcomer then sees entries, statements, reports and a reconciliation with a break and its alert within a
+minute.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import msgspec
 import sqlalchemy as sa
@@ -22,6 +26,7 @@ from invledger.config import Settings
 log = logging.getLogger("invledger.demo")
 DEMO_DAYS = 7
 DEMO_ACCOUNTS = (("swing", "25000.00"), ("day", "10000.00"), ("scalping", "5000.00"))
+DEMO_DRIFT = Decimal("12.34")  # what the simulator adds to the last demo account's balance once the week is traded
 
 
 def prepare(settings: Settings) -> tuple[Settings, object]:
@@ -39,10 +44,12 @@ def prepare(settings: Settings) -> tuple[Settings, object]:
     return settings, sim
 
 
-def feed(ledger, engine: sa.Engine, sim, client, key: str) -> None:
-    """Open the demo accounts, deliver their notifications, trade a week, then reconcile if available."""
+def feed(ledger, engine: sa.Engine, sim, client, key: str, reconcile_now: Callable[[], Any]) -> None:
+    """Open the demo accounts, deliver their notifications, trade a week, then make the engine misreport one
+    account (a drift of DEMO_DRIFT) and reconcile: the newcomer sees matched accounts, a break and its alert."""
     from integration import outbox
     from integration.notify import sender
+    from integration.simulator import Faults
     from ledger import AccountSpec
 
     run = secrets.token_hex(2)
@@ -59,14 +66,21 @@ def feed(ledger, engine: sa.Engine, sim, client, key: str) -> None:
     generated = sim.step(days=DEMO_DAYS)
     sim.flush(timeout_s=60)
     log.info("demo week traded", extra={"accounts": ids, "webhooks": generated})
-    print(f"\ndemo ready: accounts {', '.join(ids)}; admin API key for this demo:\n{key}\n", flush=True)
+    sim.set_faults(Faults(drift={ids[-1]: DEMO_DRIFT}))
+    run = reconcile_now()
+    log.info("demo reconciliation started", extra={"run_id": run.id, "drifting_account": ids[-1],
+                                                   "drift": str(DEMO_DRIFT)})
+    print(f"\ndemo ready: accounts {', '.join(ids)}; reconciliation run {run.id} started (the engine misreports "
+          f"{ids[-1]} by {DEMO_DRIFT} on purpose: a break and its alert). Admin API key for this demo:\n{key}\n",
+          flush=True)
 
 
-def start_feeder(ledger, engine: sa.Engine, sim, client, key: str) -> threading.Thread:
+def start_feeder(ledger, engine: sa.Engine, sim, client, key: str,
+                 reconcile_now: Callable[[], Any]) -> threading.Thread:
     def run() -> None:
         time.sleep(1.0)  # let the server start listening for the simulator's webhooks
         try:
-            feed(ledger, engine, sim, client, key)
+            feed(ledger, engine, sim, client, key, reconcile_now)
         except Exception:  # noqa: BLE001 — the demo must never take the server down
             log.exception("demo feeder failed")
 

@@ -104,6 +104,9 @@ def test_unknown_account_page_is_a_404_page(client, keys) -> None:
     assert client.get("/trial-balance?as_of=someday").status_code == 422
     logout = client.post("/logout", data={"csrf_token": "0" * 64}, follow_redirects=False)
     assert logout.status_code == 403
+    # A non-ASCII token is a wrong token (403), not a 500 (compare_digest refuses non-ASCII text).
+    non_ascii = client.post("/logout", data={"csrf_token": "é" * 64}, follow_redirects=False)
+    assert non_ascii.status_code == 403, non_ascii.text
 
 
 # ------------------------------------------------------------------------------------- real browser

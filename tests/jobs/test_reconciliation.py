@@ -247,3 +247,28 @@ def test_an_on_demand_run_whose_message_was_lost_is_taken_up_by_the_hourly_run(d
     jobs.drain()  # the message sent again by the first
     assert runs.get(db.engine, lost.run_key).status == "done"
     assert runs.get(db.engine, young.run_key).status == "queued"
+
+
+def test_run_now_from_the_page(api: tuple[TestClient, dict[str, str]], db: Db, sim: Simulator, jobs: Jobs) -> None:
+    """The reconciliation page's "Run now" (operators only, CSRF-checked) starts the same run as the API."""
+    import re
+
+    client, keys = api
+    open_known_account(db, engine_client(sim), since=SINCE, account_id="rec-page")
+    finance_key = create_key(db.engine, "finance", "page finance")
+    client.post("/login", data={"api_key": finance_key, "next": "/"}, follow_redirects=False)
+    assert 'data-testid="run-now"' not in client.get("/reconciliations").text  # finance sees no button
+    client.post("/login", data={"api_key": keys["operator"], "next": "/"}, follow_redirects=False)
+    page = client.get("/reconciliations")
+    assert 'data-testid="run-now"' in page.text
+    token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text).group(1)
+    assert client.post("/reconciliations", data={}, follow_redirects=False).status_code == 403
+    started = client.post("/reconciliations", data={"csrf_token": token}, follow_redirects=False)
+    assert started.status_code == 303, started.text
+    run_id = int(started.headers["location"].rsplit("=", 1)[1])
+    assert f"Run {run_id} started" in client.get(started.headers["location"]).text
+    jobs.drain()
+    run = runs.by_id(db.engine, run_id)
+    assert (run.status, run.trigger) == ("done", "api")
+    assert {line.account_id: line.result for line in reconcile.results(db.engine, run_id)}["rec-page"] == "matched"
+    assert f'data-run="{run_id}"' in client.get("/reconciliations").text

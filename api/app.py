@@ -8,10 +8,12 @@ from typing import Any
 
 import sqlalchemy as sa
 from litestar import Litestar, Response, get
+from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.routes import HTTPRoute
 
 from api import pages
 from api.auth import KeyStore
@@ -23,6 +25,7 @@ from api.controllers.reconciliations import ReconciliationController
 from api.controllers.reports import ReportController
 from api.controllers.webhooks import ml_engine_webhook
 from api.errors import HANDLERS, document_error_answers
+from api.openapi import state_the_rules
 from api.params import LedgerDep
 from api.requests import ExactJsonRequest
 from integration.intake import GroupCommit
@@ -74,6 +77,31 @@ def prometheus_metrics_v1() -> Response[bytes]:
     return prometheus_metrics.fn()
 
 
+def _allow_middleware(app: Any) -> Any:
+    """Answer OPTIONS with every method of the resource in `Allow`. litestar makes a path's OPTIONS handler when the
+    first of its routes is registered and merges the others in afterwards, so its Allow listed only some of them
+    (OPTIONS /api/v1/reconciliations: "GET, OPTIONS", without POST)."""
+    methods: dict[str, str] = {}
+
+    async def middleware(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") != "OPTIONS":
+            await app(scope, receive, send)
+            return
+        if not methods:
+            methods.update({route.path_format: ", ".join(sorted(route.methods)) for route in scope["app"].routes
+                            if isinstance(route, HTTPRoute)})
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            allow = methods.get(scope.get("path_template", ""))
+            if message["type"] == "http.response.start" and message["status"] == 204 and allow:
+                message["headers"] = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
+                message["headers"].append((b"allow", allow.encode()))
+            await send(message)
+
+        await app(scope, receive, send_wrapper)
+    return middleware
+
+
 def _timing_middleware(app: Any) -> Any:
     async def middleware(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -118,7 +146,7 @@ def create_app(ledger: Ledger, settings: Settings, *, readiness: dict[str, Calla
                      "jobs": jobs, "webhooks": webhooks}),
         exception_handlers=HANDLERS,
         logging_config=None,  # logs are JSON lines, configured once by invledger.logs
-        middleware=[_timing_middleware],
+        middleware=[_timing_middleware, _allow_middleware],
         template_config=pages.TEMPLATE_CONFIG,
         request_max_body_size=REQUEST_BODY_MAX_BYTES,
         request_class=ExactJsonRequest,
@@ -132,4 +160,6 @@ def create_app(ledger: Ledger, settings: Settings, *, readiness: dict[str, Calla
             security=[{"bearer": []}]),
     )
     document_error_answers(app.openapi_schema)
+    # The document as served is the plugin's cached dict of that object: the rules are stated there, once.
+    state_the_rules(app.plugins.get(OpenAPIPlugin).provide_openapi_schema())
     return app

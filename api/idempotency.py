@@ -24,9 +24,17 @@ KEY_LENGTH_MAX = 255
 def require_key(value: str | None) -> str:
     if value is None or not value.strip():
         raise ApiError(400, "missing_idempotency_key", "send an Idempotency-Key header (a unique string per request)")
-    if len(value) > KEY_LENGTH_MAX:
+    return check_key(value)
+
+
+def check_key(value: str) -> str:
+    """A key as the OpenAPI document states it (api.openapi): 1 to KEY_LENGTH_MAX visible ASCII characters."""
+    key = value.strip()
+    if len(key) > KEY_LENGTH_MAX:
         raise ApiError(400, "invalid_idempotency_key", f"Idempotency-Key is longer than {KEY_LENGTH_MAX} characters")
-    return value.strip()
+    if not key or not all("!" <= ch <= "~" for ch in key):
+        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be visible ASCII characters (no spaces)")
+    return key
 
 
 def once(ledger: Ledger, scope: str, key: str, request: object,

@@ -3,15 +3,25 @@ and the optional query-string parameters."""
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import Annotated, TypeAlias
 
 from litestar.di import NamedDependency
-from litestar.params import FromQuery
+from litestar.params import FromQuery, Parameter
 
 from invledger.config import Settings
 from ledger import Ledger
+from ledger.model import ACCOUNT_ID_PATTERN, LEDGER_ACCOUNT_PATTERN
+
+BIGINT_MAX = 2**63 - 1  # PostgreSQL bigint: every id and id cursor
 
 LedgerDep: TypeAlias = NamedDependency[Ledger]
 SettingsDep: TypeAlias = NamedDependency[Settings]
 QueryText: TypeAlias = FromQuery[str | None]
 QueryInt: TypeAlias = FromQuery[int | None]
+# Cursors and filters checked as the OpenAPI document states them (api.openapi): a value no page ever gave out is
+# a 422, not an empty page.
+AccountIdQuery: TypeAlias = Annotated[str | None, Parameter(pattern=ACCOUNT_ID_PATTERN)]
+LedgerAccountQuery: TypeAlias = Annotated[str | None, Parameter(pattern=LEDGER_ACCOUNT_PATTERN)]
+# An id cursor; 0 (the default) is the first page. Not Optional: litestar reads "null" as None for an optional
+# parameter, so `?cursor=null` would have been a first page where the document says "an integer".
+IdCursorQuery: TypeAlias = Annotated[int, Parameter(ge=0, le=BIGINT_MAX)]

@@ -51,7 +51,7 @@ from ledger.model import (
     TrialBalanceRow,
 )
 from ledger.money import Money, parse_amount, scale_of
-from ledger.times import ONE_MICROSECOND
+from ledger.times import ONE_MICROSECOND, just_before
 
 T = TypeVar("T")
 
@@ -589,7 +589,7 @@ class Ledger:
         account = self.resolve([name])[name]
         # An open-ended statement ends now: an entry dated a little ahead (clock skew) is not in it yet.
         end = _aware(end) if end is not None else datetime.now(UTC)
-        after = _decode_cursor(cursor) if cursor else None
+        after = decode_cursor(cursor) if cursor else None
 
         def read(tx: Tx) -> Statement:
             c = tx.connection
@@ -602,7 +602,7 @@ class Ledger:
                     {"id": account.id, "before": at - ONE_MICROSECOND, "at": at, "seq": seq}).scalar_one()
             elif start is not None:
                 opening_minor = c.execute(sa.text("SELECT ledger_balance_as_of(:id, :at)"),
-                                          {"id": account.id, "at": _aware(start) - ONE_MICROSECOND}).scalar_one()
+                                          {"id": account.id, "at": just_before(_aware(start))}).scalar_one()
             else:
                 opening_minor = 0
             rows = c.execute(sa.text("""
@@ -628,7 +628,7 @@ class Ledger:
                     recorded_at=row.recorded_at, kind=row.kind, memo=row.memo, side=row.side,
                     amount=Money(minor=row.amount_minor, currency=account.currency),
                     balance=Money(minor=running, currency=account.currency)))
-            next_cursor = _encode_cursor(rows[-1].effective_at, rows[-1].seq) if more else None
+            next_cursor = encode_cursor(rows[-1].effective_at, rows[-1].seq) if more else None
             return Statement(account=name, currency=account.currency, start=_aware_or_none(start),
                              end=end or datetime.now(UTC),
                              opening_balance=Money(minor=opening_minor * sign, currency=account.currency),
@@ -788,12 +788,13 @@ def _limit(limit: int) -> int:
     return max(1, min(int(limit), PAGE_LIMIT_MAX))
 
 
-def _encode_cursor(at: datetime, seq: int) -> str:
+def encode_cursor(at: datetime, seq: int) -> str:
+    """A page cursor: `<microseconds since 1970>.<sequence>` (opaque to clients; api.openapi states its pattern)."""
     micros = int((at - datetime(1970, 1, 1, tzinfo=UTC)) / ONE_MICROSECOND)
     return f"{micros}.{seq}"
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, int]:
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         micros, seq = (int(part) for part in cursor.split("."))
         return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros), seq

@@ -14,6 +14,8 @@ from ledger.money import Money
 # API's and the engine's schemas take them from here; tests/ledger/test_limits.py holds them to the live CHECKs.
 ACCOUNT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 PRODUCT_ID_LENGTH_MAX = 128
+# A ledger account's name, as the CHECK on ledger_account.name has it (migration 0001).
+LEDGER_ACCOUNT_PATTERN = r"^(assets|liabilities|equity|income|expenses):[a-z-]+(:[A-Za-z0-9_.-]+)?$"
 AGENT_TYPE_LENGTH_MAX = 64
 
 Side = Literal["D", "C"]

@@ -25,7 +25,7 @@ from ledger.book import Ledger
 from ledger.errors import InvalidEntry, UnknownAccount
 from ledger.model import AccountType
 from ledger.money import Money
-from ledger.times import ONE_MICROSECOND, end_of_day, start_of_day
+from ledger.times import end_of_day, just_before, start_of_day
 
 RETURN_PLACES = 8
 PAGE_LIMIT_MAX = 1000
@@ -282,7 +282,7 @@ def income_statement(ledger: Ledger, start: datetime | None, end: datetime | Non
                           ELSE ledger_balance_as_of(a.id, CAST(:before AS timestamptz)) END AS change_minor
               FROM ledger_account a WHERE a.type IN ('income', 'expense')
              ORDER BY a.currency, a.name"""),
-            {"end": end, "before": start - ONE_MICROSECOND if start else None}).all()
+            {"end": end, "before": just_before(start) if start else None}).all()
     by_currency: dict[str, list[sa.Row]] = {}
     for row in rows:
         by_currency.setdefault(row.currency, []).append(row)
@@ -320,7 +320,7 @@ def performance(ledger: Ledger, account_id: str, start: date | None = None, end:
         today = head.now.astimezone(UTC).date()
         end = min(end or today, today)  # days that have not happened yet have no performance
         if start is None:
-            start = end - timedelta(days=PERFORMANCE_DAYS_DEFAULT - 1)
+            start = date.fromordinal(max(1, end.toordinal() - (PERFORMANCE_DAYS_DEFAULT - 1)))
             if head.first_at is not None:
                 start = min(end, max(start, head.first_at.astimezone(UTC).date()))
         if end < start:
@@ -330,7 +330,7 @@ def performance(ledger: Ledger, account_id: str, start: date | None = None, end:
             raise InvalidEntry(f"a performance period is at most {PERFORMANCE_DAYS_MAX} days; this one is {days}")
         dates = [start + timedelta(days=i) for i in range(days)]
         sign = chart.normal_sign(head.type)
-        ats = [start_of_day(start) - ONE_MICROSECOND] + [end_of_day(d) for d in dates]
+        ats = [just_before(start_of_day(start))] + [end_of_day(d) for d in dates]
         balances = [int(row.b) * sign for row in c.execute(sa.text("""
             SELECT ledger_balance_as_of(:id, t.at) AS b FROM unnest(CAST(:ats AS timestamptz[]))
                    WITH ORDINALITY AS t(at, n) ORDER BY t.n"""), {"id": head.ledger_id, "ats": ats})]

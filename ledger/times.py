@@ -17,6 +17,12 @@ def end_of_day(day: date) -> datetime:
     return start_of_day(day + timedelta(days=1)) - ONE_MICROSECOND
 
 
+def just_before(at: datetime) -> datetime:
+    """The instant before `at` (an opening balance is the balance just before the period). Nothing is kept before
+    the first representable instant, so that one is its own "before" (an `as_of`/`from` of 0001-01-01 was a 500)."""
+    return at if at <= datetime.min.replace(tzinfo=UTC) else at - ONE_MICROSECOND
+
+
 _last_instant = end_of_day  # inside parse_time, its keyword `end_of_day` hides the function
 
 
@@ -31,10 +37,16 @@ def parse_time(text: str, *, end_of_day: bool = False) -> datetime:
     try:
         if len(text) == 10:
             day = date.fromisoformat(text)
+            if end_of_day and day == date.max:
+                return datetime.max.replace(tzinfo=UTC)
             return _last_instant(day) if end_of_day else start_of_day(day)
-        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        # RFC 3339 §5.6 allows a lowercase t and z.
+        at = datetime.fromisoformat(text[:10] + text[10:].replace("t", "T", 1).replace("z", "Z").replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"{text!r} is not a YYYY-MM-DD date or an RFC 3339 time") from None
     if at.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone (add Z for UTC)")
-    return at.astimezone(UTC)
+    try:
+        return at.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 or 9999-12-31T23:59-01:00: before or after every instant kept
+        return datetime.min.replace(tzinfo=UTC) if at.year == 1 else datetime.max.replace(tzinfo=UTC)

@@ -12,7 +12,7 @@ from api import idempotency, tabular
 from api.auth import require_role
 from api.errors import ApiError
 from api.formats import respond
-from api.params import LedgerDep, QueryText, SettingsDep
+from api.params import AccountIdQuery, LedgerDep, QueryText, SettingsDep
 from api.schemas import (
     CreateAccount,
     IdempotencyKey,
@@ -52,7 +52,7 @@ class AccountController(Controller):
         return Response(account_out(account), status_code=201 if created else 200)
 
     @get("/", sync_to_thread=True, summary="List investment accounts (cursor pagination by account id)")
-    def list(self, ledger: LedgerDep, status: QueryText = None, cursor: QueryText = None,
+    def list(self, ledger: LedgerDep, status: QueryText = None, cursor: AccountIdQuery = None,
              limit: int = Parameter(default=LIMIT_DEFAULT, ge=1, le=1000)) -> dict[str, Any]:
         if status is not None and status not in ("active", "paused", "closed"):
             raise ApiError(422, "invalid", "status must be active, paused or closed")

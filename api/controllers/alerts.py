@@ -11,7 +11,7 @@ from api import tabular, views
 from api.auth import require_role
 from api.errors import ApiError
 from api.formats import respond
-from api.params import LedgerDep, QueryInt, QueryText
+from api.params import IdCursorQuery, LedgerDep, QueryText
 from integration import alerts
 from ledger import Ledger
 
@@ -32,7 +32,7 @@ def alerts_page(ledger: Ledger, status: str | None, cursor: int | None, limit: i
     """A page of alerts, newest first: the body of GET /alerts (and `invledger report alerts`)."""
     if status is not None and status not in views.ALERT_STATUSES:
         raise ApiError(422, "invalid", "status must be open, acknowledged or resolved")
-    rows = views.alerts(ledger.engine, status=status, after=cursor, limit=limit)
+    rows = views.alerts(ledger.engine, status=status, after=cursor or None, limit=limit)  # 0: the newest first
     return {"items": [tabular.alert_out(r) for r in rows],
             "next_cursor": rows[-1]["id"] if len(rows) == limit else None}
 
@@ -43,7 +43,7 @@ class AlertController(Controller):
     guards = [require_role]
 
     @get("/", sync_to_thread=True, summary="Alerts, newest first (status open|acknowledged|resolved)")
-    def list(self, request: Request, ledger: LedgerDep, status: QueryText = None, cursor: QueryInt = None,
+    def list(self, request: Request, ledger: LedgerDep, status: QueryText = None, cursor: IdCursorQuery = 0,
              limit: int = Parameter(default=100, ge=1, le=1000)) -> Response:
         return respond(request, alerts_page(ledger, status, cursor, limit), tabular.alert_rows,
                        headers=tabular.ALERT_HEADERS, filename="alerts")

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from litestar import Controller, Response, get, post
 from litestar.params import FromPath, JSONBody, Parameter
 
+from api import idempotency
 from api.auth import require_role
-from api.errors import ApiError
-from api.params import LedgerDep, QueryText
+from api.params import AccountIdQuery, LedgerDep, QueryText
 from api.schemas import IdempotencyKey, PeriodStart, ReversalRequest, entry_out, parse_time
+from ledger.book import decode_cursor, encode_cursor
 
 
-def _cursor(cursor: str | None):
-    if not cursor:
-        return None
-    from datetime import UTC, datetime
-
-    try:
-        at, entry_id = cursor.rsplit("_", 1)
-        return datetime.fromisoformat(at).astimezone(UTC), int(entry_id)
-    except ValueError:
-        raise ApiError(422, "invalid", f"cursor {cursor!r} is not one this API gave out") from None
+def _cursor(cursor: str | None) -> tuple[datetime, int] | None:
+    return decode_cursor(cursor) if cursor else None
 
 
 class JournalController(Controller):
@@ -31,7 +25,7 @@ class JournalController(Controller):
     guards = [require_role]
 
     @get("/", sync_to_thread=True, summary="Entries in effective-time order")
-    def list(self, ledger: LedgerDep, account: QueryText = None,
+    def list(self, ledger: LedgerDep, account: AccountIdQuery = None,
              from_: PeriodStart = None,
              to: QueryText = None, cursor: QueryText = None,
              limit: int = Parameter(default=100, ge=1, le=1000)) -> dict[str, Any]:
@@ -39,7 +33,7 @@ class JournalController(Controller):
                                  end=parse_time(to, "to", end_of_day=True), after=_cursor(cursor), limit=limit)
         last = entries[-1] if len(entries) == limit else None
         return {"items": [entry_out(e) for e in entries],
-                "next_cursor": f"{last.effective_at.isoformat()}_{last.id}" if last else None}
+                "next_cursor": encode_cursor(last.effective_at, last.id) if last else None}
 
     @get("/{entry_id:int}", sync_to_thread=True)
     def read(self, entry_id: FromPath[int], ledger: LedgerDep) -> dict[str, Any]:
@@ -50,8 +44,8 @@ class JournalController(Controller):
     def reverse(self, entry_id: FromPath[int], data: JSONBody[ReversalRequest], ledger: LedgerDep,
                 idempotency_key: IdempotencyKey = None,
                 ) -> Response[dict[str, Any]]:
+        key = idempotency.check_key(idempotency_key) if idempotency_key is not None else None
         posted = ledger.reverse(entry_id, reason=data.reason,
-                                idempotency_key=(f"api:reversal:{entry_id}:{idempotency_key}"
-                                                 if idempotency_key else None))
+                                idempotency_key=f"api:reversal:{entry_id}:{key}" if key else None)
         return Response({"entry_id": posted.entry_id, "reverses_entry_id": entry_id, "replayed": posted.replayed},
                         status_code=201)

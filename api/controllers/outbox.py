@@ -9,7 +9,7 @@ from litestar.params import FromPath, Parameter
 
 from api.auth import require_role
 from api.errors import ApiError
-from api.params import LedgerDep, QueryInt, QueryText
+from api.params import IdCursorQuery, LedgerDep, QueryText
 from integration import outbox
 from ledger.times import rfc3339
 
@@ -25,7 +25,7 @@ class OutboxController(Controller):
     guards = [require_role]
 
     @get("/", sync_to_thread=True, opt={"role": "operator"}, summary="Outbox rows (status pending|delivered|dead)")
-    def list(self, ledger: LedgerDep, status: QueryText = None, cursor: QueryInt = None,
+    def list(self, ledger: LedgerDep, status: QueryText = None, cursor: IdCursorQuery = 0,
              limit: int = Parameter(default=100, ge=1, le=1000)) -> dict[str, Any]:
         if status is not None and status not in ("pending", "delivered", "dead"):
             raise ApiError(422, "invalid", "status must be pending, delivered or dead")

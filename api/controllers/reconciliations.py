@@ -17,7 +17,7 @@ from api import tabular, views
 from api.auth import require_role
 from api.errors import ApiError
 from api.formats import respond
-from api.params import LedgerDep, QueryInt, QueryText, SettingsDep
+from api.params import AccountIdQuery, IdCursorQuery, LedgerDep, QueryText, SettingsDep
 from integration import reconcile, runs
 from ledger import Ledger
 
@@ -43,7 +43,7 @@ views.use_reconciliation_reader(_reader)
 
 def runs_page(ledger: Ledger, cursor: int | None, limit: int) -> dict[str, Any]:
     """A page of runs, newest first: the body of GET /reconciliations (and `invledger report reconciliations`)."""
-    found = runs.listing(ledger.engine, "reconcile", before=cursor, limit=limit)
+    found = runs.listing(ledger.engine, "reconcile", before=cursor or None, limit=limit)  # 0: the newest first
     return {"items": [tabular.run_out(r) for r in found], "next_cursor": found[-1].id if len(found) == limit else None}
 
 
@@ -74,7 +74,7 @@ class ReconciliationController(Controller):
         return tabular.run_out(run)
 
     @get("/", sync_to_thread=True, summary="Reconciliation runs, newest first (JSON or CSV)")
-    def list(self, request: Request, ledger: LedgerDep, cursor: QueryInt = None,
+    def list(self, request: Request, ledger: LedgerDep, cursor: IdCursorQuery = 0,
              limit: int = Parameter(default=RUNS_PAGE_DEFAULT, ge=1, le=100)) -> Response:
         return respond(request, runs_page(ledger, cursor, limit), tabular.run_rows, headers=tabular.RUN_HEADERS,
                        filename="reconciliations")
@@ -82,7 +82,7 @@ class ReconciliationController(Controller):
     @get("/{run_id:int}", sync_to_thread=True,
          summary="One run with its per-account results (result=matched|break|engine_unavailable|…; JSON or CSV)")
     def detail(self, request: Request, ledger: LedgerDep, run_id: FromPath[int], result: QueryText = None,
-               cursor: QueryText = None, limit: int = Parameter(default=RESULTS_PAGE_DEFAULT, ge=1, le=1000),
+               cursor: AccountIdQuery = None, limit: int = Parameter(default=RESULTS_PAGE_DEFAULT, ge=1, le=1000),
                ) -> Response:
         return respond(request, run_page(ledger, run_id, result, cursor, limit), tabular.result_rows,
                        headers=tabular.RESULT_HEADERS, filename=f"reconciliation-{run_id}")

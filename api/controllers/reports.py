@@ -13,7 +13,7 @@ from litestar.params import FromPath, Parameter
 from api import tabular
 from api.auth import require_role
 from api.formats import respond
-from api.params import LedgerDep, QueryText
+from api.params import LedgerAccountQuery, LedgerDep, QueryText
 from api.schemas import PeriodStart, parse_time
 from ledger import reports
 
@@ -33,7 +33,8 @@ class ReportController(Controller):
 
     @get("/reports/trial-balance", sync_to_thread=True,
          summary="Every ledger account's debit or credit balance as of a time, with per-currency totals")
-    def trial_balance(self, request: Request, ledger: LedgerDep, as_of: QueryText = None, cursor: QueryText = None,
+    def trial_balance(self, request: Request, ledger: LedgerDep, as_of: QueryText = None,
+                      cursor: LedgerAccountQuery = None,
                       limit: int = Parameter(default=PAGE_LIMIT_DEFAULT, ge=1, le=reports.PAGE_LIMIT_MAX),
                       ) -> Response:
         page = reports.trial_balance(ledger, parse_time(as_of, "as_of", end_of_day=True), after=cursor, limit=limit)

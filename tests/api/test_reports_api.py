@@ -43,6 +43,20 @@ def test_reports_need_a_key_and_refuse_bad_times(client, keys) -> None:
     assert reversed_period.status_code == 422
 
 
+@pytest.mark.parametrize("query", [
+    "performance?to=0001-01-01", "performance?from=0001-01-01&to=0001-01-31", "statement?from=0001-01-01",
+    "statement?to=9999-12-31", "balance?as_of=9999-12-31", "balance?as_of=0001-01-01T00:00:00%2B01:00",
+    "balance?as_of=9999-12-31T23:59:59-01:00", "balance?as_of=2026-01-01t00:00:00z"])
+def test_the_edges_of_time_are_answers_not_500s(client, keys, query) -> None:
+    """Found by schemathesis: the day before 0001-01-01 and the instant after 9999-12-31 do not exist (issue 16)."""
+    account_id = open_account(client, keys)
+    answer = client.get(f"/api/v1/accounts/{account_id}/{query}", headers=auth(keys["finance"]))
+    assert answer.status_code == 200, answer.text
+    for report in ("income-statement?from=0001-01-01", "trial-balance?as_of=9999-12-31",
+                   "balance-sheet?as_of=0001-01-01"):
+        assert client.get(f"/api/v1/reports/{report}", headers=auth(keys["finance"])).status_code == 200, report
+
+
 def test_trial_balance_json_csv_and_the_core_agree(client, keys, ledger: Ledger, engine: sa.Engine) -> None:
     open_account(client, keys, "321.09")
     body = get(client, keys, "/api/v1/reports/trial-balance")

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from api.schemas import CreateAccount
 from integration.engine_api import CreateAccountRequest
-from ledger.model import ACCOUNT_ID_PATTERN
+from ledger.model import ACCOUNT_ID_PATTERN, LEDGER_ACCOUNT_PATTERN
 
 
 def _checks(engine: sa.Engine, table: str) -> list[str]:
@@ -55,6 +55,7 @@ def test_schemas_take_the_database_checks(engine: sa.Engine) -> None:
             assert (field.min_length, field.max_length) == (low, high), (struct.__name__, column, low, high)
     for struct in (CreateAccount, CreateAccountRequest):
         assert _field(struct, "account_id").pattern == ACCOUNT_ID_PATTERN
+    assert _pattern(_checks(engine, "ledger_account"), "name") == LEDGER_ACCOUNT_PATTERN
 
 
 def test_one_past_each_limit_is_a_422_not_a_500(engine: sa.Engine, ledger) -> None:

@@ -27,7 +27,7 @@ DECIMAL_TEXT = r"^[0-9]{1,15}(\.[0-9]{1,18})?$"
 # Statement and journal cursors: `<microseconds since 1970>.<sequence>` (ledger.book.encode_cursor), opaque to
 # clients; the digits bound keeps every value a representable time.
 CURSOR_PATTERN = r"^(-?[0-9]{1,16}|[0-9]{17})\.[0-9]{1,18}$"
-IDEMPOTENCY_KEY_PATTERN = r"^[!-~]+$"  # visible ASCII: what a header can carry unchanged
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]([ -~]*[!-~])?$"  # printable ASCII, no space at either end (HTTP strips those)
 
 _TIME = {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}],
          "description": "a UTC day (YYYY-MM-DD) or an RFC 3339 time"}

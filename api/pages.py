@@ -44,7 +44,7 @@ from ledger.errors import LedgerError
 from ledger.times import rfc3339
 
 HERE = Path(__file__).parent
-COOKIE = "invledger_key"
+COOKIE = "invledger_session"  # a server-side session's random id (api.auth.KeyStore.open_session), never the key
 SESSION_MAX_AGE_S = 8 * 3600
 ACCOUNTS_PAGE_SIZE = 50
 TRIAL_BALANCE_PAGE_SIZE = 200
@@ -92,8 +92,9 @@ class PageForbidden(Exception):
         super().__init__(f"this needs the {needed} role; you are signed in as {role}")
 
 
-def csrf_token(key: str) -> str:
-    return hmac.new(hashlib.sha256(key.encode()).digest(), b"invledger-pages-csrf-v1", hashlib.sha256).hexdigest()
+def csrf_token(session_id: str) -> str:
+    return hmac.new(hashlib.sha256(session_id.encode()).digest(), b"invledger-pages-csrf-v1",
+                    hashlib.sha256).hexdigest()
 
 
 def _same_origin(request: Request) -> bool:
@@ -116,11 +117,11 @@ async def _check_post(request: Request) -> dict[str, Any]:
 
 
 async def page_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
-    key = connection.cookies.get(COOKIE)
-    if not key:
+    session_id = connection.cookies.get(COOKIE)
+    if not session_id:
         raise LoginRequired()
     store: KeyStore = connection.app.state.key_store
-    found = await to_thread.run_sync(store.role_of, key)
+    found = await to_thread.run_sync(store.session, session_id)
     if found is None:
         raise LoginRequired()
     role, prefix = found
@@ -128,7 +129,7 @@ async def page_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> N
     if RANK[role] < RANK[needed]:
         raise PageForbidden(needed, role)
     state = connection.scope.setdefault("state", {})
-    state.update(principal=f"{role}:{prefix}", role=role, csrf_token=csrf_token(key))
+    state.update(principal=f"{role}:{prefix}", role=role, csrf_token=csrf_token(session_id))
 
 
 def _safe_next(target: str | None) -> str:
@@ -177,11 +178,11 @@ async def login(request: Request) -> Response:
     if not _same_origin(request):
         raise ApiError(403, "csrf", "sign in from this site's login page")
     store: KeyStore = request.app.state.key_store
-    found = await to_thread.run_sync(store.role_of, key) if key else None
-    if found is None:
-        return _page(request, "login.html", 401, next=target, error="That key is unknown or revoked.")
+    session_id = await to_thread.run_sync(store.open_session, key, SESSION_MAX_AGE_S) if key else None
+    if session_id is None:
+        return _page(request, "login.html", 401, next=target, error="That key is unknown, expired or revoked.")
     response = Redirect(path=target, status_code=303, headers=SECURITY_HEADERS)
-    response.set_cookie(key=COOKIE, value=key, max_age=SESSION_MAX_AGE_S, path="/", httponly=True,
+    response.set_cookie(key=COOKIE, value=session_id, max_age=SESSION_MAX_AGE_S, path="/", httponly=True,
                         samesite="strict", secure=request.url.scheme == "https")
     return response
 
@@ -189,6 +190,8 @@ async def login(request: Request) -> Response:
 @post("/logout", include_in_schema=False, guards=[page_guard])
 async def logout(request: Request) -> Response:
     await _check_post(request)
+    store: KeyStore = request.app.state.key_store
+    await to_thread.run_sync(store.close_session, request.cookies.get(COOKIE, ""))
     response = Redirect(path="/login", status_code=303, headers=SECURITY_HEADERS)
     response.delete_cookie(key=COOKIE, path="/")
     return response

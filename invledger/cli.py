@@ -376,14 +376,45 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_apikey(args: argparse.Namespace) -> int:
-    from api.auth import create_key
+    from api import auth
 
     rt = _runtime(args)
-    key = create_key(rt.engine, args.role, args.name or "")
-    rt.close()
-    print(f"created a {args.role} API key; it is shown only now and stored only hashed:", file=sys.stderr)
-    print(key)
+    try:
+        if args.action == "create":
+            if not args.role:
+                raise CliError("apikey create needs --role finance|operator|admin")
+            expires_at = datetime.now(UTC) + timedelta(days=args.expires_in_days) if args.expires_in_days else None
+            key = auth.create_key(rt.engine, args.role, args.name or "", expires_at=expires_at)
+            print(f"created a {args.role} API key{f' expiring {rfc3339(expires_at)}' if expires_at else ''}; "
+                  "it is shown only now and stored only hashed:", file=sys.stderr)
+            print(key)
+        elif args.action == "list":
+            emit_table([{"prefix": k.prefix, "role": k.role, "name": k.name, "created_at": rfc3339(k.created_at),
+                         "expires_at": rfc3339(k.expires_at) or "", "last_used_at": rfc3339(k.last_used_at) or "",
+                         "revoked_at": rfc3339(k.revoked_at) or ""} for k in auth.list_keys(rt.engine)], args.format)
+        elif args.action == "revoke":
+            if not auth.revoke_key(rt.engine, _prefix(args)):
+                raise CliError(f"no unrevoked key with prefix {args.prefix!r}")
+            print(f"revoked {args.prefix}; the API refuses it within {auth.KEY_CACHE_TTL_S:g} s, its page sessions "
+                  "at once", file=sys.stderr)
+        else:  # rotate
+            try:
+                key = auth.rotate_key(rt.engine, _prefix(args), grace=timedelta(seconds=args.grace_s))
+            except LookupError as error:
+                raise CliError(str(error)) from None
+            print(f"the old key {args.prefix} stops working "
+                  f"{f'in {args.grace_s} s' if args.grace_s else 'now'}; the new one, shown only now:",
+                  file=sys.stderr)
+            print(key)
+    finally:
+        rt.close()
     return 0
+
+
+def _prefix(args: argparse.Namespace) -> str:
+    if not args.prefix:
+        raise CliError(f"apikey {args.action} needs the key's prefix (the part after ilk_, see apikey list)")
+    return args.prefix.removeprefix("ilk_").split("_")[0]
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -466,10 +497,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RFC 3339 time, or a date meaning the end of that UTC day (default: everything)")
     p.add_argument("--output", "-o", help="file to write (default: standard output)")
 
-    p = add("apikey", cmd_apikey, "Create an API key (printed alone on the last line, shown once).")
-    p.add_argument("action", choices=("create",))
-    p.add_argument("--role", choices=("finance", "operator", "admin"), required=True)
-    p.add_argument("--name", help="a label for the key (who or what uses it)")
+    p = add("apikey", cmd_apikey, "API keys: create (printed alone on the last line, shown once), list, revoke, "
+                                  "rotate (a new key with the same role; printed alone on the last line).")
+    p.add_argument("action", choices=("create", "list", "revoke", "rotate"))
+    p.add_argument("prefix", nargs="?", help="revoke, rotate: the key's prefix (as apikey list shows it)")
+    p.add_argument("--role", choices=("finance", "operator", "admin"), help="create: the key's role")
+    p.add_argument("--name", help="create: a label for the key (who or what uses it)")
+    p.add_argument("--expires-in-days", type=int, metavar="DAYS", help="create: the key expires after DAYS days")
+    p.add_argument("--grace-s", type=int, default=0, metavar="SECONDS",
+                   help="rotate: the old key keeps working this long (default 0: it stops at once)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="list: output format")
 
     p = add("reconcile", cmd_reconcile, "Reconcile every open account against the engine now (or the nightly "
                                          "run of --date, once), with progress; list the problems.")

@@ -65,7 +65,13 @@ def test_deposit_idempotency(client, keys) -> None:
     assert conflict.status_code == 409 and conflict.json()["error"] == "idempotency_conflict"
     missing = client.post(url, headers=auth(keys["operator"]), json={"amount": "1"})
     assert missing.status_code == 400
-    assert client.get(f"/api/v1/accounts/{account_id}", headers=auth(keys["finance"])).json()["balance"] == "1010.25"
+    spaced = client.post(url, headers={**auth(keys["operator"]), "Idempotency-Key": "wire 2 of 3"},
+                         json={"amount": "1"})
+    assert spaced.status_code == 201
+    for bad in ("é".encode("latin-1"), b"a\x01b", b"k" * 256):
+        refused = client.post(url, headers={**auth(keys["operator"]), "Idempotency-Key": bad}, json={"amount": "1"})
+        assert (refused.status_code, refused.json()["error"]) == (400, "invalid_idempotency_key"), bad
+    assert client.get(f"/api/v1/accounts/{account_id}", headers=auth(keys["finance"])).json()["balance"] == "1011.25"
 
 
 def test_bad_amounts_are_422_and_change_nothing(client, keys) -> None:

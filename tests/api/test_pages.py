@@ -61,11 +61,13 @@ def test_pages_redirect_to_login_and_login_sets_a_safe_cookie(client, keys) -> N
     assert form.status_code == 200 and 'name="api_key"' in form.text
     assert "frame-ancestors 'none'" in form.headers["content-security-policy"]
     bad = client.post("/login", data={"api_key": "ilk_nothere_bogus", "next": "/"}, follow_redirects=False)
-    assert bad.status_code == 401 and "unknown or revoked" in bad.text and "set-cookie" not in bad.headers
+    assert bad.status_code == 401 and "unknown, expired or revoked" in bad.text and "set-cookie" not in bad.headers
     good = client.post("/login", data={"api_key": keys["finance"], "next": "//evil.example/"}, follow_redirects=False)
     assert good.status_code == 303 and good.headers["location"] == "/"  # no open redirect
     cookie = good.headers["set-cookie"].lower()
-    assert "invledger_key=" in cookie and "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
+    assert "invledger_session=" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    assert "path=/" in cookie
+    assert keys["finance"] not in good.headers["set-cookie"]  # a session id, never the key
     page = client.get("/")
     assert page.status_code == 200 and "Accounts" in page.text
     assert page.headers["cache-control"] == "no-store" and page.headers["x-frame-options"] == "DENY"

@@ -331,10 +331,31 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from integration import anchors
+    from ledger.chain import public_key_bytes
     from ledger.verify import verify
 
+    if args.public_key:
+        try:
+            public_key: bytes | None = bytes.fromhex(args.public_key)
+        except ValueError:
+            raise CliError("--public-key must be the 64 hex digits `invledger anchor public-key` prints") from None
+        if len(public_key) != 32:
+            raise CliError("--public-key must be the 64 hex digits `invledger anchor public-key` prints")
+    else:
+        key = anchors.audit_key(args.settings.audit_key, args.settings.data_dir, create=False)
+        public_key = public_key_bytes(key) if key else None
+    outside = None
+    if args.anchors:
+        try:
+            outside = anchors.read_anchors_file(Path(args.anchors))
+        except (OSError, ValueError) as error:
+            raise CliError(f"cannot read the anchors file {args.anchors}: {error}") from None
     rt = _runtime(args)
-    report = verify(rt.engine, progress=lambda name: print(f"checking {name} …", file=sys.stderr))
+    report = verify(rt.engine, progress=lambda name: print(f"checking {name} …", file=sys.stderr),
+                    public_key=public_key, outside_anchors=outside)
     rt.close()
     if args.format == "json":
         print(msgspec.json.encode(report).decode())
@@ -345,8 +366,39 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"  {'ok  ' if n == 0 else 'FAIL'}  {name}" + (f" ({n} findings)" if n else ""))
         for finding in report.findings:
             print(f"  - {finding.check}: {finding.detail}")
+        for note in report.notes:
+            print(f"  note: {note}")
         print("books are sound" if report.ok else "verification FAILED")
     return 0 if report.ok else 1
+
+
+def cmd_anchor(args: argparse.Namespace) -> int:
+    from integration import anchors
+    from ledger.chain import public_key_bytes
+
+    settings = args.settings
+    if args.action == "keygen":
+        print("a new audit key: set it as LEDGER_AUDIT_KEY where the ledger runs, keep it out of the database;",
+              file=sys.stderr)
+        print(anchors.new_key_text())
+        return 0
+    try:
+        key = anchors.audit_key(settings.audit_key, settings.data_dir, create=args.action == "make")
+    except anchors.AuditKeyError as error:
+        raise CliError(str(error)) from None
+    if key is None:
+        raise CliError("no audit key: set LEDGER_AUDIT_KEY (invledger anchor keygen makes one)")
+    if args.action == "public-key":
+        print(public_key_bytes(key).hex())
+        return 0
+    rt = _runtime(args)
+    try:
+        made = anchors.anchor(rt.engine, key, data_dir=settings.data_dir, alert_url=settings.alert_webhook_url,
+                              made_by="cli")
+    finally:
+        rt.close()
+    print(msgspec.json.encode(made.line()).decode())
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -471,6 +523,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("verify", cmd_verify, "Recompute every balance from the postings and check every invariant; "
                                   "exit 1 on any failure.")
     p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--anchors", metavar="FILE",
+                   help="an outside copy of the anchors file: each of its anchors must be in the database unchanged")
+    p.add_argument("--public-key", metavar="HEX",
+                   help="check anchor signatures with this Ed25519 public key (default: LEDGER_AUDIT_KEY's)")
+
+    p = add("anchor", cmd_anchor, "Sign every ledger account's hash-chain head with the audit key and store it, in "
+                                  "LEDGER_DATA_DIR/anchors.jsonl and at ALERT_WEBHOOK_URL too (make, the default); "
+                                  "keygen prints a new audit key; public-key prints the key auditors check with.")
+    p.add_argument("action", nargs="?", choices=("make", "keygen", "public-key"), default="make")
 
     p = add("report", cmd_report, "Print a report: trial-balance, balance-sheet, income-statement, "
                                   "balance ACCOUNT, statement ACCOUNT, performance ACCOUNT, "

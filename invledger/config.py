@@ -31,6 +31,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ml_engine_api_key: str
     ml_engine_webhook_secrets: tuple[str, ...]
     ml_engine_webhook_schemes: tuple[str, ...]
+    audit_key: str | None
     ml_engine_timeout_ms: int
     ml_engine_retry_attempts: int
     ml_engine_retry_delay_ms: int
@@ -104,6 +105,16 @@ def _schemes(value: str) -> tuple[str, ...]:
     return schemes
 
 
+def _audit_key(value: str) -> str:
+    from integration.anchors import AuditKeyError, parse_key
+
+    try:
+        parse_key(value)
+    except AuditKeyError as error:
+        raise ValueError(str(error)) from None
+    return value.strip()
+
+
 def _scales(value: str) -> str:
     from ledger.money import configure_scales
 
@@ -131,6 +142,7 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any], str | None]] = {
     "ML_ENGINE_API_KEY": ("ml_engine_api_key", _text, ""),
     "ML_ENGINE_WEBHOOK_SECRET": ("ml_engine_webhook_secrets", _secrets, None),
     "ML_ENGINE_WEBHOOK_SCHEMES": ("ml_engine_webhook_schemes", _schemes, "ml,standard"),
+    "LEDGER_AUDIT_KEY": ("audit_key", _audit_key, None),
     "ML_ENGINE_TIMEOUT_MS": ("ml_engine_timeout_ms", _int(1, 600_000), "30000"),
     "ML_ENGINE_RETRY_ATTEMPTS": ("ml_engine_retry_attempts", _int(1, 20), "3"),
     "ML_ENGINE_RETRY_DELAY_MS": ("ml_engine_retry_delay_ms", _int(0, 600_000), "1000"),
@@ -145,8 +157,10 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any], str | None]] = {
     "DB_STATEMENT_TIMEOUT_MS": ("db_statement_timeout_ms", _int(0, 3_600_000), "30000"),
     "LOG_LEVEL": ("log_level", _level, "INFO"),
 }
-_EMPTY_MEANS_UNSET = {"DATABASE_URL", "BROKER_URL", "ML_ENGINE_WEBHOOK_SECRET", "ALERT_WEBHOOK_URL"}
-SECRET_VARIABLES = frozenset({"ML_ENGINE_API_KEY", "ML_ENGINE_WEBHOOK_SECRET", "DATABASE_URL", "BROKER_URL"})
+_EMPTY_MEANS_UNSET = {"DATABASE_URL", "BROKER_URL", "ML_ENGINE_WEBHOOK_SECRET", "ALERT_WEBHOOK_URL", "LEDGER_AUDIT_KEY"}
+# ALERT_WEBHOOK_URL is a secret too: a chat webhook's URL carries its token.
+SECRET_VARIABLES = frozenset({"ML_ENGINE_API_KEY", "ML_ENGINE_WEBHOOK_SECRET", "DATABASE_URL", "BROKER_URL",
+                              "ALERT_WEBHOOK_URL", "LEDGER_AUDIT_KEY"})
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:

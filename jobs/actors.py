@@ -136,8 +136,19 @@ def notify_alerts() -> None:
         log.info("alerts sent", extra={"sent": sent})
 
 
+@dramatiq.actor(queue_name="ledger", max_retries=3, time_limit=PERIODIC_TIME_LIMIT_MS)
+def anchor_books() -> None:
+    """Sign the hash-chain heads (integration/anchors.py): daily, and whenever it runs (an anchor is cheap)."""
+    from integration import anchors
+
+    rt = context.runtime()
+    key = anchors.audit_key(rt.settings.audit_key, rt.settings.data_dir)
+    anchors.anchor(rt.engine, key, data_dir=rt.settings.data_dir, alert_url=rt.settings.alert_webhook_url,
+                   made_by="job:anchor_books")
+
+
 ALL = [deliver_outbox, sync_performance, reconcile, check_engine_health, distribute, checkpoint_balances,
-       notify_alerts]
+       notify_alerts, anchor_books]
 
 
 def enqueue(actor_name: str, **kwargs) -> None:

@@ -11,6 +11,8 @@ The timetable (UTC), as the issue and contract §8 ask:
 - the 1st of each month, 02:00: the previous month's distribution;
 - 00:10 daily: the month-end balance checkpoints that are due (one on the 1st; a no-op on other days
   unless one was missed, so it is its own catch-up);
+- 00:20 daily: an anchor of the hash chains (integration/anchors.py; an extra one is harmless, so a missed
+  day is taken up by the next);
 - continuously: outbox delivery (every 5 s) and alert notifications (every 30 s).
 
 Catch-ups. Each daily and monthly job is enqueued again later, for the *same period*: sync hourly at :30
@@ -78,6 +80,7 @@ def add_jobs(scheduler: BackgroundScheduler | BlockingScheduler) -> None:
     scheduler.add_job(enqueue_reconcile, "cron", hour=1, minute=0, id="reconcile", **periodic)
     scheduler.add_job(enqueue_health, "cron", minute="*/5", id="check_engine_health", **periodic)
     scheduler.add_job(enqueue_distribute, "cron", day=1, hour=2, minute=0, id="distribute", **periodic)
+    scheduler.add_job(_enqueue, "cron", hour=0, minute=20, args=["anchor_books"], id="anchor_books", **periodic)
     scheduler.add_job(_enqueue, "cron", hour=0, minute=10, args=["checkpoint_balances"], id="checkpoint_balances",
                       **periodic)
     scheduler.add_job(enqueue_sync, "cron", hour="1-23", minute=30, id=f"sync_performance_{CATCH_UP}", **periodic)

@@ -6,10 +6,12 @@ line a person can act on. An empty list from every check means the books are sou
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import msgspec
 import sqlalchemy as sa
+
+from ledger import chain
 
 FINDINGS_PER_CHECK_MAX = 20
 
@@ -156,10 +158,41 @@ def as_of_matches_recomputation(c: sa.Connection) -> list[str]:
                   FROM posting WHERE ledger_account_id = t.id AND effective_at <= t.at)""")]
 
 
+# The triggers that guard the books (migrations 0001-0010): each must exist and be enabled. A disabled one lets
+# rows change that must not; the hash chains show what changed, this check shows the door was opened.
+GUARD_TRIGGERS = {
+    "posting": ("posting_append_only", "posting_no_truncate", "posting_apply"),
+    "journal_entry": ("journal_entry_append_only", "journal_entry_no_truncate", "journal_entry_balanced"),
+    "account_event": ("account_event_append_only",),
+    "ledger_account": ("ledger_account_no_delete", "ledger_account_no_truncate", "ledger_account_guard_cache",
+                       "ledger_account_new_is_empty"),
+    "posting_batch": ("posting_batch_apply",),
+    "distribution": ("distribution_append_only", "distribution_no_truncate"),
+    "ledger_checkpoint": ("ledger_checkpoint_guard",),
+    "ledger_anchor": ("ledger_anchor_append_only", "ledger_anchor_no_truncate"),
+    "ledger_anchor_head": ("ledger_anchor_head_append_only", "ledger_anchor_head_no_truncate"),
+}
+
+
+def guards_enabled(c: sa.Connection) -> list[str]:
+    enabled = {(r.table, r.name): r.tgenabled for r in c.execute(sa.text("""
+        SELECT t.tgrelid::regclass::text AS table, t.tgname AS name, t.tgenabled::text AS tgenabled
+          FROM pg_trigger t WHERE NOT t.tgisinternal"""))}
+    problems = []
+    for table, names in GUARD_TRIGGERS.items():
+        for name in names:
+            state = enabled.get((table, name))
+            if state is None:
+                problems.append(f"trigger {name} on {table} is missing")
+            elif state not in ("O", "A"):
+                problems.append(f"trigger {name} on {table} is disabled ({state!r})")
+    return problems
+
+
 CHECKS: tuple[Callable[[sa.Connection], list[str]], ...] = (
     entries_balance, entries_have_two_legs, no_orphan_legs, cached_balances_match, running_balances_match,
     lateness_bounds_match, checkpoints_match, custody_equals_investors, books_balance, reversals_mirror,
-    as_of_matches_recomputation,
+    as_of_matches_recomputation, guards_enabled,
 )
 
 
@@ -168,10 +201,14 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     counts: dict[str, int]
     checks: dict[str, int]  # check -> number of findings (capped)
     findings: list[Finding]
+    notes: list[str] = []
 
 
-def verify(engine: sa.Engine, progress: Callable[[str], None] | None = None) -> Report:
-    """Run every check in one REPEATABLE READ snapshot, so concurrent writers cannot cause false alarms."""
+def verify(engine: sa.Engine, progress: Callable[[str], None] | None = None, *, public_key: bytes | None = None,
+           outside_anchors: Iterable[dict[str, object]] | None = None) -> Report:
+    """Run every check in one REPEATABLE READ snapshot, so concurrent writers cannot cause false alarms; then the
+    hash chains and anchors (`ledger.chain`), signatures checked with `public_key` (Ed25519, raw 32 bytes) and the
+    anchors compared with an outside copy of the anchors file when given."""
     findings: list[Finding] = []
     checks: dict[str, int] = {}
     with engine.connect() as connection:
@@ -187,5 +224,11 @@ def verify(engine: sa.Engine, progress: Callable[[str], None] | None = None) -> 
             found = check(connection)
             checks[check.__name__] = len(found)
             findings.extend(Finding(check.__name__, detail) for detail in found)
+        if progress:
+            progress("hash_chains_and_anchors")
+        chains = chain.check(connection, public_key=public_key, outside=outside_anchors)
+        checks["hash_chains_and_anchors"] = len(chains.findings)
+        findings.extend(Finding("hash_chains_and_anchors", detail) for detail in chains.findings)
+        counts["anchors"] = chains.anchors_checked
         connection.rollback()
-    return Report(ok=not findings, counts=counts, checks=checks, findings=findings)
+    return Report(ok=not findings, counts=counts, checks=checks, findings=findings, notes=chains.notes)

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger import AccountSpec, Ledger, Money, rules
+from ledger import AccountSpec, Ledger, Money, chain, rules
 from ledger import verify as verify_module
 from ledger.model import Statement
 from ledger.verify import verify
@@ -187,7 +187,8 @@ def test_verify_finds_nothing_on_healthy_books(ledger: Ledger, engine: sa.Engine
     ledger.reverse(entry.entry_id, reason="healthy")
     report = verify(engine)
     assert report.ok, report.findings
-    assert report.findings == [] and set(report.checks) == {c.__name__ for c in verify_module.CHECKS}
+    assert report.findings == [] and set(report.checks) == {c.__name__ for c in verify_module.CHECKS} | {
+        "hash_chains_and_anchors"}
     assert all(n == 0 for n in report.checks.values())
     with engine.connect() as connection:
         entries = connection.execute(sa.text("SELECT count(*) FROM journal_entry")).scalar_one()
@@ -201,22 +202,23 @@ def _damage_cases() -> list[tuple[str, str, set[str]]]:
          {"cached_balances_match", "books_balance", "custody_equals_investors"}),
         ("posting amount edited", "UPDATE posting SET amount_minor = amount_minor + 1 "
          "WHERE entry_id = :entry AND ledger_account_id = :account",
-         {"entries_balance", "cached_balances_match", "running_balances_match"}),
+         {"entries_balance", "cached_balances_match", "running_balances_match", "hash_chains_and_anchors"}),
         ("a leg deleted", "DELETE FROM posting WHERE entry_id = :entry AND ledger_account_id = :account",
-         {"entries_have_two_legs", "entries_balance", "cached_balances_match", "running_balances_match"}),
+         {"entries_have_two_legs", "entries_balance", "cached_balances_match", "running_balances_match",
+          "hash_chains_and_anchors"}),
         ("late flag flipped",
          "UPDATE posting SET late = NOT late WHERE entry_id = :entry AND ledger_account_id = :account",
-         {"running_balances_match"}),
+         {"running_balances_match", "hash_chains_and_anchors"}),
         ("running balance edited", "UPDATE posting SET balance_after_minor = balance_after_minor + 7 "
          "WHERE entry_id = :entry AND ledger_account_id = :account",
-         {"running_balances_match"}),  # the as-of check samples only the 50 busiest accounts
+         {"running_balances_match", "hash_chains_and_anchors"}),  # the as-of check samples only the 50 busiest accounts
         ("as-of lateness bound lowered", "UPDATE ledger_account SET max_lateness_us = max_lateness_us + 5 "
          "WHERE id = :account", {"lateness_bounds_match"}),
         ("posting moved in time", "UPDATE posting SET effective_at = effective_at - interval '1 day' "
-         "WHERE entry_id = :entry AND ledger_account_id = :account", {"no_orphan_legs"}),
+         "WHERE entry_id = :entry AND ledger_account_id = :account", {"no_orphan_legs", "hash_chains_and_anchors"}),
         ("reversal no longer a mirror", "UPDATE posting SET amount_minor = amount_minor + 1 "
          "WHERE entry_id = (SELECT id FROM journal_entry WHERE reverses_entry_id = :entry)",
-         {"reversals_mirror"}),
+         {"reversals_mirror", "hash_chains_and_anchors"}),
     ]
 
 
@@ -236,6 +238,7 @@ def test_verify_notices_damage(ledger: Ledger, engine: sa.Engine, what: str, sql
             connection.execute(sa.text("SET LOCAL session_replication_role = replica"))
             connection.execute(sa.text(sql), {"entry": entry.entry_id, "account": custody.id})
             found = {check.__name__: check(connection) for check in verify_module.CHECKS}
+            found["hash_chains_and_anchors"] = chain.check(connection).findings
         finally:
             connection.rollback()
     noticed = {name for name, findings in found.items() if findings}

@@ -1,0 +1,245 @@
+"""Tamper evidence: every ledger account's hash chain recomputed from the rows, and anchors that sign the heads.
+
+The chains are made by the posting triggers (migration 0010): a posting's digest covers its own fields and its
+entry's (key, content hash, kind, account, times, memo, metadata, what it reverses); each statement that books on
+an account adds one link, SHA-256(previous head || its legs' digests in posting order), stamped on those legs.
+Here the digests are recomputed with this module's own SQL (never a function stored in the database, which
+someone holding the credentials could replace) and the links with Python's hashlib.
+
+A chain shows that rows changed since they were booked — unless whoever changed them also recomputed the chain
+from that point on, which anyone holding the database's credentials can do. Anchors close that gap: an anchor is
+the set of every account's (posting count, head), reduced to one root and signed with an Ed25519 key that the
+database never holds (LEDGER_AUDIT_KEY). A rewrite of history before an anchor no longer reproduces the heads the
+anchor signed. Ed25519 rather than an HMAC: checking an anchor needs only the public key, so auditors can check
+without being able to sign. What happened after the newest anchor is covered by the chain only (docs/design.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import struct
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+
+import msgspec
+import sqlalchemy as sa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from ledger.times import rfc3339
+
+CHAIN_START = bytes(32)
+FINDINGS_MAX = 20
+_SIGNED_PREFIX = b"invledger-anchor-v1\n"
+
+# The digests, as migration 0010's ledger_entry_digest and ledger_posting_digest compute them.
+_EPOCH_US = "(extract(epoch FROM {}) * 1000000)::bigint"
+ENTRY_DIGEST = (
+    "sha256(convert_to(json_build_array(e.id, e.idempotency_key, encode(e.content_hash, 'hex'), e.kind, "
+    f"e.investment_account_id, {_EPOCH_US.format('e.effective_at')}, {_EPOCH_US.format('e.recorded_at')}, "
+    "e.memo, e.metadata, e.reverses_entry_id)::text, 'UTF8'))")
+POSTING_DIGEST = (
+    "sha256(convert_to(json_build_array(p.ledger_account_id, p.seq, p.entry_id, p.side::text, p.amount_minor, "
+    f"p.currency, {_EPOCH_US.format('p.effective_at')}, p.balance_after_minor, p.late)::text, 'UTF8') "
+    f"|| {ENTRY_DIGEST})")
+_POSTINGS = sa.text(f"""
+    SELECT p.ledger_account_id, p.seq, p.entry_id, p.chain_hash, {POSTING_DIGEST} AS digest
+      FROM posting p LEFT JOIN journal_entry e ON e.id = p.entry_id
+     ORDER BY p.ledger_account_id, p.seq""")  # noqa: S608 — constants only
+
+
+class Anchor(msgspec.Struct, frozen=True, kw_only=True):
+    """A signed root of every account's (posting count, chain head) at `made_at`."""
+
+    id: int
+    made_at: datetime
+    root: bytes
+    accounts: int
+    postings: int
+    public_key: bytes
+    signature: bytes
+    made_by: str
+
+    def message(self) -> bytes:
+        return signed_message(self.made_at, self.root, self.accounts, self.postings)
+
+    def line(self) -> dict[str, object]:
+        """The anchor as one line of the anchors file (JSON)."""
+        return {"id": self.id, "made_at": rfc3339(self.made_at), "root": self.root.hex(), "accounts": self.accounts,
+                "postings": self.postings, "public_key": self.public_key.hex(), "signature": self.signature.hex(),
+                "made_by": self.made_by}
+
+
+class ChainCheck(msgspec.Struct, frozen=True, kw_only=True):
+    findings: list[str]
+    anchors_checked: int = 0
+    notes: list[str] = []
+
+
+def signed_message(made_at: datetime, root: bytes, accounts: int, postings: int) -> bytes:
+    body = {"made_at": rfc3339(made_at), "root": root.hex(), "accounts": accounts, "postings": postings}
+    return _SIGNED_PREFIX + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def root_of(state: dict[int, tuple[int, bytes]]) -> bytes:
+    """One digest of every account's (posting count, head), in account order."""
+    digest = hashlib.sha256()
+    for account in sorted(state):
+        count, head = state[account]
+        digest.update(struct.pack(">qq", account, count) + head)
+    return digest.digest()
+
+
+def public_key_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+# ------------------------------------------------------------------------------------------ anchoring
+
+def make_anchor(engine: sa.Engine, key: Ed25519PrivateKey, made_by: str) -> Anchor:
+    """Sign every account's current (posting count, head) and store it: the anchor row and a head row for each
+    account that changed since the anchor before."""
+    with engine.begin() as c:
+        # One snapshot: heads and counts as committed together. Anchors are made one at a time.
+        c.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        c.execute(sa.text("LOCK TABLE ledger_anchor IN EXCLUSIVE MODE"))
+        made_at = c.execute(sa.text("SELECT now()")).scalar_one()
+        current = {r.id: (r.posting_count, bytes(r.chain_head)) for r in c.execute(sa.text(
+            "SELECT id, posting_count, chain_head FROM ledger_account WHERE posting_count > 0"))}
+        anchored = _anchored_state(c)
+        changed = {a: v for a, v in current.items() if anchored.get(a) != v}
+        root = root_of(current)
+        postings = sum(count for count, _ in current.values())
+        signature = key.sign(signed_message(made_at, root, len(current), postings))
+        anchor_id = c.execute(sa.text("""
+            INSERT INTO ledger_anchor (made_at, root, accounts, postings, public_key, signature, made_by)
+            VALUES (:at, :root, :n, :p, :pk, :sig, :by) RETURNING id"""),
+            {"at": made_at, "root": root, "n": len(current), "p": postings, "pk": public_key_bytes(key),
+             "sig": signature, "by": made_by}).scalar_one()
+        if changed:
+            c.execute(sa.text("""
+                INSERT INTO ledger_anchor_head (anchor_id, ledger_account_id, posting_count, head)
+                SELECT :a, * FROM unnest(CAST(:ids AS bigint[]), CAST(:counts AS bigint[]),
+                                         CAST(:heads AS bytea[]))"""),
+                {"a": anchor_id, "ids": list(changed), "counts": [v[0] for v in changed.values()],
+                 "heads": [v[1] for v in changed.values()]})
+    return Anchor(id=anchor_id, made_at=made_at, root=root, accounts=len(current), postings=postings,
+                  public_key=public_key_bytes(key), signature=signature, made_by=made_by)
+
+
+def _anchored_state(c: sa.Connection) -> dict[int, tuple[int, bytes]]:
+    return {r.ledger_account_id: (r.posting_count, bytes(r.head)) for r in c.execute(sa.text("""
+        SELECT DISTINCT ON (ledger_account_id) ledger_account_id, posting_count, head
+          FROM ledger_anchor_head ORDER BY ledger_account_id, anchor_id DESC"""))}
+
+
+def anchors(c: sa.Connection) -> list[Anchor]:
+    return [Anchor(id=r.id, made_at=r.made_at, root=bytes(r.root), accounts=r.accounts, postings=r.postings,
+                   public_key=bytes(r.public_key), signature=bytes(r.signature), made_by=r.made_by)
+            for r in c.execute(sa.text("SELECT * FROM ledger_anchor ORDER BY id"))]
+
+
+# ------------------------------------------------------------------------------------------ checking
+
+def check(c: sa.Connection, *, public_key: bytes | None = None,
+          outside: Iterable[dict[str, object]] | None = None) -> ChainCheck:
+    """Recompute every chain and check every anchor (its root, its signature with `public_key`, its heads against
+    the recomputed chains) and, given the lines of an outside copy of the anchors file, that each is in the
+    database unchanged. Run inside one snapshot."""
+    findings: list[str] = []
+    notes: list[str] = []
+    stored = anchors(c)
+    heads_by_anchor: dict[int, list[tuple[int, int, bytes]]] = {}
+    for r in c.execute(sa.text("SELECT * FROM ledger_anchor_head ORDER BY anchor_id, ledger_account_id")):
+        heads_by_anchor.setdefault(r.anchor_id, []).append((r.ledger_account_id, r.posting_count, bytes(r.head)))
+    wanted = {(account, count) for rows in heads_by_anchor.values() for account, count, _ in rows}
+    names = dict(c.execute(sa.text("SELECT id, name FROM ledger_account")).all())
+    link_ends = _check_chains(c, names, wanted, findings)
+
+    state: dict[int, tuple[int, bytes]] = {}
+    signer = Ed25519PublicKey.from_public_bytes(public_key) if public_key else None
+    for anchor in stored:
+        for account, count, head in heads_by_anchor.get(anchor.id, []):
+            state[account] = (count, head)
+        when = f"anchor {anchor.id} ({rfc3339(anchor.made_at)})"
+        if root_of(state) != anchor.root or len(state) != anchor.accounts:
+            findings.append(f"{when}: its stored heads do not give its signed root — anchor rows were changed")
+        if signer is not None:
+            try:
+                signer.verify(anchor.signature, anchor.message())
+            except InvalidSignature:
+                findings.append(f"{when}: its signature does not verify with the audit key")
+        for account, count, head in heads_by_anchor.get(anchor.id, []):
+            if link_ends.get((account, count)) != head:
+                findings.append(f"{names.get(account, account)}: the postings up to #{count} are not the ones "
+                                f"{when} signed — history before that anchor was changed")
+    if stored and signer is None:
+        notes.append(f"{len(stored)} anchors' signatures not checked: no audit key or public key given")
+    if outside is not None:
+        by_id = {a.id: a for a in stored}
+        for line in outside:
+            anchor = by_id.get(int(line["id"]))  # type: ignore[call-overload]
+            if anchor is None:
+                findings.append(f"anchor {line['id']} of the outside copy is missing from the database")
+            elif anchor.root.hex() != line["root"] or anchor.signature.hex() != line["signature"]:
+                findings.append(f"anchor {line['id']} differs from the outside copy")
+    return ChainCheck(findings=findings[:FINDINGS_MAX], anchors_checked=len(stored), notes=notes)
+
+
+def _check_chains(c: sa.Connection, names: dict[int, str], wanted: set[tuple[int, int]],
+                  findings: list[str]) -> dict[tuple[int, int], bytes]:
+    """Recompute every account's links (always from the recomputed link before, never a stored one); report the
+    first link per account that differs from the one stamped, and a head that differs from the recomputed end.
+    Return the recomputed link at each (account, posting count) in `wanted` (what anchors signed)."""
+    heads = {r.id: (bytes(r.chain_head), r.posting_count) for r in c.execute(sa.text(
+        "SELECT id, chain_head, posting_count FROM ledger_account"))}
+    found: dict[tuple[int, int], bytes] = {}
+    seen: set[int] = set()
+    for account, rows in _by_account(c.execution_options(stream_results=True, yield_per=5000).execute(_POSTINGS)):
+        seen.add(account)
+        name = names.get(account, str(account))
+        previous, problem = CHAIN_START, None
+        for link, stored, first, last in _links(rows):
+            value = hashlib.sha256(previous + b"".join(link)).digest()
+            if problem is None and stored is None and previous != CHAIN_START:
+                problem = f"{name}: posting #{first[0]} (entry {first[1]}) has no chain link after chained ones"
+            elif problem is None and stored is not None and stored != value:
+                problem = (f"{name}: posting #{first[0]} (entry {first[1]}), or one after it up to #{last[0]}, is "
+                           "not as it was booked (its chain link does not match)")
+            if (account, last[0]) in wanted:
+                found[(account, last[0])] = value
+            previous = value
+        if problem is None and previous != heads.get(account, (None, 0))[0]:
+            problem = f"{name}: its chain head does not match its postings (a posting was removed, added or changed)"
+        if problem:
+            findings.append(problem)
+    for account, (head, count) in heads.items():
+        if account not in seen and (head != CHAIN_START or count != 0):
+            findings.append(f"{names.get(account, account)}: no postings, but its chain head or count says otherwise")
+    return found
+
+
+def _by_account(rows: Iterable[sa.Row]) -> Iterator[tuple[int, Iterator[sa.Row]]]:
+    yield from itertools.groupby(rows, key=lambda r: r.ledger_account_id)
+
+
+def _links(rows: Iterable[sa.Row]) -> Iterator[tuple[list[bytes], bytes | None, tuple[int, int], tuple[int, int]]]:
+    """Consecutive postings stamped with the same link: (their digests, the stored link, first and last posting)."""
+    digests: list[bytes] = []
+    stored: bytes | None = None
+    first = last = (0, 0)
+    for row in rows:
+        link = bytes(row.chain_hash) if row.chain_hash is not None else None
+        if digests and link != stored:
+            yield digests, stored, first, last
+            digests = []
+        if not digests:
+            stored, first = link, (row.seq, row.entry_id)
+        digests.append(bytes(row.digest) if row.digest is not None else b"")
+        last = (row.seq, row.entry_id)
+    if digests:
+        yield digests, stored, first, last

@@ -45,6 +45,15 @@ POSTING_DIGEST = (
     "sha256(convert_to(json_build_array(p.ledger_account_id, p.seq, p.entry_id, p.side::text, p.amount_minor, "
     f"p.currency, {_EPOCH_US.format('p.effective_at')}, p.balance_after_minor, p.late)::text, 'UTF8') "
     f"|| {ENTRY_DIGEST})")
+WEBHOOK_DIGEST = (
+    "sha256(convert_to(json_build_array(w.id, w.dedup_key, encode(w.content_sha256, 'hex'), w.event_type, "
+    "w.account_id, encode(sha256(w.body), 'hex'), w.signature_scheme, w.status, w.reason, w.entry_ids, "
+    f"{_EPOCH_US.format('w.occurred_at')}, {_EPOCH_US.format('w.received_at')})::text, 'UTF8'))")
+_WEBHOOKS = sa.text(f"""
+    SELECT l.chain_key, l.seq, COALESCE(w.id, l.event_id) AS event_id, l.chain_hash, w.id IS NULL AS gone,
+           l.event_id IS NULL AS unlinked, CASE WHEN w.id IS NOT NULL THEN {WEBHOOK_DIGEST} END AS digest
+      FROM webhook_event w FULL JOIN webhook_chain_link l ON l.event_id = w.id
+     ORDER BY l.chain_key NULLS LAST, l.seq, w.id""")  # noqa: S608 — constants only
 _POSTINGS = sa.text(f"""
     SELECT p.ledger_account_id, p.seq, p.entry_id, p.chain_hash, {POSTING_DIGEST} AS digest
       FROM posting p LEFT JOIN journal_entry e ON e.id = p.entry_id
@@ -59,18 +68,19 @@ class Anchor(msgspec.Struct, frozen=True, kw_only=True):
     root: bytes
     accounts: int
     postings: int
+    events: int
     public_key: bytes
     signature: bytes
     made_by: str
 
     def message(self) -> bytes:
-        return signed_message(self.made_at, self.root, self.accounts, self.postings)
+        return signed_message(self.made_at, self.root, self.accounts, self.postings, self.events)
 
     def line(self) -> dict[str, object]:
         """The anchor as one line of the anchors file (JSON)."""
         return {"id": self.id, "made_at": rfc3339(self.made_at), "root": self.root.hex(), "accounts": self.accounts,
-                "postings": self.postings, "public_key": self.public_key.hex(), "signature": self.signature.hex(),
-                "made_by": self.made_by}
+                "postings": self.postings, "events": self.events, "public_key": self.public_key.hex(),
+                "signature": self.signature.hex(), "made_by": self.made_by}
 
 
 class ChainCheck(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,17 +89,24 @@ class ChainCheck(msgspec.Struct, frozen=True, kw_only=True):
     notes: list[str] = []
 
 
-def signed_message(made_at: datetime, root: bytes, accounts: int, postings: int) -> bytes:
-    body = {"made_at": rfc3339(made_at), "root": root.hex(), "accounts": accounts, "postings": postings}
+def signed_message(made_at: datetime, root: bytes, accounts: int, postings: int, events: int) -> bytes:
+    body = {"made_at": rfc3339(made_at), "root": root.hex(), "accounts": accounts, "postings": postings,
+            "events": events}
     return _SIGNED_PREFIX + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
-def root_of(state: dict[int, tuple[int, bytes]]) -> bytes:
-    """One digest of every account's (posting count, head), in account order."""
+def root_of(state: dict[int, tuple[int, bytes]], webhooks: dict[str, tuple[int, bytes]]) -> bytes:
+    """One digest of every ledger account's (posting count, head), in account order, then every webhook chain's
+    (delivery count, head), in key order."""
     digest = hashlib.sha256()
     for account in sorted(state):
         count, head = state[account]
         digest.update(struct.pack(">qq", account, count) + head)
+    digest.update(b"webhooks")
+    for key in sorted(webhooks):
+        count, head = webhooks[key]
+        name = key.encode()
+        digest.update(struct.pack(">I", len(name)) + name + struct.pack(">q", count) + head)
     return digest.digest()
 
 
@@ -110,15 +127,19 @@ def make_anchor(engine: sa.Engine, key: Ed25519PrivateKey, made_by: str) -> Anch
         made_at = c.execute(sa.text("SELECT now()")).scalar_one()
         current = {r.id: (r.posting_count, bytes(r.chain_head)) for r in c.execute(sa.text(
             "SELECT id, posting_count, chain_head FROM ledger_account WHERE posting_count > 0"))}
-        anchored = _anchored_state(c)
+        webhooks = {r.chain_key: (r.event_count, bytes(r.head)) for r in c.execute(sa.text(
+            "SELECT chain_key, event_count, head FROM webhook_chain_head"))}
+        anchored, anchored_webhooks = _anchored_state(c)
         changed = {a: v for a, v in current.items() if anchored.get(a) != v}
-        root = root_of(current)
+        changed_webhooks = {k: v for k, v in webhooks.items() if anchored_webhooks.get(k) != v}
+        root = root_of(current, webhooks)
         postings = sum(count for count, _ in current.values())
-        signature = key.sign(signed_message(made_at, root, len(current), postings))
+        events = sum(count for count, _ in webhooks.values())
+        signature = key.sign(signed_message(made_at, root, len(current), postings, events))
         anchor_id = c.execute(sa.text("""
-            INSERT INTO ledger_anchor (made_at, root, accounts, postings, public_key, signature, made_by)
-            VALUES (:at, :root, :n, :p, :pk, :sig, :by) RETURNING id"""),
-            {"at": made_at, "root": root, "n": len(current), "p": postings, "pk": public_key_bytes(key),
+            INSERT INTO ledger_anchor (made_at, root, accounts, postings, events, public_key, signature, made_by)
+            VALUES (:at, :root, :n, :p, :e, :pk, :sig, :by) RETURNING id"""),
+            {"at": made_at, "root": root, "n": len(current), "p": postings, "e": events, "pk": public_key_bytes(key),
              "sig": signature, "by": made_by}).scalar_one()
         if changed:
             c.execute(sa.text("""
@@ -127,19 +148,30 @@ def make_anchor(engine: sa.Engine, key: Ed25519PrivateKey, made_by: str) -> Anch
                                          CAST(:heads AS bytea[]))"""),
                 {"a": anchor_id, "ids": list(changed), "counts": [v[0] for v in changed.values()],
                  "heads": [v[1] for v in changed.values()]})
-    return Anchor(id=anchor_id, made_at=made_at, root=root, accounts=len(current), postings=postings,
+        if changed_webhooks:
+            c.execute(sa.text("""
+                INSERT INTO ledger_anchor_webhook_head (anchor_id, chain_key, event_count, head)
+                SELECT :a, * FROM unnest(CAST(:keys AS text[]), CAST(:counts AS bigint[]), CAST(:heads AS bytea[]))"""),
+                {"a": anchor_id, "keys": list(changed_webhooks),
+                 "counts": [v[0] for v in changed_webhooks.values()],
+                 "heads": [v[1] for v in changed_webhooks.values()]})
+    return Anchor(id=anchor_id, made_at=made_at, root=root, accounts=len(current), postings=postings, events=events,
                   public_key=public_key_bytes(key), signature=signature, made_by=made_by)
 
 
-def _anchored_state(c: sa.Connection) -> dict[int, tuple[int, bytes]]:
-    return {r.ledger_account_id: (r.posting_count, bytes(r.head)) for r in c.execute(sa.text("""
+def _anchored_state(c: sa.Connection) -> tuple[dict[int, tuple[int, bytes]], dict[str, tuple[int, bytes]]]:
+    accounts = {r.ledger_account_id: (r.posting_count, bytes(r.head)) for r in c.execute(sa.text("""
         SELECT DISTINCT ON (ledger_account_id) ledger_account_id, posting_count, head
           FROM ledger_anchor_head ORDER BY ledger_account_id, anchor_id DESC"""))}
+    webhooks = {r.chain_key: (r.event_count, bytes(r.head)) for r in c.execute(sa.text("""
+        SELECT DISTINCT ON (chain_key) chain_key, event_count, head
+          FROM ledger_anchor_webhook_head ORDER BY chain_key, anchor_id DESC"""))}
+    return accounts, webhooks
 
 
 def anchors(c: sa.Connection) -> list[Anchor]:
     return [Anchor(id=r.id, made_at=r.made_at, root=bytes(r.root), accounts=r.accounts, postings=r.postings,
-                   public_key=bytes(r.public_key), signature=bytes(r.signature), made_by=r.made_by)
+                   events=r.events, public_key=bytes(r.public_key), signature=bytes(r.signature), made_by=r.made_by)
             for r in c.execute(sa.text("SELECT * FROM ledger_anchor ORDER BY id"))]
 
 
@@ -156,17 +188,25 @@ def check(c: sa.Connection, *, public_key: bytes | None = None,
     heads_by_anchor: dict[int, list[tuple[int, int, bytes]]] = {}
     for r in c.execute(sa.text("SELECT * FROM ledger_anchor_head ORDER BY anchor_id, ledger_account_id")):
         heads_by_anchor.setdefault(r.anchor_id, []).append((r.ledger_account_id, r.posting_count, bytes(r.head)))
+    webhook_heads_by_anchor: dict[int, list[tuple[str, int, bytes]]] = {}
+    for r in c.execute(sa.text("SELECT * FROM ledger_anchor_webhook_head ORDER BY anchor_id, chain_key")):
+        webhook_heads_by_anchor.setdefault(r.anchor_id, []).append((r.chain_key, r.event_count, bytes(r.head)))
     wanted = {(account, count) for rows in heads_by_anchor.values() for account, count, _ in rows}
+    wanted_webhooks = {(key, count) for rows in webhook_heads_by_anchor.values() for key, count, _ in rows}
     names = dict(c.execute(sa.text("SELECT id, name FROM ledger_account")).all())
     link_ends = _check_chains(c, names, wanted, findings)
+    webhook_ends = _check_webhook_chains(c, wanted_webhooks, findings)
 
     state: dict[int, tuple[int, bytes]] = {}
+    webhook_state: dict[str, tuple[int, bytes]] = {}
     signer = Ed25519PublicKey.from_public_bytes(public_key) if public_key else None
     for anchor in stored:
         for account, count, head in heads_by_anchor.get(anchor.id, []):
             state[account] = (count, head)
+        for key, count, head in webhook_heads_by_anchor.get(anchor.id, []):
+            webhook_state[key] = (count, head)
         when = f"anchor {anchor.id} ({rfc3339(anchor.made_at)})"
-        if root_of(state) != anchor.root or len(state) != anchor.accounts:
+        if root_of(state, webhook_state) != anchor.root or len(state) != anchor.accounts:
             findings.append(f"{when}: its stored heads do not give its signed root — anchor rows were changed")
         if signer is not None:
             try:
@@ -177,6 +217,10 @@ def check(c: sa.Connection, *, public_key: bytes | None = None,
             if link_ends.get((account, count)) != head:
                 findings.append(f"{names.get(account, account)}: the postings up to #{count} are not the ones "
                                 f"{when} signed — history before that anchor was changed")
+        for key, count, head in webhook_heads_by_anchor.get(anchor.id, []):
+            if webhook_ends.get((key, count)) != head:
+                findings.append(f"webhook chain {key or '(unknown accounts)'}: the deliveries up to #{count} are not "
+                                f"the ones {when} signed — stored deliveries before that anchor were changed")
     if stored and signer is None:
         notes.append(f"{len(stored)} anchors' signatures not checked: no audit key or public key given")
     if outside is not None:
@@ -223,12 +267,49 @@ def _check_chains(c: sa.Connection, names: dict[int, str], wanted: set[tuple[int
     return found
 
 
+def _check_webhook_chains(c: sa.Connection, wanted: set[tuple[str, int]],
+                          findings: list[str]) -> dict[tuple[str, int], bytes]:
+    """The stored deliveries' chains, as `_check_chains` does the postings'; every delivery must have its link."""
+    heads = {r.chain_key: (r.event_count, bytes(r.head)) for r in c.execute(sa.text(
+        "SELECT chain_key, event_count, head FROM webhook_chain_head"))}
+    found: dict[tuple[str, int], bytes] = {}
+    seen: set[str] = set()
+    rows = c.execution_options(stream_results=True, yield_per=5000).execute(_WEBHOOKS)
+    for key, group in itertools.groupby(rows, key=lambda r: r.chain_key):
+        if key is None:  # deliveries without a link come last
+            findings.extend(f"stored delivery {row.event_id} has no chain link (stored with the guards off)"
+                            for row in itertools.islice(group, FINDINGS_MAX))
+            continue
+        seen.add(key)
+        label = f"webhook chain {key or '(unknown accounts)'}"
+        previous, problem, count = CHAIN_START, None, 0
+        for link, stored, first, last in _links(group, order="seq", entry="event_id"):
+            value = hashlib.sha256(previous + b"".join(link)).digest()
+            count = last[0]
+            if problem is None and any(not digest for digest in link):
+                problem = f"{label}: delivery {first[1]} (#{first[0]}) or one after it up to #{last[0]} is gone"
+            elif problem is None and stored != value:
+                problem = (f"{label}: delivery {first[1]} (#{first[0]}), or one after it up to #{last[0]}, is not as "
+                           "it was stored (its chain link does not match)")
+            if (key, last[0]) in wanted:
+                found[(key, last[0])] = value
+            previous = value
+        if problem is None and (count, previous) != heads.get(key):
+            problem = f"{label}: its head does not match its deliveries (a delivery was removed, added or changed)"
+        if problem:
+            findings.append(problem)
+    findings.extend(f"webhook chain {key or '(unknown accounts)'}: a head without deliveries"
+                    for key in heads.keys() - seen)
+    return found
+
+
 def _by_account(rows: Iterable[sa.Row]) -> Iterator[tuple[int, Iterator[sa.Row]]]:
     yield from itertools.groupby(rows, key=lambda r: r.ledger_account_id)
 
 
-def _links(rows: Iterable[sa.Row]) -> Iterator[tuple[list[bytes], bytes | None, tuple[int, int], tuple[int, int]]]:
-    """Consecutive postings stamped with the same link: (their digests, the stored link, first and last posting)."""
+def _links(rows: Iterable[sa.Row], *, order: str = "seq", entry: str = "entry_id",
+           ) -> Iterator[tuple[list[bytes], bytes | None, tuple[int, int], tuple[int, int]]]:
+    """Consecutive rows stamped with the same link: (their digests, the stored link, first and last (seq, id))."""
     digests: list[bytes] = []
     stored: bytes | None = None
     first = last = (0, 0)
@@ -238,8 +319,8 @@ def _links(rows: Iterable[sa.Row]) -> Iterator[tuple[list[bytes], bytes | None, 
             yield digests, stored, first, last
             digests = []
         if not digests:
-            stored, first = link, (row.seq, row.entry_id)
+            stored, first = link, (getattr(row, order), getattr(row, entry))
         digests.append(bytes(row.digest) if row.digest is not None else b"")
-        last = (row.seq, row.entry_id)
+        last = (getattr(row, order), getattr(row, entry))
     if digests:
         yield digests, stored, first, last

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import msgspec
 
-from bench import backfill, books, cpu, history, latency, reference, report, throughput, webhooks
+from bench import backfill, books, chain, cpu, history, latency, reference, report, throughput, webhooks
 from bench import reconcile as reconciliation
 from bench.report import Result, progress
 from bench.server import bench_database, server_facts
 from ledger import Ledger
 from ledger.db import create_engine
 
-GROUPS = ("pgbench", "post", "asof", "books", "webhooks", "backfill", "reconcile")
+GROUPS = ("pgbench", "post", "chain", "asof", "books", "webhooks", "backfill", "reconcile")
 ENGINE_POOL_SIZE = 40
 STATEMENT_TIMEOUT_MS = 600_000  # VACUUM of a few million postings must not be cut short
 
@@ -91,6 +91,10 @@ def _run(plan: Plan, groups: tuple[str, ...], results: list[Result], facts: dict
                 results.extend(throughput.run(db.url, engine, duration_s=plan.post_s, writers_set=plan.writers,
                                               accounts_set=plan.accounts, reference_tps=reference_tps,
                                               journal_tps=limits.get("journal_tps"), with_processes=plan.processes))
+            if "chain" in groups:
+                progress("the hash chains' cost: posting with and without them, and verify's speed")
+                results.extend(chain.measure(db.url, engine, duration_s=plan.post_s,
+                                             history_postings=plan.history_sizes[-1]))
             ledger = Ledger(engine)
             bulk = history.is_superuser(engine)
             if "asof" in groups:

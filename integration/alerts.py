@@ -46,6 +46,31 @@ def acknowledge(connection: sa.Connection, alert_id: int, by: str) -> dict[str, 
     return dict(row) if row else None
 
 
+ANSWER_BYTES_MAX = 64 * 1024  # what is read of the webhook's answer at most; the rest is not waited for
+
+
+def post(client: httpx.Client, url: str, payload: dict[str, Any]) -> None:
+    """POST `payload` as JSON to the alert webhook; raise httpx.HTTPStatusError on a 4xx/5xx. Its answer is read
+    at most ANSWER_BYTES_MAX bytes: a misbehaving endpoint cannot make the ledger hold an endless body."""
+    with client.stream("POST", url, content=_json.encode(payload),
+                       headers={"content-type": "application/json"}) as response:
+        read = 0
+        for chunk in response.iter_raw():
+            read += len(chunk)
+            if read >= ANSWER_BYTES_MAX:
+                break
+        if response.status_code >= 400:
+            raise httpx.HTTPStatusError(f"the alert webhook answered {response.status_code}",
+                                        request=response.request, response=response)
+
+
+def describe(error: httpx.HTTPError) -> str:
+    """An alert webhook failure without its URL (ALERT_WEBHOOK_URL is a secret: it carries the hook's token)."""
+    if isinstance(error, httpx.HTTPStatusError):
+        return f"HTTP {error.response.status_code}"
+    return type(error).__name__
+
+
 def notify_pending(engine: sa.Engine, url: str | None, *, client: httpx.Client | None = None) -> int:
     """POST alerts not yet sent to `url` (Slack-compatible `text`); mark them sent. Returns how many."""
     if not url:
@@ -64,11 +89,9 @@ def notify_pending(engine: sa.Engine, url: str | None, *, client: httpx.Client |
                            "kind": row["kind"], "account_id": row["account_id"], "event_key": row["event_key"],
                            "status": row["status"], "created_at": row["created_at"].isoformat()}
                 try:
-                    response = client.post(url, content=_json.encode(payload),
-                                           headers={"content-type": "application/json"})
-                    response.raise_for_status()
+                    post(client, url, payload)
                 except httpx.HTTPError as error:
-                    log.warning("alert notification failed", extra={"alert_id": row["id"], "error": str(error)})
+                    log.warning("alert notification failed", extra={"alert_id": row["id"], "error": describe(error)})
                     break
                 connection.execute(sa.text("UPDATE alert SET notified_at = now() WHERE id = :id"),
                                    {"id": row["id"]})

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from integration import alerts
 from ledger import chain
 
 log = logging.getLogger("integration.anchors")
@@ -81,9 +82,9 @@ def anchor(engine: sa.Engine, key: Ed25519PrivateKey, *, data_dir: Path, alert_u
                 f"{made.postings} postings")
         try:
             with httpx.Client(timeout=PUBLISH_TIMEOUT_S, follow_redirects=False) as client:
-                client.post(alert_url, json={"text": text, "anchor": line}).raise_for_status()
-        except httpx.HTTPError as error:  # never the URL itself: it carries a token
-            log.warning("anchor not posted to the alert webhook", extra={"error": type(error).__name__})
+                alerts.post(client, alert_url, {"text": text, "anchor": line})
+        except httpx.HTTPError as error:
+            log.warning("anchor not posted to the alert webhook", extra={"error": alerts.describe(error)})
     log.info("anchor made", extra={"anchor_id": made.id, "accounts": made.accounts, "postings": made.postings})
     return made
 

@@ -67,14 +67,14 @@ def _run(row: Any) -> Run:
 
 def get(engine: sa.Engine, run_key: str) -> Run | None:
     with engine.connect() as c:
-        row = c.execute(sa.text(f"SELECT {_COLUMNS} FROM job_run WHERE run_key = :k"),
+        row = c.execute(sa.text(f"SELECT {_COLUMNS} FROM job_run WHERE run_key = :k"),  # noqa: S608 — module constants
                         {"k": run_key}).mappings().first()
     return _run(row) if row else None
 
 
 def by_id(engine: sa.Engine, run_id: int) -> Run | None:
     with engine.connect() as c:
-        row = c.execute(sa.text(f"SELECT {_COLUMNS} FROM job_run WHERE id = :id"), {"id": run_id}).mappings().first()
+        row = c.execute(sa.text(f"SELECT {_COLUMNS} FROM job_run WHERE id = :id"), {"id": run_id}).mappings().first()  # noqa: S608 — module constants
     return _run(row) if row else None
 
 
@@ -83,7 +83,7 @@ def listing(engine: sa.Engine, job: Job, *, before: int | None = None, limit: in
     with engine.connect() as c:
         rows = c.execute(sa.text(f"""
             SELECT {_COLUMNS} FROM job_run WHERE job = :job AND (CAST(:before AS bigint) IS NULL OR id < :before)
-             ORDER BY id DESC LIMIT :limit"""), {"job": job, "before": before, "limit": max(1, min(limit, 1000))})
+             ORDER BY id DESC LIMIT :limit"""), {"job": job, "before": before, "limit": max(1, min(limit, 1000))})  # noqa: S608 — module constants
         return [_run(row) for row in rows.mappings()]
 
 
@@ -109,7 +109,7 @@ def stale_queued(engine: sa.Engine, job: Job, *, trigger: Trigger, older_than: t
         rows = c.execute(sa.text(f"""
             SELECT {_COLUMNS} FROM job_run
              WHERE job = :job AND trigger = :trigger AND status = 'queued' AND created_at < now() - :age
-             ORDER BY id LIMIT 100"""), {"job": job, "trigger": trigger, "age": older_than})
+             ORDER BY id LIMIT 100"""), {"job": job, "trigger": trigger, "age": older_than})  # noqa: S608 — module constants
         return [_run(row) for row in rows.mappings()]
 
 

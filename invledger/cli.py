@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import logging
 import sys
@@ -42,10 +41,10 @@ def emit_table(rows: list[dict[str, object]], fmt: str, out=None) -> None:
         out.write("(no rows)\n" if fmt == "table" else "")
         return
     headers = list(rows[0])
-    if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=headers, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    if fmt == "csv":  # the reports' writer: text a spreadsheet would run as a formula is quoted with '
+        from api import tabular
+
+        out.write(tabular.to_csv(rows, headers))
         return
     cells = [[str(row[h]) for h in headers] for row in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]

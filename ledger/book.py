@@ -115,7 +115,7 @@ _ACCOUNT_COLUMNS = """a.account_id, a.product_id, a.agent_type, a.currency, a.fe
        a.created_at, a.updated_at, -l.balance_minor AS balance_minor"""
 _ACCOUNT_FROM = """investment_account a
   JOIN ledger_account l ON l.name = 'liabilities:investors:' || a.account_id"""
-_LOCK_ACCOUNTS = sa.text(f"SELECT {_ACCOUNT_COLUMNS} FROM {_ACCOUNT_FROM} WHERE a.account_id = ANY(:ids)"
+_LOCK_ACCOUNTS = sa.text(f"SELECT {_ACCOUNT_COLUMNS} FROM {_ACCOUNT_FROM} WHERE a.account_id = ANY(:ids)"  # noqa: S608 — module constants
                          " ORDER BY a.account_id FOR NO KEY UPDATE OF a")
 _LEDGER_ACCOUNTS_NAMED = sa.text("SELECT id, name, type, currency FROM ledger_account WHERE name = ANY(:names)")
 
@@ -522,7 +522,7 @@ class Ledger:
     def account(self, account_id: str) -> InvestmentAccount:
         with self.engine.connect() as connection:
             row = connection.execute(sa.text(
-                f"SELECT {_ACCOUNT_COLUMNS} FROM {_ACCOUNT_FROM} WHERE a.account_id = :id"),
+                f"SELECT {_ACCOUNT_COLUMNS} FROM {_ACCOUNT_FROM} WHERE a.account_id = :id"),  # noqa: S608 — module constants
                 {"id": account_id}).mappings().first()
         if row is None:
             raise UnknownAccount(f"investment account {account_id!r} does not exist")
@@ -536,7 +536,7 @@ class Ledger:
                 SELECT {_ACCOUNT_COLUMNS} FROM {_ACCOUNT_FROM}
                  WHERE (CAST(:status AS text) IS NULL OR a.status = :status)
                    AND (CAST(:after AS text) IS NULL OR a.account_id > :after)
-                 ORDER BY a.account_id LIMIT :limit"""),
+                 ORDER BY a.account_id LIMIT :limit"""),  # noqa: S608 — built from module constants, never from input
                 {"status": status, "after": after, "limit": _limit(limit)}).mappings().all()
         return [_account(row) for row in rows]
 

@@ -163,7 +163,7 @@ def distribute_account(tx: Tx, account_id: str, month: date, *, require_snapshot
         raise InvalidEntry(f"month {month_key(month)} is not over yet")
     account = tx.lock_account(account_id)
     c = tx.connection
-    existing = c.execute(sa.text(f"SELECT {_ROW} FROM distribution WHERE account_id = :a AND month = :m"),
+    existing = c.execute(sa.text(f"SELECT {_ROW} FROM distribution WHERE account_id = :a AND month = :m"),  # noqa: S608 — module constants
                          {"a": account_id, "m": month}).mappings().first()
     if existing is not None:
         return _distribution(existing, replayed=True)
@@ -217,7 +217,7 @@ def distribute_account(tx: Tx, account_id: str, month: date, *, require_snapshot
                                   net_flows_minor, profit_minor, opening_hwm_minor, adjusted_hwm_minor, rate,
                                   computed_fee_minor, fee_minor, new_hwm_minor, entry_id)
         VALUES (:a, :m, :cur, :o, :c, :f, :p, :h, :ah, :rate, :cf, :fee, :nh, :e)
-        RETURNING {_ROW}"""), {
+        RETURNING {_ROW}"""), {  # noqa: S608 — built from module constants, never from input
         "a": account_id, "m": month, "cur": account.currency, "o": opening.minor, "c": closing.minor, "f": flows,
         "p": computed.profit_minor, "h": opening_hwm, "ah": computed.adjusted_hwm_minor, "rate": account.fee_rate,
         "cf": computed.computed_fee_minor, "fee": fee_minor, "nh": computed.new_hwm_minor,
@@ -246,7 +246,7 @@ def _text(minor: int, currency: str) -> str:
 def distributions(ledger: Ledger, account_id: str) -> list[Distribution]:
     """A's distributions, oldest first."""
     with ledger.engine.connect() as c:
-        rows = c.execute(sa.text(f"SELECT {_ROW} FROM distribution WHERE account_id = :a ORDER BY month"),
+        rows = c.execute(sa.text(f"SELECT {_ROW} FROM distribution WHERE account_id = :a ORDER BY month"),  # noqa: S608 — module constants
                          {"a": account_id}).mappings().all()
     return [_distribution(row, replayed=True) for row in rows]
 

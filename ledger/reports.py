@@ -219,7 +219,7 @@ def trial_balance(ledger: Ledger, as_of: datetime | None = None, *, after: str |
             SELECT 1, NULL, NULL, currency, NULL, COALESCE(sum(GREATEST(b, 0)), 0)::bigint,
                    COALESCE(sum(GREATEST(-b, 0)), 0)::bigint
               FROM s GROUP BY currency
-             ORDER BY part, name, currency"""), {"at": at, "after": after, "limit": _limit(limit) + 1}).all()
+             ORDER BY part, name, currency"""), {"at": at, "after": after, "limit": _limit(limit) + 1}).all()  # noqa: S608 — module constants
     rows = [r for r in found if r.part == 0]
     totals_rows = [r for r in found if r.part == 1]
     more = len(rows) > _limit(limit)
@@ -242,7 +242,7 @@ def balance_sheet(ledger: Ledger, as_of: datetime | None = None) -> BalanceSheet
         rows = c.execute(sa.text(f"""
             SELECT currency, type, grp, count(*) FILTER (WHERE b <> 0) AS accounts, COALESCE(sum(b), 0)::bigint AS minor
               FROM (SELECT a.currency, a.type, {ACCOUNT_GROUP} AS grp, s.b FROM {_accounts(at)}) g
-             GROUP BY currency, type, grp ORDER BY currency, grp"""), {"at": at}).all()
+             GROUP BY currency, type, grp ORDER BY currency, grp"""), {"at": at}).all()  # noqa: S608 — module constants
     by_currency: dict[str, list[sa.Row]] = {}
     for row in rows:
         by_currency.setdefault(row.currency, []).append(row)

@@ -104,12 +104,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             jobs.start()
             in_process.update(worker=worker, scheduler=jobs)
         if sim is not None:
+            import sqlalchemy as sa
+
             from api.auth import create_key
             from integration import reconcile
             from invledger import demo
 
-            demo.start_feeder(rt.ledger, rt.engine, sim, context.engine_client(),
-                              create_key(rt.engine, "admin", "demo"),
+            owner = sa.create_engine(rt.owner_url or rt.url, poolclass=sa.pool.NullPool)
+            demo_key = create_key(owner, "admin", "demo")  # the owner's: the application may not make keys
+            owner.dispose()
+            demo.start_feeder(rt.ledger, rt.engine, sim, context.engine_client(), demo_key,
                               reconcile_now=lambda: reconcile.request_run(
                                   rt.engine, actors.enqueue, tolerance=settings.reconciliation_tolerance,
                                   trigger="api"))
@@ -427,15 +431,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_apikey(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
     from api import auth
 
     rt = _runtime(args)
+    # Keys are the owner's to make, revoke and rotate: the application's role may not write them (migration 0012).
+    owner = sa.create_engine(rt.owner_url or rt.url, poolclass=sa.pool.NullPool)
     try:
         if args.action == "create":
             if not args.role:
                 raise CliError("apikey create needs --role finance|operator|admin")
             expires_at = datetime.now(UTC) + timedelta(days=args.expires_in_days) if args.expires_in_days else None
-            key = auth.create_key(rt.engine, args.role, args.name or "", expires_at=expires_at)
+            key = auth.create_key(owner, args.role, args.name or "", expires_at=expires_at)
             print(f"created a {args.role} API key{f' expiring {rfc3339(expires_at)}' if expires_at else ''}; "
                   "it is shown only now and stored only hashed:", file=sys.stderr)
             print(key)
@@ -444,13 +452,13 @@ def cmd_apikey(args: argparse.Namespace) -> int:
                          "expires_at": rfc3339(k.expires_at) or "", "last_used_at": rfc3339(k.last_used_at) or "",
                          "revoked_at": rfc3339(k.revoked_at) or ""} for k in auth.list_keys(rt.engine)], args.format)
         elif args.action == "revoke":
-            if not auth.revoke_key(rt.engine, _prefix(args)):
+            if not auth.revoke_key(owner, _prefix(args)):
                 raise CliError(f"no unrevoked key with prefix {args.prefix!r}")
             print(f"revoked {args.prefix}; the API refuses it within {auth.KEY_CACHE_TTL_S:g} s, its page sessions "
                   "at once", file=sys.stderr)
         else:  # rotate
             try:
-                key = auth.rotate_key(rt.engine, _prefix(args), grace=timedelta(seconds=args.grace_s))
+                key = auth.rotate_key(owner, _prefix(args), grace=timedelta(seconds=args.grace_s))
             except LookupError as error:
                 raise CliError(str(error)) from None
             print(f"the old key {args.prefix} stops working "
@@ -458,6 +466,7 @@ def cmd_apikey(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             print(key)
     finally:
+        owner.dispose()
         rt.close()
     return 0
 

@@ -25,6 +25,7 @@ class ConfigError(Exception):
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str | None
+    migration_database_url: str | None
     data_dir: Path
     broker_url: str | None
     ml_engine_url: str
@@ -136,6 +137,8 @@ def _text(value: str) -> str:
 # variable -> (field, parser, default); a default of None means "unset".
 _SPEC: dict[str, tuple[str, Callable[[str], Any], str | None]] = {
     "DATABASE_URL": ("database_url", _url(("postgresql", "postgres", "postgresql+psycopg")), None),
+    "MIGRATION_DATABASE_URL": ("migration_database_url", _url(("postgresql", "postgres", "postgresql+psycopg")),
+                               None),
     "LEDGER_DATA_DIR": ("data_dir", Path, "./.ledger"),
     "BROKER_URL": ("broker_url", _url(("amqp", "amqps", "redis", "rediss")), None),
     "ML_ENGINE_URL": ("ml_engine_url", _url(("http", "https")), "http://localhost:8000/api/v1"),
@@ -157,9 +160,11 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any], str | None]] = {
     "DB_STATEMENT_TIMEOUT_MS": ("db_statement_timeout_ms", _int(0, 3_600_000), "30000"),
     "LOG_LEVEL": ("log_level", _level, "INFO"),
 }
-_EMPTY_MEANS_UNSET = {"DATABASE_URL", "BROKER_URL", "ML_ENGINE_WEBHOOK_SECRET", "ALERT_WEBHOOK_URL", "LEDGER_AUDIT_KEY"}
+_EMPTY_MEANS_UNSET = {"DATABASE_URL", "MIGRATION_DATABASE_URL", "BROKER_URL", "ML_ENGINE_WEBHOOK_SECRET",
+                      "ALERT_WEBHOOK_URL", "LEDGER_AUDIT_KEY"}
 # ALERT_WEBHOOK_URL is a secret too: a chat webhook's URL carries its token.
-SECRET_VARIABLES = frozenset({"ML_ENGINE_API_KEY", "ML_ENGINE_WEBHOOK_SECRET", "DATABASE_URL", "BROKER_URL",
+SECRET_VARIABLES = frozenset({"ML_ENGINE_API_KEY", "ML_ENGINE_WEBHOOK_SECRET", "DATABASE_URL", "MIGRATION_DATABASE_URL",
+                              "BROKER_URL",
                               "ALERT_WEBHOOK_URL", "LEDGER_AUDIT_KEY"})
 
 

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+import msgspec
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -15,6 +16,30 @@ from alembic.script import ScriptDirectory
 import migrations
 
 log = logging.getLogger("invledger.database")
+
+
+APP_ROLE = "invledger_app"  # the embedded database's application role (migration 0012)
+
+
+class Urls(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the owner migrates, where the application connects, and the application's role to grant (None when
+    both are one role: a single DATABASE_URL, not least privilege)."""
+
+    owner: str
+    app: str
+    app_role: str | None = None
+    create_role: bool = False
+
+
+def urls(database_url: str | None, migration_database_url: str | None, data_dir: Path) -> Urls:
+    if not database_url:
+        owner = embedded_url(data_dir)
+        return Urls(owner=owner, app=sa.make_url(owner).set(username=APP_ROLE).render_as_string(hide_password=False),
+                    app_role=APP_ROLE, create_role=True)
+    app = sqlalchemy_url(database_url)
+    if not migration_database_url:
+        return Urls(owner=app, app=app)
+    return Urls(owner=sqlalchemy_url(migration_database_url), app=app, app_role=sa.make_url(app).username)
 
 
 def embedded_url(data_dir: Path, database: str = "postgres") -> str:
@@ -75,10 +100,6 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
-def resolve_url(database_url: str | None, data_dir: Path) -> str:
-    return sqlalchemy_url(database_url) if database_url else embedded_url(data_dir)
-
-
 def alembic_config(url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(Path(migrations.__file__).parent))
@@ -86,19 +107,38 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def migrate(url: str) -> None:
-    """Apply every pending migration (safe when two processes do it at once: an advisory lock).
+def migrate(url: str, *, app_role: str | None = None, create_role: bool = False) -> None:
+    """Apply every pending migration as the owner (safe when two processes do it at once: an advisory lock), then
+    grant `app_role` what the application needs (migration 0012), making the role first when `create_role`.
 
-    A database already at the head revision is left alone without running alembic, so every CLI
-    command can call this cheaply and quietly.
+    A database already at the head revision, whose application role has its grants, is left alone without
+    running alembic, so every CLI command can call this cheaply and quietly.
     """
     config = alembic_config(url)
     head = ScriptDirectory.from_config(config).get_current_head()
-    if _current_revision(url) == head:
+    upgraded = _current_revision(url) != head
+    if upgraded:
+        command.upgrade(config, "head")
+        log.info("migrations applied", extra={"revision": head})
+    else:
         log.debug("database schema up to date", extra={"revision": head})
-        return
-    command.upgrade(config, "head")
-    log.info("migrations applied", extra={"revision": head})
+    if app_role:
+        _grant(url, app_role, create_role=create_role, always=upgraded)
+
+
+def _grant(url: str, role: str, *, create_role: bool, always: bool) -> None:
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as c:
+            exists = c.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).scalar()
+            if not exists and create_role:
+                c.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE')
+            if always or not c.execute(sa.text("SELECT has_table_privilege(:r, 'posting', 'INSERT')"),
+                                       {"r": role}).scalar():
+                c.execute(sa.text("SELECT invledger_grant_app(:r)"), {"r": role})
+                log.info("application role granted", extra={"role": role})
+    finally:
+        engine.dispose()
 
 
 def _current_revision(url: str) -> str | None:

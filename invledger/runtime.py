@@ -12,9 +12,10 @@ from ledger.db import create_engine
 
 class Runtime(msgspec.Struct, kw_only=True):
     settings: config.Settings
-    url: str
+    url: str  # the application's role: what the engine connects as
     engine: sa.Engine
     ledger: Ledger
+    owner_url: str | None = None  # the owner's, for what the application's role may not do (API keys)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -23,10 +24,11 @@ class Runtime(msgspec.Struct, kw_only=True):
 def start(settings: config.Settings | None = None, *, migrate: bool = True,
           application_name: str = "invledger") -> Runtime:
     settings = settings or config.load()
-    url = database.resolve_url(settings.database_url, settings.data_dir)
+    where = database.urls(settings.database_url, settings.migration_database_url, settings.data_dir)
     if migrate:
-        database.migrate(url)
+        database.migrate(where.owner, app_role=where.app_role, create_role=where.create_role)
+    url = where.app
     engine = create_engine(url, pool_size=settings.db_pool_size,
                            statement_timeout_ms=settings.db_statement_timeout_ms,
                            application_name=application_name)
-    return Runtime(settings=settings, url=url, engine=engine, ledger=Ledger(engine))
+    return Runtime(settings=settings, url=url, engine=engine, ledger=Ledger(engine), owner_url=where.owner)

@@ -121,9 +121,10 @@ def make_anchor(engine: sa.Engine, key: Ed25519PrivateKey, made_by: str) -> Anch
     """Sign every account's current (posting count, head) and store it: the anchor row and a head row for each
     account that changed since the anchor before."""
     with engine.begin() as c:
-        # One snapshot: heads and counts as committed together. Anchors are made one at a time.
-        c.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        c.execute(sa.text("LOCK TABLE ledger_anchor IN EXCLUSIVE MODE"))
+        # Anchors are made one at a time, each reading after the one before committed (READ COMMITTED: the
+        # previous anchor's heads are seen once its lock is released). Each (count, head) read is a point its
+        # chain really passed through, whatever commits between the statements.
+        c.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended('invledger:anchor', 0))"))
         made_at = c.execute(sa.text("SELECT now()")).scalar_one()
         current = {r.id: (r.posting_count, bytes(r.chain_head)) for r in c.execute(sa.text(
             "SELECT id, posting_count, chain_head FROM ledger_account WHERE posting_count > 0"))}

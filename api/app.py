@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,7 @@ from invledger import __version__, metrics
 from invledger.config import Settings
 from ledger import Ledger
 
+access_log = logging.getLogger("invledger.access")
 REQUEST_BODY_MAX_BYTES = 1024 * 1024
 # Webhook group commit (integration.intake): committer threads, and the most deliveries one transaction takes.
 WEBHOOK_COMMITTERS = 2
@@ -118,9 +120,16 @@ def _timing_middleware(app: Any) -> Any:
         try:
             await app(scope, receive, send_wrapper)
         finally:
+            elapsed_s = time.perf_counter() - started
             route = scope.get("path_template") or ("other" if status["code"] == 404 else scope.get("path", ""))
-            metrics.REQUEST_SECONDS.labels(scope.get("method", ""), route, str(status["code"])).observe(
-                time.perf_counter() - started)
+            metrics.REQUEST_SECONDS.labels(scope.get("method", ""), route, str(status["code"])).observe(elapsed_s)
+            # The access log: who asked what and how it went. No query string, headers or body (no secrets: a
+            # key travels only in Authorization); the principal is the key's public prefix and role.
+            client = scope.get("client") or ("", 0)
+            access_log.info("request", extra={
+                "method": scope.get("method"), "path": scope.get("path"), "status": status["code"],
+                "duration_ms": round(elapsed_s * 1000, 2), "client": client[0],
+                "principal": (scope.get("state") or {}).get("principal", "")})
     return middleware
 
 

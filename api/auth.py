@@ -26,6 +26,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from api.errors import ApiError
+from ledger.book import PRINCIPAL
 
 Role = Literal["finance", "operator", "admin"]
 RANK: dict[str, int] = {"finance": 1, "operator": 2, "admin": 3}
@@ -172,6 +173,11 @@ class KeyStore:
                       {"s": _hash(session_id)})
 
 
+def principal_of(role: str, prefix: str) -> str:
+    """Who a request acts as, as entries, status changes, acknowledgements and retries record it."""
+    return f"apikey:{prefix}:{role}"
+
+
 def bearer(connection: ASGIConnection) -> str | None:
     header = connection.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -197,4 +203,6 @@ async def require_role(connection: ASGIConnection, handler: BaseRouteHandler) ->
     role, prefix = found
     if RANK[role] < RANK[needed]:
         raise ApiError(403, "forbidden", f"this needs the {needed} role; the key has {role}")
-    connection.scope.setdefault("state", {})["principal"] = f"{role}:{prefix}"
+    principal = principal_of(role, prefix)
+    connection.scope.setdefault("state", {})["principal"] = principal
+    PRINCIPAL.set(principal)  # what this request books is recorded as done by this key (ledger.book.acting_as)

@@ -33,13 +33,14 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from api import tabular, views
-from api.auth import RANK, KeyStore
+from api.auth import RANK, KeyStore, principal_of
 from api.controllers.alerts import acknowledge
 from api.errors import STATUS_OF, ApiError
 from api.params import LedgerDep, QueryInt, QueryText, SettingsDep
 from api.schemas import PeriodStart, parse_time, statement_out
 from integration import reconcile
 from ledger import chart, reports, times
+from ledger.book import PRINCIPAL
 from ledger.errors import LedgerError
 from ledger.times import rfc3339
 
@@ -129,7 +130,8 @@ async def page_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> N
     if RANK[role] < RANK[needed]:
         raise PageForbidden(needed, role)
     state = connection.scope.setdefault("state", {})
-    state.update(principal=f"{role}:{prefix}", role=role, csrf_token=csrf_token(session_id))
+    state.update(principal=principal_of(role, prefix), role=role, csrf_token=csrf_token(session_id))
+    PRINCIPAL.set(principal_of(role, prefix))
 
 
 def _safe_next(target: str | None) -> str:

@@ -87,6 +87,7 @@ def entry_out(entry: Entry) -> dict[str, Any]:
             "effective_at": rfc3339(entry.effective_at), "recorded_at": rfc3339(entry.recorded_at),
             "memo": entry.memo, "metadata": entry.metadata, "idempotency_key": entry.idempotency_key,
             "reverses_entry_id": entry.reverses_entry_id, "reversed_by_entry_id": entry.reversed_by_entry_id,
+            "recorded_by": entry.recorded_by,
             "postings": [{"account": p.account, "side": "debit" if p.side == "D" else "credit",
                           "amount": str(p.amount), "currency": p.amount.currency} for p in entry.postings]}
 
@@ -99,7 +100,7 @@ def statement_out(statement: Statement) -> dict[str, Any]:
                        "recorded_at": rfc3339(line.recorded_at), "kind": line.kind, "memo": line.memo,
                        "debit": str(line.amount) if line.side == "D" else None,
                        "credit": str(line.amount) if line.side == "C" else None,
-                       "balance": str(line.balance)} for line in statement.lines],
+                       "balance": str(line.balance), "recorded_by": line.recorded_by} for line in statement.lines],
             "closing_balance": str(statement.closing_balance), "next_cursor": statement.next_cursor}
 
 

@@ -151,7 +151,8 @@ def balance_rows(body: Mapping[str, Any]) -> list[Row]:
 
 # ----------------------------------------------------------------------------------------- statement
 
-STATEMENT_HEADERS = ["effective_at", "recorded_at", "entry_id", "kind", "memo", "debit", "credit", "balance"]
+STATEMENT_HEADERS = ["effective_at", "recorded_at", "entry_id", "kind", "memo", "debit", "credit", "balance",
+                     "recorded_by"]
 
 
 def statement_rows(body: Mapping[str, Any]) -> list[Row]:

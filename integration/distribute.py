@@ -16,6 +16,7 @@ import msgspec
 
 from integration import alerts, runs
 from ledger import Ledger
+from ledger.book import as_caller
 from ledger.distribution import (
     Deferred,
     Distribution,
@@ -57,7 +58,8 @@ def distribute_month(ledger: Ledger, month: date, *, require_snapshot: bool = Tr
             return error
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="distribute") as pool:
-        for done, (account_id, outcome) in enumerate(zip(accounts, pool.map(one, accounts), strict=True), 1):
+        for done, (account_id, outcome) in enumerate(zip(accounts, pool.map(as_caller(one), accounts), strict=True),
+                                                     1):
             counts.accounts += 1
             dedup_key = f"distribution:{account_id}:{month_key(month)}"
             if isinstance(outcome, Distribution):

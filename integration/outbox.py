@@ -24,6 +24,7 @@ import msgspec
 import sqlalchemy as sa
 
 from integration import alerts
+from ledger.book import PRINCIPAL
 
 log = logging.getLogger("integration.outbox")
 
@@ -122,9 +123,9 @@ def retry_dead(engine: sa.Engine, outbox_id: int | None = None) -> int:
     """Put dead rows (one, or all) back in the queue; their alerts resolve. Returns how many."""
     with engine.begin() as connection:
         ids = connection.execute(sa.text("""
-            UPDATE outbox_event SET status = 'pending', attempts = 0, next_attempt_at = now()
+            UPDATE outbox_event SET status = 'pending', attempts = 0, next_attempt_at = now(), retried_by = :by
              WHERE status = 'dead' AND (CAST(:id AS bigint) IS NULL OR id = :id) RETURNING id"""),
-            {"id": outbox_id}).scalars().all()
+            {"id": outbox_id, "by": PRINCIPAL.get()}).scalars().all()
         for event_id in ids:
             alerts.resolve_alert(connection, f"outbox:{event_id}")
     return len(ids)
@@ -135,7 +136,7 @@ def listing(engine: sa.Engine, *, status: str | None = None, after: int | None =
     with engine.connect() as connection:
         rows = connection.execute(sa.text("""
             SELECT id, account_id, topic, payload, status, attempts, created_at, next_attempt_at, last_error,
-                   delivered_at FROM outbox_event
+                   delivered_at, retried_by FROM outbox_event
              WHERE (CAST(:status AS text) IS NULL OR status = :status)
                AND (CAST(:after AS bigint) IS NULL OR id > :after)
              ORDER BY id LIMIT :limit"""), {"status": status, "after": after, "limit": max(1, min(limit, 1000))})

@@ -49,6 +49,7 @@ from integration import alerts, runs
 from integration.client import EngineClient, EngineError, EngineNotFound
 from integration.engine_api import AccountStatus
 from ledger import Ledger
+from ledger.book import PRINCIPAL
 from ledger.errors import LedgerError
 from ledger.money import Money, scale_of
 
@@ -417,7 +418,7 @@ def request_run(engine: sa.Engine, enqueue: Callable[..., None], *, tolerance: D
     what the API's `POST /reconciliations`, the reconciliation page's "Run now" and the demo all do."""
     run_key, period = on_demand_key()
     run = runs.enqueue_record(engine, job="reconcile", run_key=run_key, period=period, trigger=trigger,
-                              parameters={"tolerance": str(tolerance)})
+                              parameters={"tolerance": str(tolerance), "requested_by": PRINCIPAL.get()})
     enqueue("reconcile", period=period, run_key=run_key, trigger=trigger)
     return run
 

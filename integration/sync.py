@@ -25,6 +25,7 @@ from integration import alerts, runs
 from integration.client import EngineClient, EngineError, EngineNotFound
 from integration.webhooks import Booking, WebhookProcessor
 from ledger import Ledger
+from ledger.book import as_caller
 from ledger.errors import LedgerError
 
 log = logging.getLogger("integration.sync")
@@ -134,7 +135,7 @@ def sync_day(ledger: Ledger, client: EngineClient, processor: WebhookProcessor, 
             return SyncCounts(accounts=1, unavailable=1)
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="sync") as pool:
-        for done, result in enumerate(pool.map(one, accounts), 1):
+        for done, result in enumerate(pool.map(as_caller(one), accounts), 1):
             counts.add(result)
             if progress is not None:
                 progress(done, total)

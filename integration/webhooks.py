@@ -51,7 +51,7 @@ from integration.events import (
     event_type_of,
 )
 from integration.signature import Verified
-from ledger import Ledger, Money, Tx, rules
+from ledger import Ledger, Money, Tx, acting_as, rules
 from ledger.errors import InvalidAmount, InvalidEntry, LedgerError
 from ledger.model import InvestmentAccount
 from ledger.times import end_of_day
@@ -196,7 +196,8 @@ class WebhookProcessor:
             # Same content = same canonical encoding: whitespace and key order do not make a conflict.
             items.append(_Item(event=event, key=dedup_key(event, delivery.body, delivery.webhook_id),
                                content_sha256=hashlib.sha256(_canonical.encode(event)).digest()))
-        return self.ledger.transact(lambda tx: self._receive_batch(tx, deliveries, items))
+        with acting_as("engine"):  # what a signed delivery books is the engine's doing
+            return self.ledger.transact(lambda tx: self._receive_batch(tx, deliveries, items))
 
     def _receive_batch(self, tx: Tx, deliveries: Sequence[Delivery], items: list[_Item | Outcome]) -> list[Outcome]:
         c = tx.connection

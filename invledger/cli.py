@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 import msgspec
 
 from invledger import __version__, config, logs
-from ledger import times
+from ledger import acting_as, times
 from ledger.times import rfc3339
 
 log = logging.getLogger("invledger.cli")
@@ -601,6 +601,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        import os
+
+        return str(os.getuid())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["simulate-engine"]:  # the simulator has its own options and --help
@@ -618,7 +629,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logs.configure(args.settings.log_level)
     try:
-        return args.handler(args)
+        with acting_as(f"cli:{_os_user()}"):  # `serve` and `worker` set their own per request and per job
+            return args.handler(args)
     except CliError as error:
         print(f"invledger: {error}", file=sys.stderr)
         return 1

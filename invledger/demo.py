@@ -22,6 +22,7 @@ import msgspec
 import sqlalchemy as sa
 
 from invledger.config import Settings
+from ledger import acting_as
 
 log = logging.getLogger("invledger.demo")
 DEMO_DAYS = 7
@@ -80,7 +81,8 @@ def start_feeder(ledger, engine: sa.Engine, sim, client, key: str,
     def run() -> None:
         time.sleep(1.0)  # let the server start listening for the simulator's webhooks
         try:
-            feed(ledger, engine, sim, client, key, reconcile_now)
+            with acting_as("demo"):
+                feed(ledger, engine, sim, client, key, reconcile_now)
         except Exception:  # noqa: BLE001 — the demo must never take the server down
             log.exception("demo feeder failed")
 

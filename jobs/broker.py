@@ -13,14 +13,30 @@ import dramatiq
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
 
+from ledger.book import PRINCIPAL
+
 log = logging.getLogger("jobs.broker")
 MESSAGE_AGE_LIMIT_MS = 60 * 60 * 1000
 MESSAGE_TIME_LIMIT_MS = 30 * 60 * 1000
 
 
+class ActingAsJob(dramatiq.Middleware):
+    """What a job books is recorded as done by `job:<actor>` (ledger.book.acting_as)."""
+
+    def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        PRINCIPAL.set(f"job:{message.actor_name}")
+
+    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *, result=None,
+                              exception=None) -> None:
+        PRINCIPAL.set("")
+
+    after_skip_message = after_process_message
+
+
 def _middleware() -> list:
     return [AgeLimit(max_age=MESSAGE_AGE_LIMIT_MS), TimeLimit(time_limit=MESSAGE_TIME_LIMIT_MS),
-            ShutdownNotifications(), Callbacks(), Pipelines(), Retries(max_retries=3, min_backoff=1000)]
+            ShutdownNotifications(), Callbacks(), Pipelines(), Retries(max_retries=3, min_backoff=1000),
+            ActingAsJob()]
 
 
 def make_broker(url: str | None) -> dramatiq.Broker:

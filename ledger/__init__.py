@@ -3,7 +3,7 @@
 It knows nothing of HTTP, dramatiq or the ML Engine. Start from `ledger.book.Ledger`.
 """
 
-from ledger.book import Ledger, Tx
+from ledger.book import Ledger, Tx, acting_as
 from ledger.errors import (
     AccountStateConflict,
     AlreadyReversed,
@@ -24,5 +24,5 @@ __all__ = [
     "AccountSpec", "AccountStateConflict", "AlreadyReversed", "DuplicateConflict", "EntryDraft",
     "InsufficientFunds", "IntegrityViolation", "InvalidAmount", "InvalidEntry", "Leg", "Ledger",
     "LedgerError", "Money", "Posted", "Tx", "UnknownAccount", "UnknownCurrency", "UnknownEntry",
-    "parse_amount",
+    "acting_as", "parse_amount",
 ]

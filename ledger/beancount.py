@@ -119,6 +119,8 @@ def export(ledger: Ledger, out: TextIO, as_of: datetime | None = None,
                     write(f"  investment_account: {_string(entry.investment_account_id)}\n")
                 if entry.reverses_entry_id:
                     write(f"  reverses_entry_id: {entry.reverses_entry_id}\n")
+                if entry.recorded_by:
+                    write(f"  recorded_by: {_string(entry.recorded_by)}\n")
                 for p in postings:
                     account = by_id[p.ledger_account_id]
                     signed = p.amount_minor if p.side == "D" else -p.amount_minor
@@ -142,7 +144,7 @@ def export(ledger: Ledger, out: TextIO, as_of: datetime | None = None,
 def _entries(c: sa.Connection, cut: datetime) -> Iterator[tuple[sa.Row, list[sa.Row]]]:
     """Entries effective at or before `cut`, in effective-time order, each with its postings (streamed)."""
     result = c.execute(sa.text("""
-        SELECT e.id, e.kind, e.memo, e.effective_at, e.investment_account_id, e.reverses_entry_id,
+        SELECT e.id, e.kind, e.memo, e.effective_at, e.investment_account_id, e.reverses_entry_id, e.recorded_by,
                p.ledger_account_id, p.side, p.amount_minor, p.currency
           FROM journal_entry e JOIN posting p ON p.entry_id = e.id
          WHERE e.effective_at <= :cut

@@ -12,6 +12,7 @@ the posting trigger — one global order, so no cycle of waits can form.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -55,6 +56,28 @@ from ledger.times import ONE_MICROSECOND, just_before
 
 T = TypeVar("T")
 
+# Who is acting: recorded on every entry and account status change (migration 0013). The doors set it — the API
+# from the request's key, the webhook intake "engine", a job "job:<actor>", the command line "cli:<user>" — and
+# everything booked in that context carries it. Principals are at most PRINCIPAL_LENGTH_MAX characters.
+PRINCIPAL: contextvars.ContextVar[str] = contextvars.ContextVar("invledger_principal", default="")
+PRINCIPAL_LENGTH_MAX = 200
+
+
+def as_caller(function: Callable[[Any], T]) -> Callable[[Any], T]:
+    """`function` to run in a pool's threads as the caller (a new thread starts with no principal)."""
+    caller = contextvars.copy_context()
+    return lambda argument: caller.copy().run(function, argument)
+
+
+@contextmanager
+def acting_as(principal: str) -> Iterator[None]:
+    """Book what is booked inside as `principal`."""
+    token = PRINCIPAL.set(principal[:PRINCIPAL_LENGTH_MAX])
+    try:
+        yield
+    finally:
+        PRINCIPAL.reset(token)
+
 LEGS_MAX = 64
 PAGE_LIMIT_MAX = 1000
 EFFECTIVE_SKEW_MAX = timedelta(minutes=5)
@@ -78,9 +101,9 @@ WITH locked AS (
     SELECT id FROM ledger_account WHERE id = ANY(CAST(:accounts AS bigint[])) ORDER BY id FOR NO KEY UPDATE),
 e AS (
     INSERT INTO journal_entry (idempotency_key, content_hash, kind, investment_account_id, effective_at,
-                               recorded_at, memo, metadata, reverses_entry_id)
+                               recorded_at, memo, metadata, reverses_entry_id, recorded_by)
     SELECT :key, :hash, :kind, :account_id, COALESCE(CAST(:effective_at AS timestamptz), held.at), held.at,
-           :memo, CAST(:metadata AS jsonb), :reverses
+           :memo, CAST(:metadata AS jsonb), :reverses, :by
       FROM (SELECT clock_timestamp() AS at, count(*) FROM locked) AS held
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id, effective_at, recorded_at)
@@ -241,8 +264,8 @@ class Tx:
 
     def _event(self, account_id: str, kind: str, reason: str, source: str) -> None:
         self.connection.execute(sa.text(
-            "INSERT INTO account_event (account_id, kind, reason, source) VALUES (:a, :k, :r, :s)"),
-            {"a": account_id, "k": kind, "r": reason[:1000], "s": source})
+            "INSERT INTO account_event (account_id, kind, reason, source, recorded_by) VALUES (:a, :k, :r, :s, :by)"),
+            {"a": account_id, "k": kind, "r": reason[:1000], "s": source, "by": PRINCIPAL.get()})
 
     # ------------------------------------------------------------------ money movements
 
@@ -311,7 +334,7 @@ class Tx:
             "key": draft.idempotency_key, "hash": content_hash, "kind": draft.kind,
             "account_id": draft.investment_account_id, "effective_at": draft.effective_at,
             "memo": draft.memo, "metadata": _json.encode(draft.metadata).decode(),
-            "reverses": draft.reverses_entry_id,
+            "reverses": draft.reverses_entry_id, "by": PRINCIPAL.get(),
             "accounts": [accounts[leg.account].id for leg in legs], "sides": [leg.side for leg in legs],
             "amounts": [leg.amount.minor for leg in legs], "currencies": [leg.amount.currency for leg in legs],
         }
@@ -358,13 +381,15 @@ class Tx:
         if not first_of:
             return []
         unique = sorted(first_of.values())
+        by = PRINCIPAL.get()
         with _write_errors():
             rows = self.connection.execute(_POST_ENTRIES, {
                 "accounts": sorted({accounts[leg.account].id for draft in drafts for leg in draft.legs}),
                 "entries": _json.encode([{
                     "key": drafts[i].idempotency_key, "hash": hashes[i].hex(), "kind": drafts[i].kind,
                     "account_id": drafts[i].investment_account_id, "effective_at": drafts[i].effective_at,
-                    "memo": drafts[i].memo, "metadata": drafts[i].metadata, "reverses": drafts[i].reverses_entry_id}
+                    "memo": drafts[i].memo, "metadata": drafts[i].metadata, "reverses": drafts[i].reverses_entry_id,
+                    "by": by}
                     for i in unique]).decode(),
                 "legs": _json.encode([{
                     "k": drafts[i].idempotency_key, "a": accounts[leg.account].id, "s": leg.side,
@@ -447,7 +472,7 @@ class Tx:
             return []
         heads = self.connection.execute(sa.text("""
             SELECT e.id, e.idempotency_key, e.kind, e.investment_account_id, e.effective_at, e.recorded_at,
-                   e.memo, e.metadata, e.reverses_entry_id, r.id AS reversed_by
+                   e.memo, e.metadata, e.reverses_entry_id, r.id AS reversed_by, e.recorded_by
               FROM journal_entry e LEFT JOIN journal_entry r ON r.reverses_entry_id = e.id
              WHERE e.id = ANY(:ids)"""), {"ids": ids}).mappings().all()
         legs: dict[int, list[PostingView]] = {i: [] for i in ids}
@@ -464,7 +489,8 @@ class Tx:
                              investment_account_id=h["investment_account_id"], effective_at=h["effective_at"],
                              recorded_at=h["recorded_at"], memo=h["memo"], metadata=h["metadata"],
                              reverses_entry_id=h["reverses_entry_id"], reversed_by_entry_id=h["reversed_by"],
-                             postings=tuple(legs[h["id"]])) for h in heads), key=lambda e: order[e.id])
+                             recorded_by=h["recorded_by"], postings=tuple(legs[h["id"]])) for h in heads),
+                      key=lambda e: order[e.id])
 
 
 class Ledger:
@@ -606,7 +632,8 @@ class Ledger:
             else:
                 opening_minor = 0
             rows = c.execute(sa.text("""
-                SELECT p.entry_id, p.seq, p.effective_at, e.recorded_at, e.kind, e.memo, p.side, p.amount_minor
+                SELECT p.entry_id, p.seq, p.effective_at, e.recorded_at, e.kind, e.memo, p.side, p.amount_minor,
+                       e.recorded_by
                   FROM posting p JOIN journal_entry e ON e.id = p.entry_id
                  WHERE p.ledger_account_id = :id
                    AND (CAST(:start AS timestamptz) IS NULL OR p.effective_at >= :start)
@@ -627,7 +654,7 @@ class Ledger:
                     entry_id=row.entry_id, seq=row.seq, effective_at=row.effective_at,
                     recorded_at=row.recorded_at, kind=row.kind, memo=row.memo, side=row.side,
                     amount=Money(minor=row.amount_minor, currency=account.currency),
-                    balance=Money(minor=running, currency=account.currency)))
+                    balance=Money(minor=running, currency=account.currency), recorded_by=row.recorded_by))
             next_cursor = encode_cursor(rows[-1].effective_at, rows[-1].seq) if more else None
             return Statement(account=name, currency=account.currency, start=_aware_or_none(start),
                              end=end or datetime.now(UTC),

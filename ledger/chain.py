@@ -1,8 +1,9 @@
 """Tamper evidence: every ledger account's hash chain recomputed from the rows, and anchors that sign the heads.
 
 The chains are made by the posting triggers (migration 0010): a posting's digest covers its own fields and its
-entry's (key, content hash, kind, account, times, memo, metadata, what it reverses); each statement that books on
-an account adds one link, SHA-256(previous head || its legs' digests in posting order), stamped on those legs.
+entry's (key, content hash, kind, account, times, memo, metadata, what it reverses, who booked it — migration
+0013); each statement that books on an account adds one link, SHA-256(previous head || its legs' digests in
+posting order), stamped on those legs.
 Here the digests are recomputed with this module's own SQL (never a function stored in the database, which
 someone holding the credentials could replace) and the links with Python's hashlib.
 
@@ -37,10 +38,14 @@ _SIGNED_PREFIX = b"invledger-anchor-v1\n"
 
 # The digests, as migration 0010's ledger_entry_digest and ledger_posting_digest compute them.
 _EPOCH_US = "(extract(epoch FROM {}) * 1000000)::bigint"
-ENTRY_DIGEST = (
-    "sha256(convert_to(json_build_array(e.id, e.idempotency_key, encode(e.content_hash, 'hex'), e.kind, "
+_ENTRY_FIELDS = (
+    "e.id, e.idempotency_key, encode(e.content_hash, 'hex'), e.kind, "
     f"e.investment_account_id, {_EPOCH_US.format('e.effective_at')}, {_EPOCH_US.format('e.recorded_at')}, "
-    "e.memo, e.metadata, e.reverses_entry_id)::text, 'UTF8'))")
+    "e.memo, e.metadata, e.reverses_entry_id")
+# Who booked it is covered too (migration 0013); an entry booked before that has '' and its 0010 digest.
+ENTRY_DIGEST = (
+    f"sha256(convert_to(CASE WHEN e.recorded_by = '' THEN json_build_array({_ENTRY_FIELDS}) "
+    f"ELSE json_build_array({_ENTRY_FIELDS}, e.recorded_by) END::text, 'UTF8'))")
 POSTING_DIGEST = (
     "sha256(convert_to(json_build_array(p.ledger_account_id, p.seq, p.entry_id, p.side::text, p.amount_minor, "
     f"p.currency, {_EPOCH_US.format('p.effective_at')}, p.balance_after_minor, p.late)::text, 'UTF8') "

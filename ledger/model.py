@@ -82,6 +82,7 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
     reverses_entry_id: int | None
     reversed_by_entry_id: int | None
     postings: tuple[PostingView, ...]
+    recorded_by: str = ""  # who booked it (ledger.book.acting_as): an API key, the engine, a job, the CLI
 
 
 class AccountSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -119,6 +120,7 @@ class StatementLine(msgspec.Struct, frozen=True, kw_only=True):
     side: Side
     amount: Money
     balance: Money  # running balance (normal sign) after this line, in effective-time order
+    recorded_by: str = ""  # who booked the entry
 
 
 class Statement(msgspec.Struct, frozen=True, kw_only=True):

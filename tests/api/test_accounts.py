@@ -177,3 +177,30 @@ def test_statement_and_openapi(client, keys) -> None:
     assert statement["opening_balance"] == "0.00" and statement["closing_balance"] == "1000.00"
     assert client.get("/schema/openapi.json").status_code == 200
     assert "invledger_webhooks_total" in client.get("/metrics").text
+
+
+def test_who_did_what_is_recorded_and_shown(client, keys, engine) -> None:
+    """Issue 17, part 3: every entry and status change records the key that made it; the journal, the statement
+    (JSON, CSV) and the Beancount export show it."""
+    import sqlalchemy as sa
+
+    account_id = open_account(client, keys)
+    operator = f"apikey:{keys['operator'].split('_')[1]}:operator"
+    admin = f"apikey:{keys['admin'].split('_')[1]}:admin"
+    deposit = client.post(f"/api/v1/accounts/{account_id}/deposits", json={"amount": "5.00"},
+                          headers={**auth(keys["operator"]), "Idempotency-Key": "who-1"}).json()
+    reversal = client.post(f"/api/v1/journal/{deposit['entry_id']}/reversal", json={"reason": "typo"},
+                           headers=auth(keys["admin"])).json()
+    client.post(f"/api/v1/accounts/{account_id}/pause", headers=auth(keys["operator"]))
+    journal = {e["entry_id"]: e["recorded_by"] for e in client.get(
+        f"/api/v1/journal?account={account_id}", headers=auth(keys["finance"])).json()["items"]}
+    assert journal[deposit["entry_id"]] == operator and journal[reversal["entry_id"]] == admin
+    assert set(journal.values()) == {operator, admin}  # the initial capital too, booked by the operator's key
+    lines = client.get(f"/api/v1/accounts/{account_id}/statement", headers=auth(keys["finance"])).json()["lines"]
+    assert {line["recorded_by"] for line in lines} == {operator, admin}
+    csv_text = client.get(f"/api/v1/accounts/{account_id}/statement",
+                          headers={**auth(keys["finance"]), "Accept": "text/csv"}).text
+    assert csv_text.splitlines()[0].endswith(",recorded_by") and operator in csv_text
+    with engine.connect() as c:
+        assert c.execute(sa.text("SELECT recorded_by FROM account_event WHERE account_id = :a AND kind = 'paused'"),
+                         {"a": account_id}).scalar() == operator

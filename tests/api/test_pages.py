@@ -338,7 +338,7 @@ def test_pages_in_a_real_browser(client, keys, ledger, engine: sa.Engine, server
     browser.screenshot(shots / "alerts-after.png")
     acknowledged = api(server, finance, "/api/v1/alerts?status=acknowledged&limit=1000")["items"]
     mine = next(a for a in acknowledged if a["id"] == alert_id)
-    assert mine["acknowledged_by"].startswith("operator:") and mine["acknowledged_by"].endswith("(page)")
+    assert mine["acknowledged_by"].startswith("apikey:") and mine["acknowledged_by"].endswith(":operator (page)")
 
     # Sign out: the cookie is gone and pages ask for a key again.
     browser.click("header form button")

@@ -161,7 +161,8 @@ def test_alerts_list_and_acknowledge(client, keys, engine: sa.Engine) -> None:
     assert client.post(url, headers=auth(keys["finance"])).status_code == 403
     acked = client.post(url, headers=auth(keys["operator"]))
     assert acked.status_code == 200 and acked.json()["status"] == "acknowledged"
-    assert acked.json()["acknowledged_by"].startswith("operator:")
+    by = acked.json()["acknowledged_by"]
+    assert by.startswith("apikey:") and by.endswith(":operator")
     again = client.post(url, headers=auth(keys["admin"]))
     assert again.json()["acknowledged_by"] == acked.json()["acknowledged_by"]  # the first one is kept
     assert alert_id not in [a["id"] for a in get(client, keys, "/api/v1/alerts?status=open&limit=1000")["items"]]

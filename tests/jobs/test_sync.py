@@ -71,6 +71,9 @@ def test_sync_books_what_webhooks_missed_exactly_once(db: Db, sim: Simulator, ru
         "performance_seen": 3, "performance_filled": 2, "performance_already": 1, "unavailable": 0,
         "conflicts": 0, "rejected": 0}
     assert closed_trades_booked(db) == (seen, filled)
+    # Who did what: the trades the webhooks brought were the engine's; those the back-fill found, the job's.
+    assert {row[0] for row in db.rows("SELECT DISTINCT recorded_by FROM journal_entry WHERE kind = 'trade'")} == {
+        "engine", "job:sync_performance"}
 
     # Exactly once: each account's balance at the end of the day is the engine's closing balance, including
     # the one whose true-up came before the trades it covers.

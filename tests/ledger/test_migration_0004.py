@@ -6,14 +6,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
 from alembic import command
 
 from invledger import database
-from ledger import AccountSpec, Ledger, Money, rules
+from ledger import Ledger
 from ledger.db import create_engine
 from ledger.verify import verify
 
@@ -36,12 +35,32 @@ def test_upgrade_fills_the_lateness_of_existing_books(url_at_0003: str) -> None:
     engine = create_engine(url_at_0003, pool_size=2)
     try:
         ledger = Ledger(engine)
-        ledger.open_account(AccountSpec(account_id="mig-a", product_id="p", agent_type="swing", currency="USD",
-                                        fee_rate=Decimal("0.2"), initial_capital=None))
         start = datetime(2025, 6, 1, 12, tzinfo=UTC)
+        # The books as the code of revision 0003 wrote them: plain SQL against that schema (today's code writes
+        # columns later migrations added).
+        with engine.begin() as c:
+            c.execute(sa.text("""
+                INSERT INTO investment_account (account_id, product_id, agent_type, currency, fee_rate)
+                VALUES ('mig-a', 'p', 'swing', 'USD', 0.2)"""))
+            c.execute(sa.text("""
+                INSERT INTO ledger_account (name, type, currency, investment_account_id)
+                VALUES ('assets:custody:mig-a', 'asset', 'USD', 'mig-a'),
+                       ('liabilities:investors:mig-a', 'liability', 'USD', 'mig-a')"""))
         for day, minor in ((0, 500), (10, 700), (4, -40), (12, 90), (2, 15)):  # day 4: 6 days late; day 2: 10
-            ledger.post(rules.gain_or_loss("trade", "mig-a", Money(minor=minor, currency="USD"),
-                                           idempotency_key=f"mig:{day}", effective_at=start + timedelta(days=day)))
+            gain = minor > 0
+            with engine.begin() as c:
+                entry = c.execute(sa.text("""
+                    INSERT INTO journal_entry (idempotency_key, content_hash, kind, investment_account_id,
+                                               effective_at)
+                    VALUES (:k, sha256(convert_to(:k, 'UTF8')), 'trade', 'mig-a', :at) RETURNING id"""),
+                    {"k": f"mig:{day}", "at": start + timedelta(days=day)}).scalar_one()
+                for name, side in (("assets:custody:mig-a", "D" if gain else "C"),
+                                   ("liabilities:investors:mig-a", "C" if gain else "D")):
+                    c.execute(sa.text("""
+                        INSERT INTO posting (ledger_account_id, entry_id, side, amount_minor, currency, seq,
+                                             effective_at, balance_after_minor, late)
+                        SELECT id, :e, :s, :m, 'USD', 0, :at, 0, false FROM ledger_account WHERE name = :n"""),
+                        {"e": entry, "s": side, "m": abs(minor), "at": start + timedelta(days=day), "n": name})
         with engine.connect() as c:
             assert c.execute(sa.text("SELECT to_regprocedure('ledger_balances_as_of(timestamptz)')")).scalar() is None
 

@@ -9,7 +9,6 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterator
-from decimal import Decimal
 
 import msgspec
 import pytest
@@ -20,7 +19,7 @@ from integration.events import decode
 from integration.signature import Verified
 from integration.webhooks import WebhookProcessor
 from invledger import database
-from ledger import AccountSpec, Ledger
+from ledger import Ledger
 from ledger.db import create_engine
 
 
@@ -52,8 +51,14 @@ def test_header_keys_move_to_their_own_namespaces(url_at_0007: str) -> None:
     engine = create_engine(url_at_0007, pool_size=2)
     try:
         ledger = Ledger(engine)
-        ledger.open_account(AccountSpec(account_id="mig-w", product_id="p", agent_type="a", currency="USD",
-                                        fee_rate=Decimal("0.2"), initial_capital=None))
+        with engine.begin() as c:  # as the code of revision 0007 opened an account (today's writes newer columns)
+            c.execute(sa.text("""
+                INSERT INTO investment_account (account_id, product_id, agent_type, currency, fee_rate)
+                VALUES ('mig-w', 'p', 'a', 'USD', 0.2)"""))
+            c.execute(sa.text("""
+                INSERT INTO ledger_account (name, type, currency, investment_account_id)
+                VALUES ('assets:custody:mig-w', 'asset', 'USD', 'mig-w'),
+                       ('liabilities:investors:mig-w', 'liability', 'USD', 'mig-w')"""))
         rows = {  # key as the code before 0008 stored it -> (scheme, body)
             "event:msg_signed": ("standard", _update("10.00")),
             "event:evil-1": ("ml", _update("20.00")),

@@ -113,6 +113,7 @@ def test_a_posting_amount_with_every_derived_column_refixed(books: Books) -> Non
     ("memo", "UPDATE journal_entry SET memo = 'nothing to see' WHERE id = :e"),
     ("metadata", "UPDATE journal_entry SET metadata = metadata || '{\"approved_by\": \"cfo\"}' WHERE id = :e"),
     ("kind", "UPDATE journal_entry SET kind = 'adjustment' WHERE id = :e"),
+    ("who booked it", "UPDATE journal_entry SET recorded_by = 'apikey:someone:admin' WHERE id = :e"),
 ])
 def test_an_entry_edited_before_the_anchor(books: Books, what: str, sql: str) -> None:
     entry = _entry(books, "tam-a:d1")

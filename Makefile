@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 # `make run` reads every setting of contract §2 from the environment (LEDGER_PORT=9000 make run), or from the
 # make command line (make run LEDGER_PORT=9000): make passes both to the recipe as they are.
 PYTEST_ARGS ?=
@@ -18,6 +19,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
+# What serving needs and nothing else: `make run` installs no test-only package (a venv that `make test` filled
+# keeps them; .ci/run checks a serving-only install has none).
+$(RUN_STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
+	touch $(RUN_STAMP)
+
 install: $(STAMP) browser  ## create .venv and install the project with its test tools
 
 # The page tests drive Debian's chromium headless; installed here when missing and we may (root + apt).
@@ -27,7 +36,7 @@ browser:
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }; }; } || \
 	  echo "chromium is not installed: the browser test will be skipped (apt-get install chromium)"
 
-run: $(STAMP)  ## embedded PostgreSQL, migrate, serve on LEDGER_HOST:LEDGER_PORT (DEMO=1 adds the engine simulator)
+run: $(RUN_STAMP)  ## embedded PostgreSQL, migrate, serve on LEDGER_HOST:LEDGER_PORT (DEMO=1 adds the engine simulator)
 	$(BIN)/invledger serve $(if $(DEMO),--demo,)
 
 test: $(STAMP) browser  ## the suite without the slow suites, on a real PostgreSQL (embedded unless DATABASE_URL is set)

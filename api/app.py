@@ -16,7 +16,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.routes import HTTPRoute
 
-from api import pages
+from api import pages, ratelimit
 from api.auth import KeyStore
 from api.controllers.accounts import AccountController
 from api.controllers.alerts import AlertController
@@ -28,6 +28,7 @@ from api.controllers.webhooks import ml_engine_webhook
 from api.errors import HANDLERS, document_error_answers
 from api.openapi import state_the_rules
 from api.params import LedgerDep
+from api.ratelimit import RateLimits
 from api.requests import ExactJsonRequest
 from integration.intake import GroupCommit
 from integration.webhooks import WebhookProcessor
@@ -152,10 +153,14 @@ def create_app(ledger: Ledger, settings: Settings, *, readiness: dict[str, Calla
                         ReconciliationController, pages.ROUTER, *(route_handlers or [])],
         dependencies={"ledger": constant(ledger), "settings": constant(settings)},
         state=State({"key_store": KeyStore(ledger.engine), "readiness": readiness or {}, "settings": settings,
-                     "jobs": jobs, "webhooks": webhooks}),
+                     "jobs": jobs, "webhooks": webhooks,
+                     "rate_limits": RateLimits(per_key=settings.rate_limit_per_key,
+                                               per_address=settings.rate_limit_per_address,
+                                               auth_failures=settings.rate_limit_auth_failures,
+                                               sign_in=settings.rate_limit_sign_in)}),
         exception_handlers=HANDLERS,
         logging_config=None,  # logs are JSON lines, configured once by invledger.logs
-        middleware=[_timing_middleware, _allow_middleware],
+        middleware=[_timing_middleware, ratelimit.middleware, _allow_middleware],
         template_config=pages.TEMPLATE_CONFIG,
         request_max_body_size=REQUEST_BODY_MAX_BYTES,
         request_class=ExactJsonRequest,

@@ -32,6 +32,8 @@ Role = Literal["finance", "operator", "admin"]
 RANK: dict[str, int] = {"finance": 1, "operator": 2, "admin": 3}
 KEY_CACHE_TTL_S = 10.0
 KEY_CACHE_SIZE_MAX = 10_000
+KEY_MISS_TTL_S = 5.0  # a key refused as unknown is refused without a look-up for this long
+KEY_PREFIX_MEMORY_S = 3600.0  # how long a prefix seen valid lets its key past a shut-out address
 
 
 def _hash(key: str) -> bytes:
@@ -114,7 +116,16 @@ class KeyStore:
         self.ttl_s = ttl_s
         self._clock = clock
         self._cache: dict[bytes, tuple[str, str, float]] = {}
+        self._misses: dict[bytes, float] = {}  # keys nobody issued: not looked up again for KEY_MISS_TTL_S
+        self._good_prefixes: dict[str, float] = {}  # prefixes of keys seen valid, until when
         self._lock = threading.Lock()
+
+    def seen_valid(self, key: str) -> bool:
+        """Whether this process has seen a valid key with `key`'s prefix within KEY_PREFIX_MEMORY_S (no database):
+        what lets a real client through while its address is shut out for made-up keys (api.ratelimit). A
+        made-up secret under a real prefix still gets its look-up — and the per-key limit."""
+        parts = key.split("_")
+        return len(parts) >= 3 and self._good_prefixes.get(parts[1], 0.0) > self._clock()
 
     def role_of(self, key: str) -> tuple[str, str] | None:
         """(role, prefix) for a valid key (not revoked, not expired); None otherwise."""
@@ -126,18 +137,27 @@ class KeyStore:
         cached = self._cache.get(digest)
         if cached and cached[2] > now:
             return cached[0], cached[1]
+        if self._misses.get(digest, 0.0) > now:  # a flood of made-up keys does not reach the database
+            return None
         with self.engine.begin() as connection:
             row = connection.execute(sa.text("""
                 SELECT id, role, secret_hash FROM api_key
                  WHERE prefix = :p AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"""),
                 {"p": parts[1]}).first()
             if row is None or not hmac.compare_digest(bytes(row.secret_hash), digest):
+                with self._lock:
+                    if len(self._misses) >= KEY_CACHE_SIZE_MAX:
+                        self._misses.clear()
+                    self._misses[digest] = now + KEY_MISS_TTL_S
                 return None
             connection.execute(sa.text("UPDATE api_key SET last_used_at = now() WHERE id = :i"), {"i": row.id})
         with self._lock:
             if len(self._cache) >= KEY_CACHE_SIZE_MAX:
                 self._cache.clear()
             self._cache[digest] = (row.role, parts[1], now + self.ttl_s)
+            if len(self._good_prefixes) >= KEY_CACHE_SIZE_MAX:
+                self._good_prefixes.clear()
+            self._good_prefixes[parts[1]] = now + KEY_PREFIX_MEMORY_S
         return row.role, parts[1]
 
     # -------------------------------------------------------------------------------------- page sessions

@@ -109,7 +109,8 @@ HANDLERS = {
 
 _ERROR_TEXT = {400: "Malformed request", 401: "No or unknown API key (or webhook signature)",
                403: "The key's role is too low", 404: "No such resource", 409: "Conflict with recorded state",
-               413: "Body too large", 422: "Invalid value", 503: "Database or job queue unavailable; retry later"}
+               413: "Body too large", 422: "Invalid value", 429: "Rate limit reached; retry after Retry-After seconds",
+               503: "Database or job queue unavailable; retry later"}
 _PUBLIC_PATHS = {"/api/v1/health", "/api/v1/ready", "/metrics", "/api/v1/metrics", "/api/v1/webhooks/ml-engine"}
 _WEBHOOK_PATH = "/api/v1/webhooks/ml-engine"
 
@@ -154,5 +155,7 @@ def document_error_answers(openapi: Any) -> None:
                 codes = {400, 401, 413, 422, 503}
             if path == "/api/v1/accounts" and method == "post":
                 responses.setdefault("200", OpenAPIResponse(description="The account already exists as asked"))
+            if path not in _PUBLIC_PATHS or path == "/login":
+                codes.add(429)  # api.ratelimit
             for status in sorted(codes):
                 responses[str(status)] = error(status)  # ours, not litestar's default 400 body

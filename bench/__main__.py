@@ -12,14 +12,14 @@ from pathlib import Path
 
 import msgspec
 
-from bench import backfill, books, chain, cpu, history, latency, reference, report, throughput, webhooks
+from bench import backfill, books, chain, cpu, flood, history, latency, reference, report, throughput, webhooks
 from bench import reconcile as reconciliation
 from bench.report import Result, progress
 from bench.server import bench_database, server_facts
 from ledger import Ledger
 from ledger.db import create_engine
 
-GROUPS = ("pgbench", "post", "chain", "asof", "books", "webhooks", "backfill", "reconcile")
+GROUPS = ("pgbench", "post", "chain", "flood", "asof", "books", "webhooks", "backfill", "reconcile")
 ENGINE_POOL_SIZE = 40
 STATEMENT_TIMEOUT_MS = 600_000  # VACUUM of a few million postings must not be cut short
 
@@ -95,6 +95,9 @@ def _run(plan: Plan, groups: tuple[str, ...], results: list[Result], facts: dict
                 progress("the hash chains' cost: posting with and without them, and verify's speed")
                 results.extend(chain.measure(db.url, engine, duration_s=plan.post_s,
                                              history_postings=plan.history_sizes[-1]))
+            if "flood" in groups:
+                progress("a flood of made-up API keys against one legitimate client")
+                results.extend(flood.measure(db.url, engine, duration_s=plan.webhook_s))
             ledger = Ledger(engine)
             bulk = history.is_superuser(engine)
             if "asof" in groups:

@@ -52,14 +52,14 @@ def _free_port() -> int:
 class Served:
     """`invledger serve` on the bench database, on a free local port; stopped with SIGTERM (then SIGKILL)."""
 
-    def __init__(self, database_url: str, *, pool_size: int = 40) -> None:
+    def __init__(self, database_url: str, *, pool_size: int = 40, extra_env: dict[str, str] | None = None) -> None:
         self.port = _free_port()
         self.pool_size = pool_size
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"invledger-bench-serve-{self.port}.log"
         env = {**os.environ, "DATABASE_URL": database_url, "ML_ENGINE_WEBHOOK_SECRET": SECRET,
                "ML_ENGINE_URL": CLOSED_PORT_URL, "LEDGER_HOST": "127.0.0.1", "LEDGER_PORT": str(self.port),
-               "DB_POOL_SIZE": str(pool_size), "LOG_LEVEL": "WARNING"}
+               "DB_POOL_SIZE": str(pool_size), "LOG_LEVEL": "WARNING", **(extra_env or {})}
         env.pop("BROKER_URL", None)
         self._log = self.log_path.open("wb")
         script = Path(sys.executable).parent / "invledger"  # the console script, as `make run` starts it

@@ -46,6 +46,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_pool_size: int
     db_statement_timeout_ms: int
     log_level: str
+    rate_limit_per_key: str
+    rate_limit_per_address: str
+    rate_limit_auth_failures: str
+    rate_limit_sign_in: str
 
     def __repr__(self) -> str:  # never print secrets
         return (f"Settings(database_url={'set' if self.database_url else 'embedded'}, "
@@ -116,6 +120,16 @@ def _audit_key(value: str) -> str:
     return value.strip()
 
 
+def _rate(value: str) -> str:
+    from limits import parse
+
+    try:
+        parse(value)
+    except ValueError:
+        raise ValueError("must be a rate such as 100/second or 30/minute") from None
+    return value.strip()
+
+
 def _scales(value: str) -> str:
     from ledger.money import configure_scales
 
@@ -159,6 +173,10 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any], str | None]] = {
     "DB_POOL_SIZE": ("db_pool_size", _int(1, 200), "10"),
     "DB_STATEMENT_TIMEOUT_MS": ("db_statement_timeout_ms", _int(0, 3_600_000), "30000"),
     "LOG_LEVEL": ("log_level", _level, "INFO"),
+    "RATE_LIMIT_PER_KEY": ("rate_limit_per_key", _rate, "1000/second"),
+    "RATE_LIMIT_PER_ADDRESS": ("rate_limit_per_address", _rate, "2000/second"),
+    "RATE_LIMIT_AUTH_FAILURES": ("rate_limit_auth_failures", _rate, "30/minute"),
+    "RATE_LIMIT_SIGN_IN": ("rate_limit_sign_in", _rate, "10/minute"),
 }
 _EMPTY_MEANS_UNSET = {"DATABASE_URL", "MIGRATION_DATABASE_URL", "BROKER_URL", "ML_ENGINE_WEBHOOK_SECRET",
                       "ALERT_WEBHOOK_URL", "LEDGER_AUDIT_KEY"}

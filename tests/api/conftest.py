@@ -19,8 +19,11 @@ ROTATED_SECRET = "old-webhook-secret-9876543210"
 
 @pytest.fixture(scope="session")
 def settings() -> config.Settings:
+    # Every test of the session shares one app and one client address: the failed-credentials limit would
+    # otherwise carry the abuse tests' made-up keys into the next tests (tests/api/test_rate_limits.py has its own).
     return config.load({"ML_ENGINE_WEBHOOK_SECRET": f"{WEBHOOK_SECRET},{ROTATED_SECRET}",
-                        "ADJUSTMENT_ALERT_THRESHOLD": "1000.00"})
+                        "ADJUSTMENT_ALERT_THRESHOLD": "1000.00", "RATE_LIMIT_AUTH_FAILURES": "100000/minute",
+                        "RATE_LIMIT_SIGN_IN": "100000/minute"})
 
 
 @pytest.fixture(scope="session")

@@ -42,7 +42,7 @@ run: $(RUN_STAMP)  ## embedded PostgreSQL, migrate, serve on LEDGER_HOST:LEDGER_
 test: $(STAMP) browser  ## the suite without the slow suites, on a real PostgreSQL (embedded unless DATABASE_URL is set)
 	$(BIN)/python -m pytest -m 'not slow' --durations=15 $(PYTEST_ARGS)
 
-test-slow: $(STAMP) browser  ## the slow suites alone: kill -9, database and engine faults, several instances, schemathesis, a 5-minute soak
+test-slow: $(STAMP) browser  ## the slow suites alone: kill -9, database and engine faults, several instances, CLI finance questions, a 5-minute soak
 	SOAK_SECONDS=$${SOAK_SECONDS:-300} $(BIN)/python -m pytest -m slow --durations=15 $(PYTEST_ARGS)
 
 test-all: $(STAMP) browser  ## test and test-slow in one run (what .ci/run proves)

@@ -232,7 +232,7 @@ BEGIN
                max_effective_at = GREATEST(a.max_effective_at, m.latest), chain_head = m.link
           FROM (SELECT s.account, sum(s.signed) AS total, count(*) AS n, max(s.effective_at) AS latest,
                        COALESCE(max((extract(epoch FROM s.before - s.effective_at) * 1000000)::bigint), 0)
-                           AS lateness_us, min(k.link) AS link
+                           AS lateness_us, (array_agg(k.link))[1] AS link  -- one link per account; no min(bytea) before PostgreSQL 17
                   FROM stamped s JOIN links k ON k.account = s.account GROUP BY s.account) m
          WHERE a.id = m.account)
     INSERT INTO ledger_checkpoint_balance AS c (at, ledger_account_id, balance_minor)

@@ -6,7 +6,6 @@ can state are named in schemathesis.toml (and in each operation's description)."
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from invledger import database
-from tests.e2e.test_make_run import _free_port
+from tests.processes import ctrl_c, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES_PER_OPERATION = 25
@@ -24,7 +23,7 @@ EXAMPLES_PER_OPERATION = 25
 def test_schemathesis_with_every_check_finds_nothing(tmp_path: Path) -> None:
     """On a fresh embedded database, as `make run` serves it: as the application role (least privilege), so an
     operation that needs a privilege the role lacks shows up here as a 5xx."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "DATABASE_URL")}
     env |= {"LEDGER_DATA_DIR": str(tmp_path), "LEDGER_PORT": str(port)}
     key = subprocess.run([sys.executable, "-m", "invledger.cli", "apikey", "create", "--role", "operator"], env=env,
@@ -49,9 +48,5 @@ def test_schemathesis_with_every_check_finds_nothing(tmp_path: Path) -> None:
         assert run.returncode == 0, run.stdout[-12000:] + run.stderr[-2000:]
         assert "Tested: " in run.stdout and "ST2" not in run.stdout, run.stdout[-3000:]
     finally:
-        os.killpg(server.pid, signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        ctrl_c(server, 30)
         database.stop_embedded(tmp_path)

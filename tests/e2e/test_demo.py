@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -15,11 +14,11 @@ from pathlib import Path
 import httpx
 
 from invledger.demo import DEMO_ACCOUNTS, DEMO_DRIFT
-from tests.e2e.test_make_run import _free_port
+from tests.processes import ctrl_c, free_port
 
 
 def test_the_demo_ends_with_a_reconciliation_that_shows_a_break(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BROKER_URL")}
     env |= {"LEDGER_DATA_DIR": str(tmp_path), "LEDGER_PORT": str(port)}
     process = subprocess.Popen([sys.executable, "-m", "invledger.cli", "serve", "--demo"], env=env, text=True,
@@ -54,8 +53,4 @@ def test_the_demo_ends_with_a_reconciliation_that_shows_a_break(tmp_path: Path) 
                            timeout=10).json()["items"]
         assert len(trades) > 1  # the capital and a week of trading
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        ctrl_c(process)

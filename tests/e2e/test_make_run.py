@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,14 +12,9 @@ from pathlib import Path
 import httpx
 
 from invledger import database
+from tests.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _make_run(data_dir: Path, port: int) -> subprocess.Popen[str]:
@@ -51,7 +45,7 @@ def _ctrl_c(process: subprocess.Popen[str]) -> str:
 
 
 def test_make_run_listens_on_ledger_port_and_leaves_no_database_behind(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     assert port != 8080
     process = _make_run(tmp_path, port)
     try:

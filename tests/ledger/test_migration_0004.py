@@ -3,32 +3,21 @@ balances stay exact across the upgrade (a database at 0003 with back-dated entri
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
 
 from invledger import database
 from ledger import Ledger
 from ledger.db import create_engine
 from ledger.verify import verify
+from tests.ledger.conftest import open_account_as_before
 
 
 @pytest.fixture
-def url_at_0003(database_url: str) -> Iterator[str]:
-    admin = sa.create_engine(sa.make_url(database.sqlalchemy_url(database_url)), isolation_level="AUTOCOMMIT")
-    name = f"invledger_mig_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as c:
-        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = sa.make_url(database.sqlalchemy_url(database_url)).set(database=name).render_as_string(hide_password=False)
-    command.upgrade(database.alembic_config(url), "0003")
-    yield url
-    with admin.connect() as c:
-        c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+def url_at_0003(database_at) -> str:
+    return database_at("0003")
 
 
 def test_upgrade_fills_the_lateness_of_existing_books(url_at_0003: str) -> None:
@@ -36,16 +25,7 @@ def test_upgrade_fills_the_lateness_of_existing_books(url_at_0003: str) -> None:
     try:
         ledger = Ledger(engine)
         start = datetime(2025, 6, 1, 12, tzinfo=UTC)
-        # The books as the code of revision 0003 wrote them: plain SQL against that schema (today's code writes
-        # columns later migrations added).
-        with engine.begin() as c:
-            c.execute(sa.text("""
-                INSERT INTO investment_account (account_id, product_id, agent_type, currency, fee_rate)
-                VALUES ('mig-a', 'p', 'swing', 'USD', 0.2)"""))
-            c.execute(sa.text("""
-                INSERT INTO ledger_account (name, type, currency, investment_account_id)
-                VALUES ('assets:custody:mig-a', 'asset', 'USD', 'mig-a'),
-                       ('liabilities:investors:mig-a', 'liability', 'USD', 'mig-a')"""))
+        open_account_as_before(engine, "mig-a")  # as the code of revision 0003 did
         for day, minor in ((0, 500), (10, 700), (4, -40), (12, 90), (2, 15)):  # day 4: 6 days late; day 2: 10
             gain = minor > 0
             with engine.begin() as c:

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
-from collections.abc import Iterator
 
 import msgspec
 import pytest
 import sqlalchemy as sa
-from alembic import command
 
 from integration.events import decode
 from integration.signature import Verified
@@ -21,20 +18,12 @@ from integration.webhooks import WebhookProcessor
 from invledger import database
 from ledger import Ledger
 from ledger.db import create_engine
+from tests.ledger.conftest import open_account_as_before
 
 
 @pytest.fixture
-def url_at_0007(database_url: str) -> Iterator[str]:
-    admin = sa.create_engine(sa.make_url(database.sqlalchemy_url(database_url)), isolation_level="AUTOCOMMIT")
-    name = f"invledger_mig_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as c:
-        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = sa.make_url(database.sqlalchemy_url(database_url)).set(database=name).render_as_string(hide_password=False)
-    command.upgrade(database.alembic_config(url), "0007")
-    yield url
-    with admin.connect() as c:
-        c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+def url_at_0007(database_at) -> str:
+    return database_at("0007")
 
 
 def _content_sha256(body: bytes) -> bytes:
@@ -51,14 +40,7 @@ def test_header_keys_move_to_their_own_namespaces(url_at_0007: str) -> None:
     engine = create_engine(url_at_0007, pool_size=2)
     try:
         ledger = Ledger(engine)
-        with engine.begin() as c:  # as the code of revision 0007 opened an account (today's writes newer columns)
-            c.execute(sa.text("""
-                INSERT INTO investment_account (account_id, product_id, agent_type, currency, fee_rate)
-                VALUES ('mig-w', 'p', 'a', 'USD', 0.2)"""))
-            c.execute(sa.text("""
-                INSERT INTO ledger_account (name, type, currency, investment_account_id)
-                VALUES ('assets:custody:mig-w', 'asset', 'USD', 'mig-w'),
-                       ('liabilities:investors:mig-w', 'liability', 'USD', 'mig-w')"""))
+        open_account_as_before(engine, "mig-w")  # as the code of revision 0007 did
         rows = {  # key as the code before 0008 stored it -> (scheme, body)
             "event:msg_signed": ("standard", _update("10.00")),
             "event:evil-1": ("ml", _update("20.00")),

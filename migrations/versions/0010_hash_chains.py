@@ -194,15 +194,12 @@ BEGIN
     END IF;
     -- One statement: every leg stamped as posting_apply would stamp it, one after another in batch order;
     -- each account's cache moved once; back-dated legs added to the checkpoints at or after them.
-    WITH entry AS (  -- each entry's digest once, not once per leg
-        SELECT e.id, e.effective_at, ledger_entry_digest(e) AS digest
-          FROM journal_entry e WHERE e.id = ANY(NEW.entry_ids)),
-    leg AS (
+    WITH leg AS (
         SELECT l.entry_id, l.account, l.side, l.amount, l.currency, l.ord, e.effective_at,
-               CASE l.side WHEN 'D' THEN l.amount ELSE -l.amount END AS signed, e.digest AS entry_digest
+               CASE l.side WHEN 'D' THEN l.amount ELSE -l.amount END AS signed, ledger_entry_digest(e) AS entry_digest
           FROM unnest(NEW.entry_ids, NEW.accounts, NEW.sides, NEW.amounts, NEW.currencies)
                WITH ORDINALITY AS l(entry_id, account, side, amount, currency, ord)
-          JOIN entry e ON e.id = l.entry_id),
+          JOIN journal_entry e ON e.id = l.entry_id),
     stamped AS (
         SELECT leg.*, a.posting_count + row_number() OVER w AS seq,
                a.balance_minor + sum(leg.signed) OVER w AS balance_after,

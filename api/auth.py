@@ -57,12 +57,15 @@ def create_key(engine: sa.Engine, role: Role, name: str = "", *, expires_at: dat
     """Make a key, store its hash, and return the key itself — the only time it is ever seen."""
     if role not in RANK:
         raise ValueError(f"role must be one of {', '.join(RANK)}")
+    with engine.begin() as connection:
+        return _insert_key(connection, role, name, expires_at)
+
+
+def _insert_key(c: sa.Connection, role: str, name: str, expires_at: datetime | None) -> str:
     prefix = secrets.token_hex(4)
     key = f"ilk_{prefix}_{secrets.token_urlsafe(32)}"
-    with engine.begin() as connection:
-        connection.execute(sa.text(
-            "INSERT INTO api_key (prefix, secret_hash, role, name, expires_at) VALUES (:p, :h, :r, :n, :e)"),
-            {"p": prefix, "h": _hash(key), "r": role, "n": name, "e": expires_at})
+    c.execute(sa.text("INSERT INTO api_key (prefix, secret_hash, role, name, expires_at) VALUES (:p, :h, :r, :n, :e)"),
+              {"p": prefix, "h": _hash(key), "r": role, "n": name, "e": expires_at})
     return key
 
 
@@ -77,31 +80,35 @@ def list_keys(engine: sa.Engine) -> list[KeyInfo]:
 def revoke_key(engine: sa.Engine, prefix: str) -> bool:
     """Revoke the key (and end its page sessions); False when no such unrevoked key exists."""
     with engine.begin() as c:
-        key_id = c.execute(sa.text("""
-            UPDATE api_key SET revoked_at = now() WHERE prefix = :p AND revoked_at IS NULL RETURNING id"""),
-            {"p": prefix}).scalar()
-        if key_id is not None:
-            c.execute(sa.text("""
-                UPDATE page_session SET revoked_at = now() WHERE api_key_id = :k AND revoked_at IS NULL"""),
-                      {"k": key_id})
+        return _revoke(c, prefix)
+
+
+def _revoke(c: sa.Connection, prefix: str) -> bool:
+    key_id = c.execute(sa.text("""
+        UPDATE api_key SET revoked_at = now() WHERE prefix = :p AND revoked_at IS NULL RETURNING id"""),
+        {"p": prefix}).scalar()
+    if key_id is not None:
+        c.execute(sa.text("UPDATE page_session SET revoked_at = now() WHERE api_key_id = :k AND revoked_at IS NULL"),
+                  {"k": key_id})
     return key_id is not None
 
 
 def rotate_key(engine: sa.Engine, prefix: str, *, grace: timedelta = timedelta(0)) -> str:
     """A new key with the old one's role and name; the old one stops working after `grace` (at once by default).
-    Returns the new key (shown once). LookupError when no such unrevoked key exists."""
+    Returns the new key (shown once). LookupError when no such unrevoked key exists. One transaction: never two
+    keys where one was meant, nor none."""
     with engine.begin() as c:
         old = c.execute(sa.text("SELECT role, name FROM api_key WHERE prefix = :p AND revoked_at IS NULL FOR UPDATE"),
                         {"p": prefix}).first()
         if old is None:
             raise LookupError(f"no unrevoked key with prefix {prefix!r}")
+        new = _insert_key(c, old.role, old.name, None)
         if grace > timedelta(0):
             c.execute(sa.text("""
                 UPDATE api_key SET expires_at = LEAST(COALESCE(expires_at, 'infinity'), now() + :g)
                  WHERE prefix = :p"""), {"p": prefix, "g": grace})
-    new = create_key(engine, old.role, old.name, expires_at=None)
-    if grace <= timedelta(0):
-        revoke_key(engine, prefix)
+        else:
+            _revoke(c, prefix)
     return new
 
 

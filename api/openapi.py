@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from api import views
 from api.idempotency import KEY_LENGTH_MAX
 from api.params import BIGINT_MAX
+from integration import outbox
 from integration.reconcile import RESULTS
-from ledger.model import ACCOUNT_ID_PATTERN, LEDGER_ACCOUNT_PATTERN, AccountStatus
+from ledger.model import ACCOUNT_ID_PATTERN, ACCOUNT_STATUSES, LEDGER_ACCOUNT_PATTERN
 from ledger.money import AMOUNT_MINOR_MAX, currencies
 
 # A decimal number as JSON text or a string: digits, an optional fraction (the currency's scale decides how many
@@ -35,9 +37,9 @@ _ACCOUNT_ID = {"type": "string", "pattern": ACCOUNT_ID_PATTERN, "description": "
 _ID = {"type": "integer", "minimum": 1, "maximum": BIGINT_MAX}
 _AFTER_ID = {"type": "integer", "minimum": 0, "maximum": BIGINT_MAX, "default": 0, "description": "0: the first page"}
 _STATUSES = {
-    "/api/v1/accounts": list(AccountStatus.__args__),
-    "/api/v1/alerts": ["open", "acknowledged", "resolved"],
-    "/api/v1/outbox": ["pending", "delivered", "dead"],
+    "/api/v1/accounts": list(ACCOUNT_STATUSES),
+    "/api/v1/alerts": list(views.ALERT_STATUSES),
+    "/api/v1/outbox": list(outbox.STATUSES),
 }
 _CURSORS = {
     "/api/v1/accounts": _ACCOUNT_ID,

@@ -26,6 +26,8 @@ import sqlalchemy as sa
 from integration import alerts
 from ledger.book import PRINCIPAL
 
+STATUSES = ("pending", "delivered", "dead")
+
 log = logging.getLogger("integration.outbox")
 
 ATTEMPTS_MAX = 10

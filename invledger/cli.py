@@ -104,13 +104,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             jobs.start()
             in_process.update(worker=worker, scheduler=jobs)
         if sim is not None:
-            import sqlalchemy as sa
-
             from api.auth import create_key
             from integration import reconcile
             from invledger import demo
 
-            owner = sa.create_engine(rt.owner_url or rt.url, poolclass=sa.pool.NullPool)
+            owner = rt.owner_engine()
             demo_key = create_key(owner, "admin", "demo")  # the owner's: the application may not make keys
             owner.dispose()
             demo.start_feeder(rt.ledger, rt.engine, sim, context.engine_client(), demo_key,
@@ -348,7 +346,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if len(public_key) != 32:
             raise CliError("--public-key must be the 64 hex digits `invledger anchor public-key` prints")
     else:
-        key = anchors.audit_key(args.settings.audit_key, args.settings.data_dir, create=False)
+        try:
+            key = anchors.audit_key(args.settings.audit_key, args.settings.data_dir, create=False)
+        except anchors.AuditKeyError as error:
+            raise CliError(f"{args.settings.data_dir / anchors.KEY_FILE}: {error}") from None
         public_key = public_key_bytes(key) if key else None
     outside = None
     if args.anchors:
@@ -431,13 +432,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_apikey(args: argparse.Namespace) -> int:
-    import sqlalchemy as sa
-
     from api import auth
 
     rt = _runtime(args)
     # Keys are the owner's to make, revoke and rotate: the application's role may not write them (migration 0012).
-    owner = sa.create_engine(rt.owner_url or rt.url, poolclass=sa.pool.NullPool)
+    owner = rt.owner_engine()
     try:
         if args.action == "create":
             if not args.role:

@@ -20,6 +20,10 @@ class Runtime(msgspec.Struct, kw_only=True):
     def close(self) -> None:
         self.engine.dispose()
 
+    def owner_engine(self) -> sa.Engine:
+        """A connection as the owner, for what the application's role may not do (API keys); dispose of it."""
+        return sa.create_engine(self.owner_url or self.url, poolclass=sa.pool.NullPool)
+
 
 def start(settings: config.Settings | None = None, *, migrate: bool = True,
           application_name: str = "invledger") -> Runtime:

@@ -20,6 +20,7 @@ AGENT_TYPE_LENGTH_MAX = 64
 
 Side = Literal["D", "C"]
 AccountStatus = Literal["active", "paused", "closed"]
+ACCOUNT_STATUSES: tuple[str, ...] = AccountStatus.__args__
 EntryKind = Literal["deposit", "withdrawal", "trade", "true_up", "adjustment", "fee", "reversal", "transfer"]
 AccountType = Literal["asset", "liability", "equity", "income", "expense"]
 

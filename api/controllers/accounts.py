@@ -25,6 +25,7 @@ from api.schemas import (
     statement_out,
 )
 from ledger import AccountSpec, Ledger, Money, chart
+from ledger.model import ACCOUNT_STATUSES
 from ledger.money import parse_amount
 
 LIMIT_DEFAULT = 100
@@ -54,7 +55,7 @@ class AccountController(Controller):
     @get("/", sync_to_thread=True, summary="List investment accounts (cursor pagination by account id)")
     def list(self, ledger: LedgerDep, status: QueryText = None, cursor: AccountIdQuery = None,
              limit: int = Parameter(default=LIMIT_DEFAULT, ge=1, le=1000)) -> dict[str, Any]:
-        if status is not None and status not in ("active", "paused", "closed"):
+        if status is not None and status not in ACCOUNT_STATUSES:
             raise ApiError(422, "invalid", "status must be active, paused or closed")
         accounts = ledger.accounts(status=status, after=cursor, limit=limit)
         return {"items": [account_out(a) for a in accounts],

@@ -27,7 +27,7 @@ class OutboxController(Controller):
     @get("/", sync_to_thread=True, opt={"role": "operator"}, summary="Outbox rows (status pending|delivered|dead)")
     def list(self, ledger: LedgerDep, status: QueryText = None, cursor: IdCursorQuery = 0,
              limit: int = Parameter(default=100, ge=1, le=1000)) -> dict[str, Any]:
-        if status is not None and status not in ("pending", "delivered", "dead"):
+        if status is not None and status not in outbox.STATUSES:
             raise ApiError(422, "invalid", "status must be pending, delivered or dead")
         rows = outbox.listing(ledger.engine, status=status, after=cursor, limit=limit)
         return {"items": [_out(r) for r in rows], "next_cursor": rows[-1]["id"] if len(rows) == limit else None}

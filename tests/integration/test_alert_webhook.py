@@ -3,18 +3,23 @@ a failure is logged without the URL, and an endless answer is not read to its en
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from litestar import Litestar, Response, post
 from litestar.params import FromPath
 from litestar.response import Stream
 
 from integration import alerts
 from integration.simulator import BackgroundServer
+from invledger import logs
+from ledger.db import create_engine
 
 TOKEN = "T0KEN-never-in-logs"
 
@@ -41,15 +46,35 @@ def hooks() -> Iterator[str]:
     server.stop()
 
 
-def test_a_failure_is_logged_without_the_url(hooks: str, caplog: pytest.LogCaptureFixture) -> None:
-    url = f"{hooks}/hooks/{TOKEN}/fail"
+def test_a_failure_is_logged_without_the_url(hooks: str, fresh_database) -> None:
+    """The alerts job's own path (notify_pending) against a hook that refuses: the alert stays unsent, the log line
+    says why, and the URL's token appears nowhere in the logs."""
+    url, drop = fresh_database()
+    engine = create_engine(url, pool_size=2)
+    try:
+        with engine.begin() as c:
+            alerts.raise_alert(c, kind="integrity", dedup_key="hook-test", message="a test alert")
+        # The logs as `serve` writes them (invledger.logs at DEBUG: the chattiest a deployment can ask for).
+        root = logging.getLogger()
+        saved = (root.handlers[:], root.level)
+        written = io.StringIO()
+        try:
+            logs.configure("DEBUG", stream=written)
+            assert alerts.notify_pending(engine, f"{hooks}/hooks/{TOKEN}/fail") == 0
+        finally:
+            root.handlers[:], level = saved
+            root.setLevel(level)
+        lines = [json.loads(line) for line in written.getvalue().splitlines()]
+        assert [line.get("error") for line in lines if line["event"] == "alert notification failed"] == ["HTTP 403"]
+        assert TOKEN not in written.getvalue()
+        with engine.connect() as c:
+            assert c.execute(sa.text("SELECT count(*) FROM alert WHERE notified_at IS NULL")).scalar() == 1
+    finally:
+        engine.dispose()
+        drop()
     with httpx.Client(timeout=5) as client, pytest.raises(httpx.HTTPStatusError) as raised:
-        alerts.post(client, url, {"text": "hello"})
-    assert alerts.describe(raised.value) == "HTTP 403"
-    assert TOKEN not in str(raised.value)
-    with caplog.at_level(logging.DEBUG):
-        logging.getLogger("integration.alerts").warning("x", extra={"error": alerts.describe(raised.value)})
-    assert TOKEN not in caplog.text
+        alerts.post(client, f"{hooks}/hooks/{TOKEN}/fail", {"text": "hello"})
+    assert alerts.describe(raised.value) == "HTTP 403" and TOKEN not in str(raised.value)
 
 
 def test_an_endless_answer_is_not_read_to_its_end(hooks: str) -> None:

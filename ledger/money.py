@@ -28,6 +28,11 @@ DIGITS_MAX: Final[int] = 34
 _CURRENCY_RE: Final = re.compile(r"^[A-Z]{3,5}$")
 
 
+def _shown(value: object) -> str:
+    """A refused amount as a person typed it: '1E+400', not Decimal('1E+400')."""
+    return f"'{value}'" if isinstance(value, Decimal) else repr(value)
+
+
 def configure_scales(spec: str) -> None:
     """Add or override currency scales from `"USD=2,BTC=8"` (the CURRENCY_SCALES setting)."""
     for part in filter(None, (p.strip() for p in spec.split(","))):
@@ -60,23 +65,23 @@ def to_decimal(value: object) -> Decimal:
     elif isinstance(value, str):
         text = value.strip()
         if not text or len(text) > 64:
-            raise InvalidAmount(f"amount {value!r} is not a decimal number")
+            raise InvalidAmount(f"amount {_shown(value)} is not a decimal number")
         try:
             number = Decimal(text)
         except InvalidOperation:
-            raise InvalidAmount(f"amount {value!r} is not a decimal number") from None
+            raise InvalidAmount(f"amount {_shown(value)} is not a decimal number") from None
     else:
         raise InvalidAmount(f"amount of type {type(value).__name__} is not a decimal number")
     if not number.is_finite():
-        raise InvalidAmount(f"amount {value!r} is not finite")
+        raise InvalidAmount(f"amount {_shown(value)} is not finite")
     if number != 0:
         if len(number.as_tuple().digits) > DIGITS_MAX:
-            raise InvalidAmount(f"amount {value!r} has more than {DIGITS_MAX} digits")
+            raise InvalidAmount(f"amount {_shown(value)} has more than {DIGITS_MAX} digits")
         # Bound the exponent too, so scaling can neither overflow nor underflow to zero silently.
         if number.adjusted() > DIGITS_MAX:
-            raise InvalidAmount(f"amount {value!r} is out of range")
+            raise InvalidAmount(f"amount {_shown(value)} is out of range")
         if number.adjusted() < -DIGITS_MAX:
-            raise InvalidAmount(f"amount {value!r} has more decimal places than any currency")
+            raise InvalidAmount(f"amount {_shown(value)} has more decimal places than any currency")
     return number
 
 
@@ -104,10 +109,10 @@ class Money(msgspec.Struct, frozen=True, kw_only=True, order=False):
             scaled = number.scaleb(scale)
             if scaled != scaled.to_integral_value():
                 raise InvalidAmount(
-                    f"amount {value!r} has more than {scale} decimal places for {currency}")
+                    f"amount {_shown(value)} has more than {scale} decimal places for {currency}")
             minor = int(scaled)
         if abs(minor) > AMOUNT_MINOR_MAX:
-            raise InvalidAmount(f"amount {value!r} is out of range")
+            raise InvalidAmount(f"amount {_shown(value)} is out of range")
         return cls(minor=minor, currency=currency)
 
     @classmethod
@@ -119,7 +124,7 @@ class Money(msgspec.Struct, frozen=True, kw_only=True, order=False):
             ctx.prec = DIGITS_MAX + 20
             minor = int(number.scaleb(scale).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
         if abs(minor) > AMOUNT_MINOR_MAX:
-            raise InvalidAmount(f"amount {value!r} is out of range")
+            raise InvalidAmount(f"amount {_shown(value)} is out of range")
         return cls(minor=minor, currency=currency)
 
     @classmethod
@@ -182,5 +187,5 @@ def parse_amount(value: object, currency: str) -> Money:
     """A positive amount for a posting or a request (zero and negatives are refused: the side says)."""
     money = Money.from_decimal(value, currency)
     if money.minor <= 0:
-        raise InvalidAmount(f"amount {value!r} must be positive; the side carries the direction")
+        raise InvalidAmount(f"amount {_shown(value)} must be positive; the side carries the direction")
     return money

@@ -32,9 +32,9 @@ from api.ratelimit import RateLimits
 from api.requests import ExactJsonRequest
 from integration.intake import GroupCommit
 from integration.webhooks import WebhookProcessor
-from invledger import __version__, metrics
-from invledger.config import Settings
 from ledger import Ledger
+from service import __version__, metrics
+from service.config import Settings
 
 access_log = logging.getLogger("invledger.access")
 REQUEST_BODY_MAX_BYTES = 1024 * 1024
@@ -159,7 +159,7 @@ def create_app(ledger: Ledger, settings: Settings, *, readiness: dict[str, Calla
                                                auth_failures=settings.rate_limit_auth_failures,
                                                sign_in=settings.rate_limit_sign_in)}),
         exception_handlers=HANDLERS,
-        logging_config=None,  # logs are JSON lines, configured once by invledger.logs
+        logging_config=None,  # logs are JSON lines, configured once by service.logs
         middleware=[_timing_middleware, ratelimit.middleware, _allow_middleware],
         template_config=pages.TEMPLATE_CONFIG,
         request_max_body_size=REQUEST_BODY_MAX_BYTES,

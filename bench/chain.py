@@ -21,9 +21,9 @@ import sqlalchemy as sa
 
 from bench import history, throughput
 from bench.report import Result, progress
-from invledger import database
 from ledger import Ledger, Money, chain, rules
 from ledger.db import create_engine
+from service import database
 
 WRITERS = 8
 ACCOUNTS = 10_000

@@ -15,7 +15,7 @@ import msgspec
 import sqlalchemy as sa
 
 from bench.report import progress
-from invledger import database
+from service import database
 
 SETTINGS_SHOWN = ("shared_buffers", "synchronous_commit", "fsync", "max_connections", "wal_level",
                   "io_method", "checkpoint_timeout", "max_wal_size")

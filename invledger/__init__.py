@@ -1,3 +1,5 @@
-"""The application shell: configuration, the embedded database, logging and the `invledger` command."""
+"""The command-line shell: the `invledger` command, the demo and the CLI's reports."""
 
-__version__ = "0.1.0"
+from service import __version__
+
+__all__ = ["__version__"]

@@ -11,9 +11,9 @@ from datetime import UTC, date, datetime, timedelta
 
 import msgspec
 
-from invledger import __version__, config, logs
 from ledger import acting_as, times
 from ledger.times import rfc3339
+from service import __version__, config, logs
 
 log = logging.getLogger("invledger.cli")
 
@@ -62,7 +62,7 @@ def _looks_numeric(text: str) -> bool:
 
 
 def _runtime(args: argparse.Namespace, *, migrate: bool = True):
-    from invledger import runtime
+    from service import runtime
 
     return runtime.start(args.settings, migrate=migrate, application_name=f"invledger-{args.command}")
 
@@ -74,9 +74,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dramatiq import Worker
 
     from api.app import create_app
-    from invledger import database
     from jobs import broker as job_broker
     from jobs import context, scheduler
+    from service import database
 
     settings = args.settings
     if args.host or args.port:
@@ -132,7 +132,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from jobs import actors
 
-    app = create_app(rt.ledger, settings, readiness=context.readiness(broker), on_startup=[start_jobs, freeze_heap],
+    app = create_app(rt.ledger, settings, readiness=job_broker.readiness(broker), on_startup=[start_jobs, freeze_heap],
                      on_shutdown=[stop_jobs], jobs=actors.enqueue)
     log.info("serving", extra={"url": f"http://{host}:{port}", "docs": f"http://{host}:{port}/schema",
                                "jobs": "in-process" if job_broker.is_in_process(broker) else "broker"})
@@ -477,7 +477,7 @@ def _prefix(args: argparse.Namespace) -> str:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from invledger import database
+    from service import database
 
     if args.settings.database_url:
         raise CliError("DATABASE_URL is set: the embedded database is not in use")

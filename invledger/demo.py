@@ -21,8 +21,8 @@ from typing import Any
 import msgspec
 import sqlalchemy as sa
 
-from invledger.config import Settings
 from ledger import acting_as
+from service.config import Settings
 
 log = logging.getLogger("invledger.demo")
 DEMO_DAYS = 7

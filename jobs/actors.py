@@ -10,8 +10,8 @@ import dramatiq.broker
 from dramatiq.brokers.stub import StubBroker
 
 from integration import outbox
-from invledger import metrics
 from jobs import context
+from service import metrics
 
 log = logging.getLogger("jobs.actors")
 

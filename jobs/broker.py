@@ -8,6 +8,7 @@ rows, run records) is in PostgreSQL and every job re-reads it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
@@ -87,3 +88,13 @@ def probe(broker: dramatiq.Broker) -> str:
         if rabbitmq:
             del broker.connection  # type: ignore[attr-defined]  # the next probe (or send) connects again
         return f"unavailable: {type(error).__name__}"
+
+
+def readiness(broker: dramatiq.Broker) -> dict[str, Callable[[], str]]:
+    """The checks `serve` adds to /ready: the broker answers, the engine client's circuit, the last health check."""
+    from integration import health
+    from jobs import context
+
+    return {"broker": lambda: probe(broker),
+            "engine_circuit": lambda: getattr(context.engine_client(), "breaker_state", "unknown"),
+            "engine_health": lambda: health.readiness(context.runtime().engine)}

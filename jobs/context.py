@@ -6,8 +6,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from invledger import config
-from invledger.runtime import Runtime
+from service import config
+from service.runtime import Runtime
 
 _lock = threading.Lock()
 _runtime: Runtime | None = None
@@ -26,7 +26,7 @@ def runtime() -> Runtime:
     global _runtime
     with _lock:
         if _runtime is None:
-            from invledger import runtime as runtime_module
+            from service import runtime as runtime_module
 
             _runtime = runtime_module.start(config.load(), migrate=False, application_name="invledger-worker")
         return _runtime
@@ -52,12 +52,3 @@ def reset() -> None:
     with _lock:
         _runtime, _client = None, None
 
-
-def readiness(broker: Any) -> dict[str, Callable[[], str]]:
-    """The checks `serve` adds to /ready: the broker answers, the engine client's circuit, the last health check."""
-    from integration import health
-    from jobs import broker as job_broker
-
-    return {"broker": lambda: job_broker.probe(broker),
-            "engine_circuit": lambda: getattr(engine_client(), "breaker_state", "unknown"),
-            "engine_health": lambda: health.readiness(runtime().engine)}

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from invledger import database
 from ledger import AccountSpec, Ledger, Money
 from ledger.db import create_engine
+from service import database
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FORBIDDEN = {
-    "ledger": {"api", "jobs", "integration", "invledger", "litestar", "dramatiq", "httpx", "uvicorn"},
-    "integration": {"api", "jobs"},
-}
+OURS = {"ledger", "integration", "service", "api", "jobs", "invledger", "migrations", "bench", "tests"}
+THIRD_PARTY_KEPT_OUT = {"ledger": {"litestar", "dramatiq", "httpx", "uvicorn"}}
+
+
+def rooms() -> dict[str, set[str] | None]:
+    """The Rooms table of docs/design.md: package -> the packages of ours it may import (None: all)."""
+    text = (ROOT / "docs" / "design.md").read_text()
+    table = text[text.index("## Rooms"):].split("\n\n")[0]
+    allowed: dict[str, set[str] | None] = {}
+    for row in table.splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`"):
+            continue
+        package = cells[0].strip("`/")
+        may = cells[2]
+        allowed[package] = None if may == "all" else set(re.findall(r"`([a-z_]+)`", may))
+    return allowed
 
 
 def imports_of(path: Path) -> set[str]:
@@ -23,13 +37,39 @@ def imports_of(path: Path) -> set[str]:
     return names
 
 
-def test_packages_import_only_downwards() -> None:
+def test_the_rooms_table_names_every_package() -> None:
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "bench"}
+    assert packages == set(rooms())
+
+
+def test_packages_import_only_what_their_room_allows() -> None:
     problems = []
-    for package, forbidden in FORBIDDEN.items():
+    for package, allowed in rooms().items():
+        if allowed is None:
+            continue
         for path in sorted((ROOT / package).rglob("*.py")):
-            bad = imports_of(path) & forbidden
+            names = imports_of(path)
+            bad = (names & OURS) - allowed - {package}
+            bad |= names & THIRD_PARTY_KEPT_OUT.get(package, set())
             if bad:
                 problems.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
+    assert problems == []
+
+
+def test_the_jobs_modules_import_one_way() -> None:
+    """broker -> actors -> context: no module of jobs/ imports one above it (no cycle)."""
+    order = ["scheduler", "broker", "actors", "context"]
+    problems = []
+    for i, name in enumerate(order):
+        tree = ast.parse((ROOT / "jobs" / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "jobs":
+                above = {alias.name for alias in node.names} & set(order[:i])
+                if above:
+                    problems.append(f"jobs/{name}.py imports {sorted(above)}")
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("jobs."):
+                if node.module.split(".")[1] in order[:i]:
+                    problems.append(f"jobs/{name}.py imports {node.module}")
     assert problems == []
 
 

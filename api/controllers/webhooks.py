@@ -12,7 +12,7 @@ from api.errors import ApiError
 from integration import signature
 from integration.events import WEBHOOK_BODY_MAX_BYTES
 from integration.webhooks import Delivery, Outcome
-from invledger import metrics
+from service import metrics
 
 log = logging.getLogger("api.webhooks")
 

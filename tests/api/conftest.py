@@ -10,8 +10,8 @@ from litestar.testing import TestClient
 
 from api.app import create_app
 from api.auth import create_key
-from invledger import config
 from ledger import Ledger
+from service import config
 
 WEBHOOK_SECRET = "test-webhook-secret-0123456789"
 ROTATED_SECRET = "old-webhook-secret-9876543210"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from invledger import database
+from service import database
 from tests.processes import ctrl_c, free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from litestar.testing import TestClient
 from api.app import create_app
 from api.auth import create_key
 from integration.signature import sign
-from invledger import config
+from service import config
 from tests.api.conftest import WEBHOOK_SECRET, auth
 
 

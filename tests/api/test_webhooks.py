@@ -147,7 +147,7 @@ def test_the_standard_webhooks_reference_library_and_ours_agree(ledger, keys, en
     from standardwebhooks import Webhook
 
     from api.app import create_app
-    from invledger import config
+    from service import config
 
     secret = "whsec_" + base64.b64encode(b"reference-library-secret-0123456").decode()
     app = create_app(ledger, config.load({"ML_ENGINE_WEBHOOK_SECRET": secret,

@@ -10,8 +10,8 @@ import pytest
 from api.app import create_app
 from integration.client import EngineClient
 from integration.simulator import BackgroundServer, Simulator
-from invledger import config
 from ledger import Ledger
+from service import config
 
 SECRET = "e2e-webhook-secret-0123456789"
 

@@ -18,8 +18,8 @@ from litestar.response import Stream
 
 from integration import alerts
 from integration.simulator import BackgroundServer
-from invledger import logs
 from ledger.db import create_engine
+from service import logs
 
 TOKEN = "T0KEN-never-in-logs"
 
@@ -54,7 +54,7 @@ def test_a_failure_is_logged_without_the_url(hooks: str, fresh_database) -> None
     try:
         with engine.begin() as c:
             alerts.raise_alert(c, kind="integrity", dedup_key="hook-test", message="a test alert")
-        # The logs as `serve` writes them (invledger.logs at DEBUG: the chattiest a deployment can ask for).
+        # The logs as `serve` writes them (service.logs at DEBUG: the chattiest a deployment can ask for).
         root = logging.getLogger()
         saved = (root.handlers[:], root.level)
         written = io.StringIO()

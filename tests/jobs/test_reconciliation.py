@@ -16,8 +16,8 @@ from api.app import create_app
 from api.auth import create_key
 from integration import reconcile, runs
 from integration.simulator import Faults, Simulator, Target
-from invledger.runtime import Runtime
 from jobs import actors, context
+from service.runtime import Runtime
 from tests.integration.support import Receiver
 from tests.jobs.conftest import (
     SINCE,

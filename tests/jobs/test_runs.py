@@ -15,9 +15,9 @@ from integration import health, runs
 from integration.events import PerformanceData
 from integration.simulator import Faults, Simulator, Target
 from integration.webhooks import WebhookProcessor
-from invledger.runtime import Runtime
 from jobs import actors, context, scheduler
 from jobs import broker as job_broker
+from service.runtime import Runtime
 from tests.jobs.conftest import SINCE, Db, Jobs, alerts_of, engine_client, open_known_account
 
 SENDS = 6
@@ -94,7 +94,7 @@ def test_engine_health_feeds_ready_and_alerts_after_repeated_failures(db: Db, si
     # call. Here checks come every few milliseconds, so the breaker's reset time is cut to keep that true.
     client = engine_client(sim, breaker_reset_timeout_ms=20)
     context.install(runtime, client)
-    app = create_app(db.ledger, runtime.settings, readiness=context.readiness(jobs.broker), jobs=actors.enqueue)
+    app = create_app(db.ledger, runtime.settings, readiness=job_broker.readiness(jobs.broker), jobs=actors.enqueue)
 
     def ready() -> dict:
         with TestClient(app=app) as client:

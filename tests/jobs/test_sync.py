@@ -11,9 +11,9 @@ from integration import runs
 from integration.signature import Verified
 from integration.simulator import Simulator
 from integration.webhooks import WebhookProcessor
-from invledger.runtime import Runtime
 from jobs import actors
 from ledger import Money
+from service.runtime import Runtime
 from tests.jobs.conftest import SIM_START, SINCE, Db, Jobs, cli, engine_client, open_known_account
 
 DAY = SIM_START.isoformat()

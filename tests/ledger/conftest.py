@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from invledger import database
+from service import database
 
 
 @pytest.fixture

@@ -63,7 +63,7 @@ def test_one_past_each_limit_is_a_422_not_a_500(engine: sa.Engine, ledger) -> No
 
     from api.app import create_app
     from api.auth import create_key
-    from invledger import config
+    from service import config
 
     key = create_key(engine, "operator", "limits")
     checks = _checks(engine, "investment_account")

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from invledger import database
 from ledger import Ledger
 from ledger.db import create_engine
 from ledger.verify import verify
+from service import database
 from tests.ledger.conftest import open_account_as_before
 
 

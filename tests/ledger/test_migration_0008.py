@@ -15,9 +15,9 @@ import sqlalchemy as sa
 from integration.events import decode
 from integration.signature import Verified
 from integration.webhooks import WebhookProcessor
-from invledger import database
 from ledger import Ledger
 from ledger.db import create_engine
+from service import database
 from tests.ledger.conftest import open_account_as_before
 
 

@@ -17,8 +17,8 @@ from litestar.testing import TestClient
 
 from api.app import create_app
 from integration.signature import sign, sign_standard
-from invledger import config
-from invledger.logs import JsonFormatter
+from service import config
+from service.logs import JsonFormatter
 from tests.api.conftest import ROTATED_SECRET, WEBHOOK_SECRET, auth
 from tests.api.test_webhooks import URL, balance, open_account, stored, trade
 from tests.reliability.conftest import report_figures

@@ -23,9 +23,9 @@ import pytest
 import sqlalchemy as sa
 
 from api.auth import create_key
-from invledger import database
 from ledger import AccountSpec, Ledger, Money
 from ledger.db import create_engine
+from service import database
 from tests.conftest import _stop_embedded
 from tests.reliability.conftest import report_figures
 from tests.reliability.test_crash import LOAD_THREADS, Server, booked, make_requests, p99_ms, send

@@ -18,10 +18,10 @@ from api.auth import KeyStore, create_key, revoke_key
 from integration import anchors
 from integration.signature import Verified
 from integration.webhooks import WebhookProcessor
-from invledger import config, database, runtime
 from ledger import AccountSpec, Money, checkpoints
 from ledger.chain import public_key_bytes
 from ledger.verify import verify
+from service import config, database, runtime
 
 FORBIDDEN = {
     "disable a guard": "ALTER TABLE posting DISABLE TRIGGER posting_append_only",

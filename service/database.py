@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 
 import migrations
 
-log = logging.getLogger("invledger.database")
+log = logging.getLogger("service.database")
 
 
 APP_ROLE = "invledger_app"  # the embedded database's application role (migration 0012)

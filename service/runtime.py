@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgspec
 import sqlalchemy as sa
 
-from invledger import config, database
 from ledger import Ledger
 from ledger.db import create_engine
+from service import config, database
 
 
 class Runtime(msgspec.Struct, kw_only=True):

@@ -20,7 +20,8 @@ from api.idempotency import KEY_LENGTH_MAX
 from api.params import BIGINT_MAX
 from integration import outbox
 from integration.reconcile import RESULTS
-from ledger.model import ACCOUNT_ID_PATTERN, ACCOUNT_STATUSES, LEDGER_ACCOUNT_PATTERN
+from ledger.chart import LEDGER_ACCOUNT_PATTERN
+from ledger.model import ACCOUNT_ID_PATTERN, ACCOUNT_STATUSES
 from ledger.money import AMOUNT_MINOR_MAX, currencies
 
 # A decimal number as JSON text or a string: digits, an optional fraction (the currency's scale decides how many

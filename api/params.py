@@ -9,7 +9,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromQuery, Parameter
 
 from ledger import Ledger
-from ledger.model import ACCOUNT_ID_PATTERN, LEDGER_ACCOUNT_PATTERN
+from ledger.chart import LEDGER_ACCOUNT_PATTERN
+from ledger.model import ACCOUNT_ID_PATTERN
 from service.config import Settings
 
 BIGINT_MAX = 2**63 - 1  # PostgreSQL bigint: every id and id cursor

@@ -10,10 +10,11 @@ import msgspec
 from litestar.params import HeaderParameter, QueryParameter
 
 from api.errors import ApiError
-from ledger import times
+from ledger import chart, times
 from ledger.model import (
     ACCOUNT_ID_PATTERN,
     AGENT_TYPE_LENGTH_MAX,
+    MEMO_LENGTH_MAX,
     PRODUCT_ID_LENGTH_MAX,
     Entry,
     InvestmentAccount,
@@ -51,7 +52,7 @@ class MoneyMovement(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
 
 class ReversalRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=MEMO_LENGTH_MAX)]  # the reversal's memo
 
 
 class StatusChange(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -78,7 +79,7 @@ def account_out(account: InvestmentAccount) -> dict[str, Any]:
 def posted_out(posted: Posted, account_id: str, amount: Money) -> dict[str, Any]:
     return {"entry_id": posted.entry_id, "account_id": account_id, "amount": str(amount),
             "currency": amount.currency,
-            "balance": str(posted.balances_after[f"liabilities:investors:{account_id}"]),
+            "balance": str(posted.balances_after[chart.investors(account_id)]),
             "effective_at": rfc3339(posted.effective_at), "recorded_at": rfc3339(posted.recorded_at)}
 
 

@@ -14,9 +14,10 @@ from typing import Annotated
 import msgspec
 
 from integration.engine_api import NO_NUL, AccountId, Performance, Trade, UtcTime, check_decimal
+from ledger.model import MEMO_LENGTH_MAX
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=NO_NUL)]
-Text = Annotated[str, msgspec.Meta(max_length=1000, pattern=NO_NUL)]
+Text = Annotated[str, msgspec.Meta(max_length=MEMO_LENGTH_MAX, pattern=NO_NUL)]  # a reason becomes a memo
 WEBHOOK_BODY_MAX_BYTES = 1024 * 1024
 
 

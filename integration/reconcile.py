@@ -48,7 +48,7 @@ import sqlalchemy as sa
 from integration import alerts, runs
 from integration.client import EngineClient, EngineError, EngineNotFound
 from integration.engine_api import AccountStatus
-from ledger import Ledger
+from ledger import Ledger, chart
 from ledger.book import PRINCIPAL
 from ledger.errors import LedgerError
 from ledger.money import Money, scale_of
@@ -188,13 +188,13 @@ def ledger_sides(engine: sa.Engine, *, after: str | None = None, account_ids: li
                  limit: int = CHUNK_SIZE) -> list[LedgerSide]:
     """Open (not closed) accounts by id after `after` — or exactly `account_ids` — with what is in flight."""
     with engine.connect() as c:
-        rows = c.execute(sa.text("""
+        rows = c.execute(sa.text(f"""
             SELECT a.account_id, a.currency, a.status, -l.balance_minor AS balance_minor
-              FROM investment_account a JOIN ledger_account l ON l.name = 'liabilities:investors:' || a.account_id
+              FROM investment_account a JOIN ledger_account l ON l.name = {chart.investors_sql("a.account_id")}
              WHERE a.status <> 'closed'
                AND (CAST(:ids AS text[]) IS NULL OR a.account_id = ANY(CAST(:ids AS text[])))
                AND (CAST(:after AS text) IS NULL OR a.account_id > :after)
-             ORDER BY a.account_id LIMIT :limit"""),
+             ORDER BY a.account_id LIMIT :limit"""),  # noqa: S608 — ledger.chart's constant
             {"ids": account_ids, "after": after, "limit": limit}).all()
         pending = c.execute(sa.text("""
             SELECT account_id, topic, payload->>'operation' AS operation, payload->>'amount' AS amount

@@ -39,6 +39,8 @@ from ledger.errors import (
     UnknownEntry,
 )
 from ledger.model import (
+    IDEMPOTENCY_KEY_LENGTH_MAX,
+    MEMO_LENGTH_MAX,
     AccountSpec,
     Entry,
     EntryDraft,
@@ -136,8 +138,7 @@ SELECT DISTINCT ON (p.ledger_account_id) p.ledger_account_id, p.balance_after_mi
 
 _ACCOUNT_COLUMNS = """a.account_id, a.product_id, a.agent_type, a.currency, a.fee_rate, a.status, a.agent_config,
        a.created_at, a.updated_at, -l.balance_minor AS balance_minor"""
-_ACCOUNT_FROM = """investment_account a
-  JOIN ledger_account l ON l.name = 'liabilities:investors:' || a.account_id"""
+_ACCOUNT_FROM = f"investment_account a JOIN ledger_account l ON l.name = {chart.investors_sql('a.account_id')}"
 _LOCK_ACCOUNTS = sa.text(f"SELECT {_ACCOUNT_COLUMNS} FROM {_ACCOUNT_FROM} WHERE a.account_id = ANY(:ids)"  # noqa: S608 — module constants
                          " ORDER BY a.account_id FOR NO KEY UPDATE OF a")
 _LEDGER_ACCOUNTS_NAMED = sa.text("SELECT id, name, type, currency FROM ledger_account WHERE name = ANY(:names)")
@@ -717,10 +718,10 @@ def _validate(draft: EntryDraft, accounts: dict[str, _LedgerAccount]) -> None:
     """The core's check before the write; the database checks the same again at commit."""
     if not 2 <= len(draft.legs) <= LEGS_MAX:
         raise InvalidEntry(f"an entry needs 2 to {LEGS_MAX} legs, got {len(draft.legs)}")
-    if not 1 <= len(draft.idempotency_key) <= 255:
-        raise InvalidEntry("the idempotency key must be 1 to 255 characters")
-    if len(draft.memo) > 1000:
-        raise InvalidEntry("the memo must be at most 1000 characters")
+    if not 1 <= len(draft.idempotency_key) <= IDEMPOTENCY_KEY_LENGTH_MAX:
+        raise InvalidEntry(f"the idempotency key must be 1 to {IDEMPOTENCY_KEY_LENGTH_MAX} characters")
+    if len(draft.memo) > MEMO_LENGTH_MAX:
+        raise InvalidEntry(f"the memo must be at most {MEMO_LENGTH_MAX} characters")
     sums: dict[str, int] = {}
     for leg in draft.legs:
         if leg.amount.minor <= 0:

@@ -1,8 +1,9 @@
-"""The chart of accounts (contract §4): names, types and normal sides.
+"""The chart of accounts (contract §4): names, types and normal sides — the one place a name is spelled.
 
 Per investment account A: `assets:custody:A` and `liabilities:investors:A`, in A's currency.
 Platform-wide, one per currency C: `income:performance-fees:C`, `assets:platform-cash:C`,
-`liabilities:suspense:C`.
+`liabilities:suspense:C`. SQL that joins an investment account to its ledger accounts builds the name with
+`custody_sql` / `investors_sql`, never by spelling the prefix.
 """
 
 from __future__ import annotations
@@ -16,14 +17,34 @@ TYPE_OF_ROOT: Final[dict[str, AccountType]] = {
     "expenses": "expense",
 }
 DEBIT_NORMAL: Final = frozenset({"asset", "expense"})
+# A ledger account's name, as the CHECK on ledger_account.name has it (migration 0001; tests/ledger/test_limits.py
+# holds the two equal): a root, a group, and an owner (an investment account id or a currency).
+LEDGER_ACCOUNT_PATTERN: Final = rf"^({'|'.join(TYPE_OF_ROOT)}):[a-z-]+(:[A-Za-z0-9_.-]+)?$"
+CUSTODY_PREFIX: Final = "assets:custody:"
+INVESTORS_PREFIX: Final = "liabilities:investors:"
 
 
 def custody(account_id: str) -> str:
-    return f"assets:custody:{account_id}"
+    return CUSTODY_PREFIX + account_id
 
 
 def investors(account_id: str) -> str:
-    return f"liabilities:investors:{account_id}"
+    """What the platform owes A's investor: A's balance."""
+    return INVESTORS_PREFIX + account_id
+
+
+def is_investors(name: str) -> bool:
+    return name.startswith(INVESTORS_PREFIX)
+
+
+def custody_sql(account_id_sql: str) -> str:
+    """SQL for the name of the custody account of the investment account id `account_id_sql` (an SQL expression)."""
+    return f"'{CUSTODY_PREFIX}' || {account_id_sql}"
+
+
+def investors_sql(account_id_sql: str) -> str:
+    """SQL for the name of the investors account of the investment account id `account_id_sql` (an SQL expression)."""
+    return f"'{INVESTORS_PREFIX}' || {account_id_sql}"
 
 
 def performance_fees(currency: str) -> str:

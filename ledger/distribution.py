@@ -3,9 +3,9 @@
 Definitions, for investment account A and UTC month M (from its first instant `start` to its last `end`),
 all in A's minor units (balances are liabilities:investors:A):
 - opening O   = A's balance at the end of the previous month (after that month's fee);
-- flows F     = money the investor moved in or out, effective in M: deposits − withdrawals (and transfers,
-                and reversals of those and of fees, with their own sign). Trades, true-ups and
-                adjustments are results, not flows;
+- flows F     = money the investor moved in or out, effective in M (`ledger.policies.flows`: deposits −
+                withdrawals, transfers, and reversals of those and of fees, with their own sign). Trades,
+                true-ups and adjustments are results, not flows;
 - closing C   = A's balance at `end`, before M's fee;
 - profit P    = C − O − F (the month's result, recorded for the reader);
 - HWM         = the high-water mark after the previous month's distribution (`new_hwm`); for A's first
@@ -42,10 +42,8 @@ from ledger import chart, rules
 from ledger.book import Ledger, Tx
 from ledger.errors import InvalidEntry
 from ledger.money import Money
+from ledger.policies.flows import flow_sql
 from ledger.times import ONE_MICROSECOND
-
-FLOW_KINDS = ("deposit", "withdrawal", "transfer")  # as ledger.reports: money the investor moved
-
 
 # ------------------------------------------------------------------------------------------ pure part
 
@@ -227,14 +225,14 @@ def distribute_account(tx: Tx, account_id: str, month: date, *, require_snapshot
 
 def _net_flows_minor(c: sa.Connection, investors_id: int, start: datetime | None, end: datetime) -> int:
     """Deposits − withdrawals (credit-normal: a credit to investors:A is money in) effective in [start, end]."""
-    return -int(c.execute(sa.text("""
+    return -int(c.execute(sa.text(f"""
         SELECT COALESCE(sum(CASE p.side WHEN 'D' THEN p.amount_minor ELSE -p.amount_minor END), 0)::bigint
           FROM posting p JOIN journal_entry e ON e.id = p.entry_id
           LEFT JOIN journal_entry r ON r.id = e.reverses_entry_id
          WHERE p.ledger_account_id = :id
            AND (CAST(:start AS timestamptz) IS NULL OR p.effective_at >= :start) AND p.effective_at <= :end
-           AND (COALESCE(r.kind, e.kind) = ANY(CAST(:kinds AS text[])) OR r.kind = 'fee')"""),
-        {"id": investors_id, "start": start, "end": end, "kinds": list(FLOW_KINDS)}).scalar_one())
+           AND {flow_sql("e", "r")}"""),  # noqa: S608 — ledger.policies.flows' constants
+        {"id": investors_id, "start": start, "end": end}).scalar_one())
 
 
 def _text(minor: int, currency: str) -> str:

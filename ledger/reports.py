@@ -25,6 +25,7 @@ from ledger.book import Ledger
 from ledger.errors import InvalidEntry, UnknownAccount
 from ledger.model import AccountType
 from ledger.money import Money
+from ledger.policies.flows import flow_sql
 from ledger.times import end_of_day, just_before, start_of_day
 
 RETURN_PLACES = 8
@@ -37,7 +38,6 @@ REPORT_WORK_MEM = "64MB"
 ACCOUNT_GROUP = "split_part(a.name, ':', 1) || ':' || split_part(a.name, ':', 2)"
 PERFORMANCE_DAYS_MAX = 1830  # five years of daily rows in one answer; longer periods are refused
 PERFORMANCE_DAYS_DEFAULT = 90
-FLOW_KINDS = ("deposit", "withdrawal", "transfer")  # money the investor moved in or out: not a return
 _QUANTUM = Decimal(1).scaleb(-RETURN_PLACES)
 
 
@@ -309,12 +309,12 @@ def performance(ledger: Ledger, account_id: str, start: date | None = None, end:
     where there is one, else from the closed trades recorded for that day.
     """
     with _snapshot(ledger) as c:
-        head = c.execute(sa.text("""
+        head = c.execute(sa.text(f"""
             SELECT a.account_id, a.currency, l.id AS ledger_id, l.type,
                    (SELECT min(p.effective_at) FROM posting p WHERE p.ledger_account_id = l.id) AS first_at,
                    now() AS now
-              FROM investment_account a JOIN ledger_account l ON l.name = 'liabilities:investors:' || a.account_id
-             WHERE a.account_id = :a"""), {"a": account_id}).first()
+              FROM investment_account a JOIN ledger_account l ON l.name = {chart.investors_sql("a.account_id")}
+             WHERE a.account_id = :a"""), {"a": account_id}).first()  # noqa: S608 — ledger.chart's constant
         if head is None:
             raise UnknownAccount(f"investment account {account_id!r} does not exist")
         today = head.now.astimezone(UTC).date()
@@ -334,15 +334,14 @@ def performance(ledger: Ledger, account_id: str, start: date | None = None, end:
         balances = [int(row.b) * sign for row in c.execute(sa.text("""
             SELECT ledger_balance_as_of(:id, t.at) AS b FROM unnest(CAST(:ats AS timestamptz[]))
                    WITH ORDINALITY AS t(at, n) ORDER BY t.n"""), {"id": head.ledger_id, "ats": ats})]
-        flows = {row.day: int(row.minor) * sign for row in c.execute(sa.text("""
+        flows = {row.day: int(row.minor) * sign for row in c.execute(sa.text(f"""
             SELECT (p.effective_at AT TIME ZONE 'UTC')::date AS day,
                    sum(CASE p.side WHEN 'D' THEN p.amount_minor ELSE -p.amount_minor END)::bigint AS minor
               FROM posting p JOIN journal_entry e ON e.id = p.entry_id
               LEFT JOIN journal_entry r ON r.id = e.reverses_entry_id
              WHERE p.ledger_account_id = :id AND p.effective_at >= :start AND p.effective_at <= :end
-               AND COALESCE(r.kind, e.kind) = ANY(CAST(:kinds AS text[]))
-             GROUP BY 1"""), {"id": head.ledger_id, "start": start_of_day(start), "end": end_of_day(end),
-                              "kinds": list(FLOW_KINDS)})}
+               AND {flow_sql("e", "r")}
+             GROUP BY 1"""), {"id": head.ledger_id, "start": start_of_day(start), "end": end_of_day(end)})}  # noqa: S608 — ledger.policies.flows' constants
         snapshots = {row.date: row for row in c.execute(sa.text("""
             SELECT date, closing_balance_minor, daily_return, trades_executed, winning_trades, losing_trades
               FROM daily_performance WHERE account_id = :a AND date BETWEEN :start AND :end"""),

@@ -81,7 +81,7 @@ def reversal(original: Entry, *, reason: str, idempotency_key: str) -> EntryDraf
     legs = tuple(Leg(account=p.account, side="C" if p.side == "D" else "D", amount=p.amount)
                  for p in original.postings)
     guarded = tuple(sorted({leg.account for leg in legs
-                            if leg.side == "D" and leg.account.startswith("liabilities:investors:")}))
+                            if leg.side == "D" and chart.is_investors(leg.account)}))
     return EntryDraft(kind="reversal", idempotency_key=idempotency_key, legs=legs,
                       investment_account_id=original.investment_account_id, memo=reason,
                       metadata={"reversed_kind": original.kind}, reverses_entry_id=original.id,

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 import msgspec
 import sqlalchemy as sa
 
-from ledger import chain
+from ledger import chain, chart
 
 FINDINGS_PER_CHECK_MAX = 20
 
@@ -114,12 +114,12 @@ def checkpoints_match(c: sa.Connection) -> list[str]:
 
 def custody_equals_investors(c: sa.Connection) -> list[str]:
     return [f"account {r.account_id}: custody {r.custody} but investors {r.investors} (minor units)"
-            for r in _rows(c, """
+            for r in _rows(c, f"""
         SELECT i.account_id, cu.balance_minor AS custody, -inv.balance_minor AS investors
           FROM investment_account i
-          JOIN ledger_account cu ON cu.name = 'assets:custody:' || i.account_id
-          JOIN ledger_account inv ON inv.name = 'liabilities:investors:' || i.account_id
-         WHERE cu.balance_minor <> -inv.balance_minor""")]
+          JOIN ledger_account cu ON cu.name = {chart.custody_sql("i.account_id")}
+          JOIN ledger_account inv ON inv.name = {chart.investors_sql("i.account_id")}
+         WHERE cu.balance_minor <> -inv.balance_minor""")]  # noqa: S608 — ledger.chart's constants
 
 
 def books_balance(c: sa.Connection) -> list[str]:

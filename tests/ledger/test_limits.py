@@ -9,9 +9,11 @@ import re
 import msgspec
 import sqlalchemy as sa
 
-from api.schemas import CreateAccount
+from api.schemas import CreateAccount, ReversalRequest
 from integration.engine_api import CreateAccountRequest
-from ledger.model import ACCOUNT_ID_PATTERN, LEDGER_ACCOUNT_PATTERN
+from integration.events import BalanceUpdatedData
+from ledger.chart import LEDGER_ACCOUNT_PATTERN
+from ledger.model import ACCOUNT_ID_PATTERN, IDEMPOTENCY_KEY_LENGTH_MAX, MEMO_LENGTH_MAX
 
 
 def _checks(engine: sa.Engine, table: str) -> list[str]:
@@ -77,3 +79,13 @@ def test_one_past_each_limit_is_a_422_not_a_500(engine: sa.Engine, ledger) -> No
                 assert answer.status_code == status, (column, length, answer.text)
                 if status == 422:
                     assert answer.json()["error"] == "invalid" and column in answer.json()["detail"]
+
+
+def test_entry_limits_are_the_database_checks(engine: sa.Engine) -> None:
+    """The memo and the idempotency key: the core refuses what the CHECK would, and the texts that become a memo
+    (a balance update's reason, a reversal's reason) are held to the same length where they enter."""
+    checks = _checks(engine, "journal_entry")
+    assert _length_bounds(checks, "idempotency_key") == (1, IDEMPOTENCY_KEY_LENGTH_MAX)
+    assert any(f"length(memo) <= {MEMO_LENGTH_MAX}" in check for check in checks), checks
+    assert _field(BalanceUpdatedData, "reason").max_length == MEMO_LENGTH_MAX
+    assert _field(ReversalRequest, "reason").max_length == MEMO_LENGTH_MAX

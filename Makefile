@@ -8,7 +8,7 @@ RUN_STAMP := $(VENV)/.installed-run
 # make command line (make run LEDGER_PORT=9000): make passes both to the recipe as they are.
 PYTEST_ARGS ?=
 
-.PHONY: help install browser run soak test test-slow test-all bench lint fmt migrate verify clean
+.PHONY: help install browser pdftools run soak test test-slow test-all bench lint fmt migrate verify clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -27,7 +27,7 @@ $(RUN_STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
 	touch $(RUN_STAMP)
 
-install: $(STAMP) browser  ## create .venv and install the project with its test tools
+install: $(STAMP) browser pdftools  ## create .venv and install the project with its test tools
 
 # The page tests drive Debian's chromium headless; installed here when missing and we may (root + apt).
 browser:
@@ -36,16 +36,24 @@ browser:
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }; }; } || \
 	  echo "chromium is not installed: the browser test will be skipped (apt-get install chromium)"
 
+# The statement tests read the PDFs with poppler's pdftotext and pdftoppm (Debian's poppler-utils), installed here
+# when missing and we may (root + apt).
+pdftools:
+	@command -v pdftotext >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends poppler-utils >/dev/null 2>&1 || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends poppler-utils; }; }; } || \
+	  echo "poppler-utils is not installed: the statement PDF tests will fail (apt-get install poppler-utils)"
+
 run: $(RUN_STAMP)  ## embedded PostgreSQL, migrate, serve on LEDGER_HOST:LEDGER_PORT (DEMO=1 adds the engine simulator)
 	$(BIN)/invledger serve $(if $(DEMO),--demo,)
 
-test: $(STAMP) browser  ## the suite without the slow suites, on a real PostgreSQL (embedded unless DATABASE_URL is set)
+test: $(STAMP) browser pdftools  ## the suite without the slow suites, on a real PostgreSQL (embedded unless DATABASE_URL is set)
 	$(BIN)/python -m pytest -m 'not slow' --durations=15 $(PYTEST_ARGS)
 
-test-slow: $(STAMP) browser  ## the slow suites alone: kill -9, database and engine faults, several instances, CLI finance questions, a 5-minute soak
+test-slow: $(STAMP) browser pdftools  ## the slow suites alone: kill -9, database and engine faults, several instances, CLI finance questions, a 5-minute soak
 	SOAK_SECONDS=$${SOAK_SECONDS:-300} $(BIN)/python -m pytest -m slow --durations=15 $(PYTEST_ARGS)
 
-test-all: $(STAMP) browser  ## test and test-slow in one run (what .ci/run proves)
+test-all: $(STAMP) browser pdftools  ## test and test-slow in one run (what .ci/run proves)
 	SOAK_SECONDS=$${SOAK_SECONDS:-300} $(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
 
 soak: $(STAMP)  ## the 10-minute soak alone (SOAK_SECONDS to change it); prints its figures as JSON

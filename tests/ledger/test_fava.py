@@ -51,10 +51,13 @@ def test_fava_loads_the_export_and_every_balance_equals_the_ledgers(ledger: Ledg
     fava, balances = _fava_balances(path)
     assert list(fava.errors) == []
     names = beancount.account_names([r.account for r in ledger.trial_balance().rows])
-    ours = {names[r.account]: (r.debit - r.credit).to_decimal() for r in ledger.trial_balance().rows}
+    rows = ledger.trial_balance().rows
+    ours = {names[r.account]: (r.debit - r.credit).to_decimal() for r in rows}
     assert len(ours) == len(names) >= 7
-    # Every ledger account, the platform-wide ones (fees, cash) included, as Fava sums it; zero where Fava has none.
-    theirs = {name: balances.get(name, {}).get("USD", Decimal(0)) for name in ours}
+    # Every ledger account (the platform-wide ones — fees, cash — included, in every currency the books hold) as
+    # Fava sums it, in the account's currency alone; zero where Fava has none.
+    assert all(set(balances.get(names[r.account], {})) <= {r.currency} for r in rows)
+    theirs = {names[r.account]: balances.get(names[r.account], {}).get(r.currency, Decimal(0)) for r in rows}
     assert theirs == ours
     assert theirs[names[f"liabilities:investors:{account_id}"]] == -ledger.balance(account_id).to_decimal()
     assert theirs[names["income:performance-fees:USD"]] < 0  # the fee reached Fava's income

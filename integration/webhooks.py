@@ -6,17 +6,10 @@ that arrive together share that transaction (`receive_many`, a group commit fed 
 each answered as if it had come alone. Deliveries with the same dedup key are serialised by an advisory
 lock on the key, then by the account's row lock.
 
-Late facts. The engine's daily snapshot (daily.performance for day D) is the truth for A's balance at
-the end of D: the ledger books a true-up so that its balance at the end of D equals closing_balance.
-Anything booked afterwards that is effective at or before the end of an already trued-up day — a trade
-that arrives late, an earlier day's snapshot arriving after a later one's, a balance update with an
-old `occurred_at` — would move that closing balance and count the money twice. So each such booking is
-followed by an offset entry at the end of the earliest trued-up day it affects: the day keeps the
-engine's closing balance, the trade stays visible in the statement, and nothing is counted twice.
-
-account.balance_updated sets the balance *as of its `occurred_at`* (the delivery time if absent): the
-adjustment is new_balance − the ledger balance at that time, effective at that time. Entries effective
-after it stay, so a late update never rolls the balance back over trades that happened since.
+The accounting rules are the pure functions of `ledger.policies` — the trade booking (`trades`), the daily
+true-up (`true_up`), the balance update as of its `occurred_at` (`balance_update`) and, under each, the late-fact
+offset after a trued-up day (`late_facts`): this module reads what they need (what was recorded before, balances,
+the trued-up days), calls them and posts the drafts they return.
 
 Back-fill. `book_trade` and `book_performance` book a trade or a daily snapshot fetched from the engine
 (the performance sync job) with exactly the rules above: the same trade and snapshot tables, the same
@@ -26,11 +19,10 @@ back-fill, and a webhook arriving after the back-fill is a duplicate.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -51,9 +43,12 @@ from integration.events import (
     event_type_of,
 )
 from integration.signature import Verified
-from ledger import Ledger, Money, Tx, acting_as, rules
+from ledger import EntryDraft, Ledger, Money, Tx, acting_as
 from ledger.errors import InvalidAmount, InvalidEntry, LedgerError
 from ledger.model import InvestmentAccount
+from ledger.policies import balance_update, true_up
+from ledger.policies.trades import RecordedTrade, TradeConflict, book_trade
+from ledger.policies.true_up import RecordedSnapshot
 from ledger.times import end_of_day
 
 log = logging.getLogger("integration.webhooks")
@@ -86,6 +81,9 @@ _INSERT_TRADES = sa.text("""
 _UPDATE_TRADE = sa.text("""
     UPDATE trade SET status = :status, exit_price = :xp, profit_loss_minor = :pnl, entry_id = :e,
            executed_at = :at, trade_date = :day, updated_at = now() WHERE trade_id = :t""")
+_SNAPSHOTS_FROM = sa.text("""
+    SELECT date, closing_balance_minor, true_up_entry_id FROM daily_performance
+     WHERE account_id = :a AND date >= :d ORDER BY date""")
 _SNAPSHOT_DAYS = sa.text("""
     SELECT p.account_id, p.date
       FROM unnest(CAST(:a AS text[]), CAST(:d AS date[])) AS f(a, d)
@@ -404,8 +402,8 @@ class WebhookProcessor:
         the same profit is a duplicate.
         """
         c = tx.connection
-        known: dict[str, Any] = {row.trade_id: row for row in c.execute(
-            _KNOWN_TRADES, {"ids": [t.trade_id for t in trades]})}
+        recorded = {row.trade_id: RecordedTrade(row.account_id, row.status, row.profit_loss_minor, row.entry_id)
+                    for row in c.execute(_KNOWN_TRADES, {"ids": [t.trade_id for t in trades]})}
         first_days: dict[str, date] = {}
         for t in trades:
             day = t.executed_at.astimezone(UTC).date()
@@ -414,51 +412,32 @@ class WebhookProcessor:
         answers: list[tuple[tuple[int, ...], bool] | _Review | LedgerError | None] = [None] * len(trades)
         closed_at: dict[str, int] = {}  # trade id -> index of the trade that closed it in this batch
         duplicates: dict[int, int] = {}  # index -> index of that trade
-        drafts: list[tuple[int, Any]] = []  # (trade index, draft), in booking order
+        drafts: list[tuple[int, EntryDraft]] = []  # (trade index, draft), in booking order
         rows: list[tuple[TradeData, int | None, int, bool]] = []  # (trade, pnl, index, update) to store
         for i, trade in enumerate(trades):
-            key = f"trade:{trade.trade_id}"
-            seen = known.get(trade.trade_id)
             try:
                 currency = currencies.get(trade.account_id)
                 if currency is None:
                     raise InvalidEntry(f"trade {trade.trade_id} belongs to {trade.account_id}, "
                                        f"not {' or '.join(currencies)}")
-                if seen is not None and seen.account_id != trade.account_id:
-                    raise _Review(f"trade {trade.trade_id} was reported for account {seen.account_id}",
-                                  "webhook_conflict")
-                if trade.status == "open":
-                    if seen is None:
-                        rows.append((trade, None, i, False))
-                        known[trade.trade_id] = _Known(trade.account_id, "open", None, None)
-                    answers[i] = ((), seen is not None)
-                    continue
-                pnl = Money.from_decimal(trade.profit_loss, currency)
-                if seen is not None and seen.status == "closed":
-                    if seen.profit_loss_minor != pnl.minor:
-                        raise _Review(f"trade {trade.trade_id} closed again with profit_loss {pnl} "
-                                      f"(first {Money(minor=seen.profit_loss_minor, currency=currency)})",
-                                      "webhook_conflict")
-                    if trade.trade_id in closed_at:  # closed earlier in this batch: its entry, once posted
-                        duplicates[i] = closed_at[trade.trade_id]
-                    else:
-                        answers[i] = ((seen.entry_id,) if seen.entry_id else (), True)
-                    continue
-            except (_Review, LedgerError) as error:
+                booking = book_trade(trade, currency, recorded.get(trade.trade_id), snapshot_days[trade.account_id])
+            except LedgerError as error:
                 answers[i] = error
                 continue
-            draft = rules.gain_or_loss("trade", trade.account_id, pnl, idempotency_key=key,
-                                       effective_at=trade.executed_at, memo=f"{trade.side} {trade.symbol} closed",
-                                       metadata={"trade_id": trade.trade_id, "symbol": trade.symbol})
-            if draft is not None:
-                drafts.append((i, draft))
-                offset = self._offset(trade.account_id, trade.executed_at, pnl, key, f"trade {trade.trade_id}",
-                                      snapshot_days[trade.account_id])
-                if offset is not None:
-                    drafts.append((i, offset))
-            rows.append((trade, pnl.minor, i, seen is not None))
-            known[trade.trade_id] = _Known(trade.account_id, "closed", pnl.minor, None)
-            closed_at[trade.trade_id] = i
+            if isinstance(booking, TradeConflict):
+                answers[i] = _Review(booking.reason, "webhook_conflict")
+            elif booking.duplicate:
+                if trade.status == "closed" and trade.trade_id in closed_at:  # closed earlier in this batch
+                    duplicates[i] = closed_at[trade.trade_id]  # its entry, once posted
+                else:
+                    answers[i] = ((booking.entry_id,) if booking.entry_id else (), True)
+            else:
+                rows.append((trade, booking.profit_loss_minor, i, trade.trade_id in recorded))
+                recorded[trade.trade_id] = RecordedTrade(trade.account_id, trade.status, booking.profit_loss_minor,
+                                                         None)
+                drafts += [(i, draft) for draft in booking.drafts]
+                if trade.status == "closed":
+                    closed_at[trade.trade_id] = i
         entry_ids: dict[int, list[int]] = {}
         for (i, _), posted in zip(drafts, tx.post_many([draft for _, draft in drafts]), strict=True):
             entry_ids.setdefault(i, []).append(posted.entry_id)
@@ -492,35 +471,20 @@ class WebhookProcessor:
         c = tx.connection
         closing = Money.from_decimal(perf.closing_balance, currency)
         opening = Money.from_decimal(perf.opening_balance, currency)
-        day_end = end_of_day(perf.date)
-        if day_end > datetime.now(UTC) + timedelta(minutes=5):
-            raise InvalidEntry(f"daily.performance for {perf.date} arrived before that UTC day ended")
-        known = c.execute(sa.text("""SELECT closing_balance_minor, true_up_entry_id FROM daily_performance
-                                     WHERE account_id = :a AND date = :d"""),
-                          {"a": perf.account_id, "d": perf.date}).first()
-        if known is not None:
-            if known.closing_balance_minor != closing.minor:
-                raise _Review(f"daily.performance for {perf.account_id} on {perf.date} again with closing "
-                              f"{closing} (first {Money(minor=known.closing_balance_minor, currency=currency)})",
-                              "webhook_conflict")
-            return ((known.true_up_entry_id,) if known.true_up_entry_id else ()), True
-        ledger_balance = tx.balance(perf.account_id, as_of=day_end)
-        difference = closing - ledger_balance
-        entry_ids: list[int] = []
-        true_up_id = None
-        draft = rules.gain_or_loss("true_up", perf.account_id, difference,
-                                   idempotency_key=f"true-up:{perf.account_id}:{perf.date.isoformat()}",
-                                   effective_at=day_end,
-                                   memo=f"true-up to the engine's closing balance of {perf.date}",
-                                   metadata={"date": perf.date.isoformat(), "closing_balance": str(closing),
-                                             "ledger_balance": str(ledger_balance)})
-        if draft is not None:
-            true_up_id = tx.post(draft).entry_id
-            entry_ids.append(true_up_id)
-            entry_ids += self._protect_snapshots(tx, perf.account_id, day_end, difference,
-                                                 f"true-up:{perf.date.isoformat()}", f"the true-up of {perf.date}",
-                                                 after_day=perf.date)
-            self._alert_if_large(c, perf.account_id, difference, f"true-up of {perf.date}",
+        true_up.refuse_unfinished_day(perf.date, datetime.now(UTC))
+        # This day's snapshot if it was booked before, and the later days already trued up, in one read.
+        days = c.execute(_SNAPSHOTS_FROM, {"a": perf.account_id, "d": perf.date}).all()
+        if days and days[0].date == perf.date:
+            replay = true_up.replayed(perf.account_id, perf.date, closing,
+                                      RecordedSnapshot(days[0].closing_balance_minor, days[0].true_up_entry_id))
+            if replay.conflict:
+                raise _Review(replay.conflict, "webhook_conflict")
+            return ((replay.true_up_entry_id,) if replay.true_up_entry_id else ()), True
+        ledger_balance = tx.balance(perf.account_id, as_of=end_of_day(perf.date))
+        booked = true_up.true_up(perf.account_id, perf.date, closing, ledger_balance, [row.date for row in days])
+        entry_ids = [tx.post(draft).entry_id for draft in booked.drafts]  # the true-up, then its offset
+        if entry_ids:
+            self._alert_if_large(c, perf.account_id, booked.difference, f"true-up of {perf.date}",
                                  f"performance:{perf.account_id}:{perf.date.isoformat()}")
         c.execute(sa.text("""
             INSERT INTO daily_performance (account_id, date, opening_balance_minor, closing_balance_minor, daily_return,
@@ -528,7 +492,7 @@ class WebhookProcessor:
             VALUES (:a, :d, :o, :c, :r, :n, :w, :l, :lb, :e, :src)"""), {
             "a": perf.account_id, "d": perf.date, "o": opening.minor, "c": closing.minor, "r": perf.daily_return,
             "n": perf.trades_executed, "w": perf.winning_trades, "l": perf.losing_trades,
-            "lb": ledger_balance.minor, "e": true_up_id, "src": source})
+            "lb": ledger_balance.minor, "e": entry_ids[0] if entry_ids else None, "src": source})
         return tuple(entry_ids), False
 
     def _balance_updated(self, tx: Tx, event: BalanceUpdated, key: str,
@@ -536,15 +500,15 @@ class WebhookProcessor:
         data = event.data
         new_balance = Money.from_decimal(data.new_balance, currency)
         at = event.occurred_at.astimezone(UTC) if event.occurred_at else datetime.now(UTC)
-        difference = new_balance - tx.balance(data.account_id, as_of=at)
-        draft = rules.gain_or_loss("adjustment", data.account_id, difference, idempotency_key=f"adjustment:{key}",
-                                   effective_at=at if event.occurred_at else None, memo=data.reason,
-                                   metadata={"new_balance": str(new_balance), "event_key": key})
-        if draft is None:
-            return (), False
-        entry_ids = [tx.post(draft).entry_id]
-        entry_ids += self._protect_snapshots(tx, data.account_id, at, difference, key, "a balance update")
-        self._alert_if_large(tx.connection, data.account_id, difference, f"balance update ({data.reason})", key)
+        ledger_balance = tx.balance(data.account_id, as_of=at)
+        days = self._snapshot_days_of(tx.connection, {data.account_id: at.date()})[data.account_id]
+        booked = balance_update.adjustment(data.account_id, new_balance, ledger_balance, at=at,
+                                           occurred=event.occurred_at is not None, reason=data.reason,
+                                           event_key=key, snapshot_days=days)
+        entry_ids = [tx.post(draft).entry_id for draft in booked.drafts]  # the adjustment, then its offset
+        if entry_ids:
+            self._alert_if_large(tx.connection, data.account_id, booked.difference,
+                                 f"balance update ({data.reason})", key)
         return tuple(entry_ids), False
 
     def _account_error(self, tx: Tx, event: AccountError, key: str) -> tuple[tuple[int, ...], bool]:
@@ -557,14 +521,7 @@ class WebhookProcessor:
                                account_id=data.account_id, event_key=key)
         return (), False
 
-    # ------------------------------------------------------------------------------ late facts
-
-    def _protect_snapshots(self, tx: Tx, account_id: str, effective_at: datetime, change: Money, cause_key: str,
-                           cause: str, *, after_day: date | None = None) -> list[int]:
-        """Offset `change` at the end of the earliest trued-up day it would otherwise alter (see module doc)."""
-        days = self._snapshot_days_of(tx.connection, {account_id: effective_at.astimezone(UTC).date()})[account_id]
-        draft = self._offset(account_id, effective_at, change, cause_key, cause, days, after_day=after_day)
-        return [tx.post(draft).entry_id] if draft is not None else []
+    # ------------------------------------------------------------------------------ reads for the policies
 
     @staticmethod
     def _snapshot_days_of(c: sa.Connection, first_days: Mapping[str, date]) -> dict[str, list[date]]:
@@ -575,24 +532,6 @@ class WebhookProcessor:
                 days[account_id].append(day)
         return days
 
-    @staticmethod
-    def _offset(account_id: str, effective_at: datetime, change: Money, cause_key: str, cause: str,
-                snapshot_days: list[date], *, after_day: date | None = None) -> Any:
-        """The entry that keeps the engine's closing balance of the earliest trued-up day `change` would alter
-        (the first of `snapshot_days` on or after its day, and after `after_day`), or None if there is none."""
-        day = effective_at.astimezone(UTC).date()
-        if after_day is not None:
-            day = max(day, after_day + timedelta(days=1))
-        at = bisect.bisect_left(snapshot_days, day)
-        if at == len(snapshot_days):
-            return None
-        snapshot_day = snapshot_days[at]
-        return rules.gain_or_loss(
-            "true_up", account_id, -change, idempotency_key=f"offset:{account_id}:{cause_key}",
-            effective_at=end_of_day(snapshot_day),
-            memo=f"offset: {cause} arrived after the engine's snapshot of {snapshot_day}, which already includes it",
-            metadata={"offsets": cause_key, "snapshot_date": snapshot_day.isoformat()})
-
     def _alert_if_large(self, c: sa.Connection, account_id: str, difference: Money, what: str, key: str) -> None:
         if abs(difference.to_decimal()) > self.adjustment_alert_threshold:
             alerts.raise_alert(c, kind="large_adjustment", dedup_key=f"adjustment:{key}",
@@ -600,11 +539,3 @@ class WebhookProcessor:
                                        f"(threshold {self.adjustment_alert_threshold})",
                                account_id=account_id, event_key=key, details={"difference": str(difference)})
 
-
-class _Known(msgspec.Struct, frozen=True):
-    """A trade row as `book_trades` tracks it while going through a batch."""
-
-    account_id: str
-    status: str
-    profit_loss_minor: int | None
-    entry_id: int | None

@@ -1,25 +1,15 @@
 """The monthly distribution: the performance fee with a high-water mark, per account and month, once.
 
-Definitions, for investment account A and UTC month M (from its first instant `start` to its last `end`),
-all in A's minor units (balances are liabilities:investors:A):
-- opening O   = A's balance at the end of the previous month (after that month's fee);
-- flows F     = money the investor moved in or out, effective in M (`ledger.policies.flows`: deposits −
-                withdrawals, transfers, and reversals of those and of fees, with their own sign). Trades,
-                true-ups and adjustments are results, not flows;
-- closing C   = A's balance at `end`, before M's fee;
-- profit P    = C − O − F (the month's result, recorded for the reader);
-- HWM         = the high-water mark after the previous month's distribution (`new_hwm`); for A's first
-                distribution, the net capital A contributed before M (deposits − withdrawals), at least 0;
-- adjusted H' = HWM + F: a deposit raises the mark by what it brings, a withdrawal lowers it by what it
-                takes, so moving money is never charged as profit nor forgiven as a loss;
-- fee         = rate × max(0, C − H'), rounded half-even to the currency's scale (the one rounding);
-                capped at A's current balance (a fee never overdraws; the computed fee is kept too);
-- new HWM     = max(H', C − fee): the mark rises only to the balance after a charged fee.
+The rule — the fee, the mark, what counts as a flow — is the pure `ledger.policies.fee` (its module docstring
+defines every figure); this module reads what it needs and books what it says. For investment account A and UTC
+month M (from its first instant `start` to its last `end`): the opening balance (at `start`, after the previous
+month's fee), the closing balance (at `end`, before M's fee), the net flows effective in M
+(`ledger.policies.flows`), the previous distribution's mark (for A's first, the net capital contributed before M,
+at least 0), and A's balance now (the fee is capped at it).
 
 Booking: one transaction per account and month that locks A, writes the `distribution` row with every
-input above and, when fee > 0, the entry Dr investors:A / Cr income:performance-fees and
-Dr platform-cash / Cr custody:A, effective at `end` (the fee belongs to M), plus the outbox notification
-`account.capital_changed` (withdrawal) for the engine. `distribution` is unique per (A, M) and
+input and, when the fee is above zero, the fee's entry (`ledger.policies.fee.fee_entry`), plus the outbox
+notification `account.capital_changed` (withdrawal) for the engine. `distribution` is unique per (A, M) and
 append-only, and the entry's idempotency key is `fee:A:YYYY-MM`: one distribution per account and month,
 whatever reruns.
 
@@ -38,46 +28,13 @@ from typing import Any, Literal
 import msgspec
 import sqlalchemy as sa
 
-from ledger import chart, rules
+from ledger import chart
 from ledger.book import Ledger, Tx
 from ledger.errors import InvalidEntry
 from ledger.money import Money
+from ledger.policies import fee
 from ledger.policies.flows import flow_sql
 from ledger.times import ONE_MICROSECOND
-
-# ------------------------------------------------------------------------------------------ pure part
-
-class FeeInputs(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything the fee depends on, in minor units of `currency`."""
-
-    currency: str
-    opening_balance_minor: int
-    closing_balance_minor: int
-    net_flows_minor: int
-    opening_hwm_minor: int
-    rate: Decimal
-
-
-class FeeComputation(msgspec.Struct, frozen=True, kw_only=True):
-    profit_minor: int
-    adjusted_hwm_minor: int
-    computed_fee_minor: int
-    new_hwm_minor: int
-
-
-def compute_fee(inputs: FeeInputs) -> FeeComputation:
-    """The fee and the new mark (see the module docstring). Pure; the cap at the balance is applied later."""
-    if not (inputs.rate.is_finite() and Decimal(0) <= inputs.rate <= Decimal(1)):
-        raise InvalidEntry(f"fee rate {inputs.rate} must be from 0 to 1")
-    closing = inputs.closing_balance_minor
-    adjusted = inputs.opening_hwm_minor + inputs.net_flows_minor
-    above = max(0, closing - adjusted)
-    fee = Money.from_decimal_rounded(inputs.rate * Money(minor=above, currency=inputs.currency).to_decimal(),
-                                     inputs.currency).minor
-    return FeeComputation(
-        profit_minor=closing - inputs.opening_balance_minor - inputs.net_flows_minor,
-        adjusted_hwm_minor=adjusted, computed_fee_minor=fee, new_hwm_minor=max(adjusted, closing - fee))
-
 
 # ------------------------------------------------------------------------------------------ periods
 
@@ -187,10 +144,10 @@ def distribute_account(tx: Tx, account_id: str, month: date, *, require_snapshot
         opening_hwm = last.new_hwm_minor
     else:
         opening_hwm = max(0, _net_flows_minor(c, investors.id, None, start - ONE_MICROSECOND))
-    computed = compute_fee(FeeInputs(currency=account.currency, opening_balance_minor=opening.minor,
-                                     closing_balance_minor=closing.minor, net_flows_minor=flows,
-                                     opening_hwm_minor=opening_hwm, rate=account.fee_rate))
-    fee_minor = min(computed.computed_fee_minor, max(0, tx.balance(account_id).minor))
+    computed = fee.compute_fee(fee.FeeInputs(currency=account.currency, opening_balance_minor=opening.minor,
+                                             closing_balance_minor=closing.minor, net_flows_minor=flows,
+                                             opening_hwm_minor=opening_hwm, rate=account.fee_rate))
+    fee_minor = fee.charged_fee_minor(computed.computed_fee_minor, tx.balance(account_id).minor)
     inputs = {"month": month_key(month), "opening_balance": str(opening), "closing_balance": str(closing),
               "net_flows": _text(flows, account.currency), "profit": _text(computed.profit_minor, account.currency),
               "opening_hwm": _text(opening_hwm, account.currency),
@@ -199,15 +156,13 @@ def distribute_account(tx: Tx, account_id: str, month: date, *, require_snapshot
               "new_hwm": _text(computed.new_hwm_minor, account.currency)}
     entry_id = None
     if fee_minor > 0:
-        fee = Money(minor=fee_minor, currency=account.currency)
-        posted = tx.post(rules.performance_fee(
-            account_id, fee, idempotency_key=f"fee:{account_id}:{month_key(month)}", effective_at=end,
-            memo=f"performance fee for {month_key(month)} ({account.fee_rate} above the high-water mark)",
-            metadata=inputs))
+        charged = Money(minor=fee_minor, currency=account.currency)
+        posted = tx.post(fee.fee_entry(account_id, charged, month=month_key(month), rate=account.fee_rate,
+                                       effective_at=end, inputs=inputs))
         entry_id = posted.entry_id
         if not posted.replayed:
             tx.emit(account_id, "account.capital_changed", {
-                "account_id": account_id, "operation": "withdrawal", "amount": str(fee),
+                "account_id": account_id, "operation": "withdrawal", "amount": str(charged),
                 "new_total_capital": str(posted.balances_after[chart.investors(account_id)]),
                 "entry_id": entry_id, "reason": "performance_fee", "month": month_key(month)})
     row = c.execute(sa.text(f"""

@@ -7,7 +7,7 @@ the answer with the code under test.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
 from hypothesis import strategies as st
@@ -212,3 +212,29 @@ def signed_changes(currency: str) -> st.SearchStrategy[int]:
 
 def reasons() -> st.SearchStrategy[str]:
     return st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=40)
+
+
+# ------------------------------------------------------------------------------- accounting policies
+
+POLICY_MINOR_MAX = 10**13  # balances and flows of the pure policies' tests: far from the range's edge
+
+
+def fee_rates() -> st.SearchStrategy[Decimal]:
+    """A performance fee rate: 0 to 1, at most four places (as investment_account.fee_rate stores it)."""
+    return st.decimals(min_value=0, max_value=1, places=4, allow_nan=False, allow_infinity=False)
+
+
+def balances_minor() -> st.SearchStrategy[int]:
+    """An investor's balance in minor units: not below zero (withdrawals never overdraw)."""
+    return st.integers(min_value=0, max_value=POLICY_MINOR_MAX)
+
+
+def flows_minor() -> st.SearchStrategy[int]:
+    """Net money moved by the investor in a period: in or out."""
+    return st.integers(min_value=-POLICY_MINOR_MAX, max_value=POLICY_MINOR_MAX)
+
+
+def days_around(day: date, span_days: int = 10) -> st.SearchStrategy[list[date]]:
+    """Trued-up days near `day`, sorted and distinct (an account's snapshot days)."""
+    offsets = st.lists(st.integers(min_value=-span_days, max_value=span_days), unique=True, max_size=6)
+    return offsets.map(lambda found: [day + timedelta(days=n) for n in sorted(found)])

@@ -44,7 +44,7 @@ def _start_simulator(latency_ms: int, log: IO[str]) -> tuple[subprocess.Popen[by
     """`invledger simulate-engine` on a free port, with `latency_ms` on every status call; (process, API URL).
     Its log goes to the file `log` (a pipe nobody reads would fill up and stall it)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "integration.simulator", "--port", "0", "--no-webhooks", "--api-key", "",
+        [sys.executable, "-m", "simulator", "--port", "0", "--no-webhooks", "--api-key", "",
          "--trades-per-day", "0", "--slow-route", "status", "--slow-s", str(latency_ms / 1000)],
         stderr=log, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + SIMULATOR_START_TIMEOUT_S

@@ -1,1 +1,1 @@
-"""The ML Engine's language: its client, webhook signatures and event formats, and the simulator."""
+"""The ML Engine's language: its client, webhook signatures and event formats, webhook processing, outbox, alerts."""

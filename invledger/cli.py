@@ -319,7 +319,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate_engine(args: argparse.Namespace) -> int:
-    from integration import simulator
+    import simulator
 
     return simulator.main(args.simulator_args)
 
@@ -614,7 +614,7 @@ def _os_user() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["simulate-engine"]:  # the simulator has its own options and --help
-        from integration import simulator
+        import simulator
 
         logs.configure("INFO")
         return simulator.main(argv[1:])

@@ -32,7 +32,7 @@ DEMO_DRIFT = Decimal("12.34")  # what the simulator adds to the last demo accoun
 
 def prepare(settings: Settings) -> tuple[Settings, object]:
     """Start the simulator; return settings pointing the ledger at it (and a webhook secret both share)."""
-    from integration.simulator import Simulator
+    from simulator import Simulator
 
     secret = settings.ml_engine_webhook_secrets[0] if settings.ml_engine_webhook_secrets else secrets.token_hex(16)
     today = datetime.now(UTC).date()
@@ -50,8 +50,8 @@ def feed(ledger, engine: sa.Engine, sim, client, key: str, reconcile_now: Callab
     account (a drift of DEMO_DRIFT) and reconcile: the newcomer sees matched accounts, a break and its alert."""
     from integration import outbox
     from integration.notify import sender
-    from integration.simulator import Faults
     from ledger import AccountSpec
+    from simulator import Faults
 
     run = secrets.token_hex(2)
     value_date = datetime.now(UTC) - timedelta(days=DEMO_DAYS + 1)

@@ -7,8 +7,10 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = {"ledger", "integration", "service", "api", "jobs", "invledger", "migrations", "bench", "tests"}
-THIRD_PARTY_KEPT_OUT = {"ledger": {"litestar", "dramatiq", "httpx", "uvicorn"}}
+OURS = {"ledger", "integration", "documents", "service", "api", "jobs", "invledger", "migrations", "simulator", "bench",
+        "tests"}
+THIRD_PARTY_KEPT_OUT = {"ledger": {"litestar", "dramatiq", "httpx", "uvicorn"}, "integration": {"litestar", "uvicorn"}}
+PRODUCTION = ("ledger", "integration", "documents", "service", "api", "jobs")  # what `make run` serves (not the demo)
 
 
 def rooms() -> dict[str, set[str] | None]:
@@ -27,7 +29,11 @@ def rooms() -> dict[str, set[str] | None]:
 
 
 def imports_of(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
+    return _names(ast.parse(path.read_text(), filename=str(path)))
+
+
+def _names(tree: ast.AST) -> set[str]:
+    """The top-level names of the modules that `tree` imports, anywhere in it (relative imports aside)."""
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -53,6 +59,26 @@ def test_packages_import_only_what_their_room_allows() -> None:
             bad |= names & THIRD_PARTY_KEPT_OUT.get(package, set())
             if bad:
                 problems.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
+    assert problems == []
+
+
+def test_the_simulator_is_off_the_production_path() -> None:
+    """No production module imports the simulator; the shell only inside a function (the demo, simulate-engine)."""
+    problems = [f"{path.relative_to(ROOT)} imports simulator" for package in PRODUCTION
+                for path in sorted((ROOT / package).rglob("*.py")) if "simulator" in imports_of(path)]
+    for path in sorted((ROOT / "invledger").rglob("*.py")):
+        module = ast.parse(path.read_text())
+        module.body = [node for node in module.body if isinstance(node, ast.Import | ast.ImportFrom)]
+        if "simulator" in _names(module):
+            problems.append(f"{path.relative_to(ROOT)} imports simulator at module level")
+    assert problems == []
+
+
+def test_integration_needs_no_web_framework() -> None:
+    """The engine's language (client, webhooks, outbox) imports neither litestar nor uvicorn; the simulator does."""
+    web = {"litestar", "uvicorn"}
+    problems = [f"{path.relative_to(ROOT)} imports {sorted(imports_of(path) & web)}"
+                for path in sorted((ROOT / "integration").rglob("*.py")) if imports_of(path) & web]
     assert problems == []
 
 

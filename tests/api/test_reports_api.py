@@ -221,8 +221,8 @@ def test_reconciliation_runs_as_json_csv_and_from_the_cli(client, keys, ledger: 
     from integration import outbox, reconcile
     from integration.client import EngineClient
     from integration.notify import sender
-    from integration.simulator import Faults, Simulator
     from invledger import cli, reporting
+    from simulator import Faults, Simulator
 
     account_id = open_account(client, keys, "500.00")  # the engine hears of it through the outbox
     with Simulator(seed=1) as sim:

@@ -9,9 +9,9 @@ import pytest
 
 from api.app import create_app
 from integration.client import EngineClient
-from integration.simulator import BackgroundServer, Simulator
 from ledger import Ledger
 from service import config
+from simulator import BackgroundServer, Simulator
 
 SECRET = "e2e-webhook-secret-0123456789"
 

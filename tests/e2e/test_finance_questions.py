@@ -26,8 +26,8 @@ import sqlalchemy as sa
 from api.auth import create_key
 from integration import outbox, reconcile
 from integration.notify import sender
-from integration.simulator import Faults
 from ledger import AccountSpec, Ledger, beancount
+from simulator import Faults
 from tests.ledger.test_beancount import bean_check, beancount_sums
 
 INVLEDGER = shutil.which("invledger", path=str(Path(sys.executable).parent)) or shutil.which("invledger")

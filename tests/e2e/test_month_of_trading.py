@@ -14,9 +14,9 @@ import sqlalchemy as sa
 
 from integration import outbox
 from integration.notify import sender
-from integration.simulator import Faults
 from ledger import AccountSpec, Ledger
 from ledger.verify import verify
+from simulator import Faults
 
 DAYS = 30
 ACCOUNTS = 4

@@ -1,4 +1,4 @@
-"""Fixtures for the ML Engine side: served simulators, clients against them, a webhook receiver."""
+"""Fixtures for the ML Engine side: a served simulator and clients against it."""
 
 from __future__ import annotations
 
@@ -8,39 +8,16 @@ from typing import Any
 import pytest
 
 from integration.client import EngineClient
-from integration.simulator import Simulator
-from tests.integration.support import API_KEY, START, Receiver
+from simulator import Simulator
+from tests.integration.support import API_KEY, START
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    r.server.start()
-    yield r
-    r.server.stop()
-
-
-@pytest.fixture
-def serve_simulator() -> Iterator[Callable[..., Simulator]]:
-    """Make served simulators (stopped at the end of the test)."""
-    started: list[Simulator] = []
-
-    def make(**options: Any) -> Simulator:
-        options.setdefault("start_date", START)
-        options.setdefault("webhook_retry_delay_ms", 10)
-        options.setdefault("webhook_retry_delay_max_ms", 50)
-        sim = Simulator(**options).serve()
-        started.append(sim)
-        return sim
-
-    yield make
-    for sim in started:
-        sim.stop()
-
-
-@pytest.fixture
-def simulator(serve_simulator: Callable[..., Simulator]) -> Simulator:
-    return serve_simulator(seed=7, api_key=API_KEY)
+def simulator() -> Iterator[Simulator]:
+    """A served simulator that wants API_KEY (stopped at the end of the test)."""
+    sim = Simulator(seed=7, api_key=API_KEY, start_date=START).serve()
+    yield sim
+    sim.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from decimal import Decimal
 from litestar import Litestar, Request, Response, post
 
 from integration.engine_api import CreateAccountRequest
-from integration.simulator import BackgroundServer
+from simulator import BackgroundServer
 
 SECRET = "test-webhook-secret-0123456789"
 API_KEY = "test-engine-key"
@@ -33,6 +33,13 @@ class Receiver:
             return Response(content=b'{"received": true}', status_code=status, media_type="application/json")
 
         self.server = BackgroundServer(Litestar(route_handlers=[hook], openapi_config=None, logging_config=None))
+
+    def __enter__(self) -> Receiver:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.stop()
 
     @property
     def url(self) -> str:

@@ -17,9 +17,9 @@ from litestar.params import FromPath
 from litestar.response import Stream
 
 from integration import alerts
-from integration.simulator import BackgroundServer
 from ledger.db import create_engine
 from service import logs
+from simulator import BackgroundServer
 
 TOKEN = "T0KEN-never-in-logs"
 

@@ -11,7 +11,7 @@ import pytest
 
 from integration.client import EngineClient, EngineNotFound, EngineRejected, EngineUnavailable
 from integration.engine_api import AgentConfig, CapitalUpdate
-from integration.simulator import Faults, Simulator, Target
+from simulator import Faults, Simulator, Target
 from tests.integration.support import new_account
 
 MakeClient = Callable[..., EngineClient]

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 from integration import outbox
 from integration.notify import sender
-from integration.simulator import Faults, Target
 from ledger import AccountSpec, Ledger
+from simulator import Faults, Target
 
 
 def open_account(ledger: Ledger, initial: str = "1000.00") -> str:

@@ -27,13 +27,13 @@ from dramatiq import Worker
 
 from integration.client import EngineClient
 from integration.engine_api import CreateAccountRequest
-from integration.simulator import Simulator
 from jobs import actors, context
 from jobs import broker as job_broker
 from ledger import AccountSpec, Ledger, Money, rules
 from ledger.db import create_engine
 from service import config
 from service.runtime import Runtime
+from simulator import Simulator
 
 API_KEY = "jobs-test-engine-key"
 BROKER_URL = os.environ.get("BROKER_URL") or None

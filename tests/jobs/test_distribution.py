@@ -11,12 +11,12 @@ from decimal import Decimal
 
 from integration import runs
 from integration.events import PerformanceData
-from integration.simulator import Simulator
 from integration.webhooks import WebhookProcessor
 from jobs import actors
 from ledger import Money, rules
 from ledger.distribution import distributions
 from service.runtime import Runtime
+from simulator import Simulator
 from tests.jobs.conftest import SINCE, Db, Jobs, cli, engine_client, open_known_account, wait_for
 
 MARCH, APRIL, MAY = date(2025, 3, 1), date(2025, 4, 1), date(2025, 5, 1)

@@ -15,9 +15,9 @@ from litestar.testing import TestClient
 from api.app import create_app
 from api.auth import create_key
 from integration import reconcile, runs
-from integration.simulator import Faults, Simulator, Target
 from jobs import actors, context
 from service.runtime import Runtime
+from simulator import Faults, Simulator, Target
 from tests.integration.support import Receiver
 from tests.jobs.conftest import (
     SINCE,
@@ -62,10 +62,8 @@ def run_now(client: TestClient, keys: dict[str, str], jobs: Jobs) -> dict:
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    receiver = Receiver()
-    receiver.server.start()
-    yield receiver
-    receiver.server.stop()
+    with Receiver() as receiver:
+        yield receiver
 
 
 def test_break_and_outage_alerted_once_resolved_when_matched(db: Db, sim: Simulator, runtime: Runtime, jobs: Jobs,

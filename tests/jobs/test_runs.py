@@ -13,11 +13,11 @@ from litestar.testing import TestClient
 from api.app import create_app
 from integration import health, runs
 from integration.events import PerformanceData
-from integration.simulator import Faults, Simulator, Target
 from integration.webhooks import WebhookProcessor
 from jobs import actors, context, scheduler
 from jobs import broker as job_broker
 from service.runtime import Runtime
+from simulator import Faults, Simulator, Target
 from tests.jobs.conftest import SINCE, Db, Jobs, alerts_of, engine_client, open_known_account
 
 SENDS = 6

@@ -9,11 +9,11 @@ import msgspec
 
 from integration import runs
 from integration.signature import Verified
-from integration.simulator import Simulator
 from integration.webhooks import WebhookProcessor
 from jobs import actors
 from ledger import Money
 from service.runtime import Runtime
+from simulator import Simulator
 from tests.jobs.conftest import SIM_START, SINCE, Db, Jobs, cli, engine_client, open_known_account
 
 DAY = SIM_START.isoformat()
@@ -100,7 +100,7 @@ def test_sync_books_what_webhooks_missed_exactly_once(db: Db, sim: Simulator, ru
 
 def test_sync_of_an_engine_outage_is_partial_and_taken_up_later(db: Db, sim: Simulator, runtime: Runtime,
                                                                 jobs: Jobs) -> None:
-    from integration.simulator import Faults, Target
+    from simulator import Faults, Target
 
     setup = engine_client(sim)
     reachable, unreachable = (open_known_account(db, setup, since=SINCE, account_id=f"sync-{n}") for n in "ab")

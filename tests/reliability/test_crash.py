@@ -29,7 +29,7 @@ import pytest
 
 from api.auth import create_key
 from integration.signature import sign
-from integration.simulator import Faults, Simulator, Target
+from simulator import Faults, Simulator, Target
 from tests.api.test_webhooks import trade
 from tests.jobs.conftest import API_KEY, SINCE, Db, engine_client, open_known_account, wait_for
 from tests.reliability.conftest import report_figures

@@ -23,9 +23,9 @@ from api.app import create_app
 from api.auth import create_key
 from integration.client import EngineClient
 from integration.signature import sign
-from integration.simulator import Faults, Simulator, Target
 from jobs import actors, context
 from service import config
+from simulator import Faults, Simulator, Target
 from tests.api.test_webhooks import trade
 from tests.jobs.conftest import API_KEY, SINCE, Db, Jobs, open_known_account, wait_for
 from tests.reliability.conftest import report_figures

@@ -37,8 +37,8 @@ import sqlalchemy as sa
 
 from api.auth import create_key
 from integration.signature import sign
-from integration.simulator import Simulator
 from ledger.verify import verify
+from simulator import Simulator
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -261,7 +261,7 @@ def test_kill_9_of_a_separate_worker_mid_delivery(db, vhost_url: str, tmp_path: 
     engine is answering a capital notification: the row stays pending, RabbitMQ hands the unacknowledged
     message (or the scheduler the next one) to a new worker, which delivers it again under the same
     Idempotency-Key. The engine's capital moves once per deposit."""
-    from integration.simulator import Faults, Target
+    from simulator import Faults, Target
 
     sim = Simulator(seed=9, api_key=ENGINE_KEY, start_date=datetime.now(UTC).date()).serve()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_", "ML_ENGINE_"))}

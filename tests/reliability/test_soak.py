@@ -27,9 +27,9 @@ import pytest
 import sqlalchemy as sa
 
 from integration.signature import sign
-from integration.simulator import Faults, Simulator
 from ledger import AccountSpec, Ledger
 from ledger.verify import verify
+from simulator import Faults, Simulator
 
 pytestmark = [pytest.mark.slow, pytest.mark.soak,
               pytest.mark.timeout(float(os.environ.get("SOAK_SECONDS", "600")) + 400)]

@@ -1,4 +1,4 @@
-"""The one place where errors become HTTP answers: always {"error": CODE, "detail": TEXT}."""
+"""The one place where errors and webhook outcomes become HTTP answers (errors: {"error": CODE, "detail": TEXT})."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from psycopg import DataError as PsycopgDataError
 from sqlalchemy.exc import DataError
 
+from integration.webhooks import Outcome
 from ledger import errors as ledger_errors
 from ledger.db import is_transient, is_unavailable
 
@@ -95,6 +96,22 @@ def on_unexpected(_: Request, error: Exception) -> Response:
         return answer(503, "unavailable", "the database is unavailable; retry later")
     log.exception("unexpected error")
     return answer(500, "internal", "the server could not complete the request")
+
+
+# A webhook delivery's outcome (integration.webhooks.Outcome.result) as the contract (§6) answers it.
+WEBHOOK_STATUS: dict[str, int] = {"applied": 200, "review": 202, "malformed": 400, "invalid": 422}
+
+
+def webhook_answer(outcome: Outcome) -> Response:
+    """200 applied (or already applied: `duplicate`), 202 kept for review, 400 malformed, 422 invalid."""
+    status = WEBHOOK_STATUS[outcome.result]
+    if status >= 400:
+        return answer(status, outcome.result, outcome.reason)
+    body: dict[str, Any] = {"received": True, "duplicate": outcome.duplicate, "entry_ids": list(outcome.entry_ids)}
+    if outcome.result == "review":
+        body["review"] = True
+        body["reason"] = outcome.reason
+    return Response(body, status_code=status)
 
 
 HANDLERS = {

@@ -1,7 +1,7 @@
 """Trades from the engine's history booked in bulk, against the cost of merely storing the same rows.
 
 Three runs, each `threads` threads for the same time on the same database:
-- `backfill.book_trades`: `WebhookProcessor.book_trades`, BACKFILL_BATCH trades of one account per
+- `backfill.book_trades`: `Bookkeeper.book_trades`, BACKFILL_BATCH trades of one account per
   transaction — the sync job's path, and the one the issue's target (0.1 × COPY rows/s, in postings) is for;
 - `backfill.book_trade`: one transaction per trade, the fallback when a batch is refused (for comparison);
 - `backfill.rows_floor`: what any import path costs at least here — the same rows (per trade one journal
@@ -31,8 +31,8 @@ from bench.cpu import settle
 from bench.history import open_bulk
 from bench.report import Result, progress
 from bench.server import analyze
+from integration.booking import Booking, Bookkeeper
 from integration.events import TradeData
-from integration.webhooks import Booking, WebhookProcessor
 from ledger import Ledger
 
 RATIO_TARGET = 0.1  # issue 6: bulk back-fill / import >= 0.1 x COPY rows/s, counted in postings
@@ -80,7 +80,7 @@ def backfill(engine: sa.Engine, *, threads: int, duration_s: float, accounts: in
     """The three runs of the module docstring; each result's value is postings per second."""
     ids = [f"bench-bf-{i:05d}" for i in range(accounts)]
     custody, investors = open_bulk(engine, ids)
-    processor = WebhookProcessor(Ledger(engine))
+    bookkeeper = Bookkeeper(Ledger(engine))
     day = datetime.now(UTC) - timedelta(hours=1)
 
     def one_by_one(seed: int, deadline: float) -> tuple[int, int]:
@@ -88,7 +88,7 @@ def backfill(engine: sa.Engine, *, threads: int, duration_s: float, accounts: in
         stream = _trade_stream(seed, ids, day)
         while time.perf_counter() < deadline:
             try:
-                booked += len(processor.book_trade(next(stream)).entry_ids)
+                booked += len(bookkeeper.book_trade(next(stream)).entry_ids)
             except Exception:  # noqa: BLE001 — counted and reported
                 errors += 1
         return booked, errors
@@ -103,7 +103,7 @@ def backfill(engine: sa.Engine, *, threads: int, duration_s: float, accounts: in
             account_id = mine[n % len(mine)]
             batch = [msgspec.structs.replace(next(stream), account_id=account_id) for _ in range(BATCH)]
             try:
-                answers = processor.book_trades(account_id, batch)
+                answers = bookkeeper.book_trades(account_id, batch)
             except Exception:  # noqa: BLE001 — counted and reported
                 errors += len(batch)
                 continue
@@ -125,11 +125,11 @@ def backfill(engine: sa.Engine, *, threads: int, duration_s: float, accounts: in
 
     runs: list[tuple[str, Callable[[int, float], tuple[int, int]], str]] = [
         ("backfill.book_trades", batched,
-         f"WebhookProcessor.book_trades: {BATCH} trades of one account per transaction "
+         f"Bookkeeper.book_trades: {BATCH} trades of one account per transaction "
          "(Tx.post_many: entries and legs in one call of ledger_post_entries, the legs stamped set-based; "
          "the trade rows from one JSON document); the sync job's path"),
         ("backfill.book_trade", one_by_one,
-         "WebhookProcessor.book_trade: one transaction per trade (the fallback when a batch is refused)"),
+         "Bookkeeper.book_trade: one transaction per trade (the fallback when a batch is refused)"),
         ("backfill.rows_floor", floor,
          f"the same rows ({BATCH} entries, their postings and trades per statement) into copies of the tables "
          "with their CHECKs and indexes but no triggers or foreign keys: the least any import path pays")]

@@ -1,12 +1,12 @@
 """Performance sync and trade back-fill (seed §6.1): book what the webhooks of a day missed, exactly once.
 
 For every account open on day D (not closed, or closed on or after D), fetch from the engine D's closed
-trades and D's daily snapshot, and book them through `WebhookProcessor.book_trades` (the day's trades in
+trades and D's daily snapshot, and book them through `Bookkeeper.book_trades` (the day's trades in
 one transaction; one by one with `book_trade` if that batch is refused as a whole) / `book_performance` —
-the webhook path's own rules, tables and idempotency keys. So a fact a webhook already booked is counted
-as `already`, a missing one is booked once (`filled`), and one that conflicts with what was recorded is
-kept out of the books with an alert (`conflicts`). Trades are booked before the snapshot, so the true-up
-only covers what the trades do not explain.
+the webhook path's own code (`integration.booking`): its rules, tables and idempotency keys. So a fact a
+webhook already booked is counted as `already`, a missing one is booked once (`filled`), and one that
+conflicts with what was recorded is kept out of the books with an alert (`conflicts`). Trades are booked
+before the snapshot, so the true-up only covers what the trades do not explain.
 
 Accounts are worked on concurrently (bounded); an account the engine does not answer for is counted as
 `unavailable` and makes the run `partial`, so the next attempt for D takes it up again.
@@ -22,8 +22,8 @@ from datetime import UTC, date, datetime, time, timedelta
 import msgspec
 
 from integration import alerts, runs
+from integration.booking import Booking, Bookkeeper
 from integration.client import EngineClient, EngineError, EngineNotFound
-from integration.webhooks import Booking, WebhookProcessor
 from ledger import Ledger
 from ledger.book import as_caller
 from ledger.errors import LedgerError
@@ -53,7 +53,7 @@ class SyncCounts(msgspec.Struct, kw_only=True):
             setattr(self, field, getattr(self, field) + getattr(other, field))
 
 
-def sync_account(processor: WebhookProcessor, client: EngineClient, account_id: str, day: date) -> SyncCounts:
+def sync_account(bookkeeper: Bookkeeper, client: EngineClient, account_id: str, day: date) -> SyncCounts:
     """Fetch and book one account's day. Engine errors propagate (the caller counts them)."""
     counts = SyncCounts(accounts=1)
     trades = client.trades(account_id, day, day, status="closed")
@@ -73,49 +73,49 @@ def sync_account(processor: WebhookProcessor, client: EngineClient, account_id: 
                    and t.executed_at.astimezone(UTC).date() == day), key=lambda t: (t.executed_at, t.trade_id))
     counts.trades_seen += len(todo)
     try:  # all of the day's trades in one transaction; one by one if the batch as a whole is refused
-        answers: list[Booking | LedgerError | None] = list(processor.book_trades(account_id, todo)) if todo else []
+        answers: list[Booking | LedgerError | None] = list(bookkeeper.book_trades(account_id, todo)) if todo else []
     except (LedgerError, msgspec.ValidationError) as error:
         log.warning("sync: batch refused, booking one by one", extra={"account_id": account_id,
                                                                      "error": str(error)[:300]})
-        answers = [_book(processor, account_id, f"trade {t.trade_id}", counts,
-                         lambda t=t: processor.book_trade(t)) for t in todo]
+        answers = [_book(bookkeeper, account_id, f"trade {t.trade_id}", counts,
+                         lambda t=t: bookkeeper.book_trade(t)) for t in todo]
     for trade, answer in zip(todo, answers, strict=True):
         if isinstance(answer, LedgerError):
-            _rejected(processor, account_id, f"trade {trade.trade_id}", counts, answer)
+            _rejected(bookkeeper, account_id, f"trade {trade.trade_id}", counts, answer)
         elif answer is not None:
             tally(answer, "trades")
     if not performance:
         counts.performance_missing += 1
     for snapshot in performance[:1]:
         counts.performance_seen += 1
-        booked = _book(processor, account_id, f"the snapshot of {day}", counts,
-                       lambda s=snapshot: processor.book_performance(s))
+        booked = _book(bookkeeper, account_id, f"the snapshot of {day}", counts,
+                       lambda s=snapshot: bookkeeper.book_performance(s))
         if booked is not None:
             tally(booked, "performance")
     return counts
 
 
-def _book(processor: WebhookProcessor, account_id: str, what: str, counts: SyncCounts,
+def _book(bookkeeper: Bookkeeper, account_id: str, what: str, counts: SyncCounts,
           book: Callable[[], Booking]) -> Booking | None:
     try:
         return book()
     except (LedgerError, msgspec.ValidationError) as error:
-        _rejected(processor, account_id, what, counts, error)
+        _rejected(bookkeeper, account_id, what, counts, error)
         return None
 
 
-def _rejected(processor: WebhookProcessor, account_id: str, what: str, counts: SyncCounts,
+def _rejected(bookkeeper: Bookkeeper, account_id: str, what: str, counts: SyncCounts,
               error: Exception) -> None:
     """A fact the ledger cannot book: counted and alerted (once per fact), the rest of the day goes on."""
     counts.rejected += 1
     detail = getattr(error, "detail", str(error))
-    with processor.ledger.engine.begin() as c:
+    with bookkeeper.ledger.engine.begin() as c:
         alerts.raise_alert(c, kind="backfill_rejected", dedup_key=f"backfill-rejected:{account_id}:{what}",
                            message=f"back-fill could not book {what} for {account_id}: {detail}",
                            account_id=account_id)
 
 
-def sync_day(ledger: Ledger, client: EngineClient, processor: WebhookProcessor, day: date, *,
+def sync_day(ledger: Ledger, client: EngineClient, bookkeeper: Bookkeeper, day: date, *,
              progress: Progress | None = None, concurrency: int = CONCURRENCY_MAX) -> SyncCounts:
     """Sync every account of `day` (see the module docstring); returns what was seen and filled."""
     if datetime.combine(day + timedelta(days=1), time.min, UTC) > datetime.now(UTC):
@@ -126,7 +126,7 @@ def sync_day(ledger: Ledger, client: EngineClient, processor: WebhookProcessor, 
 
     def one(account_id: str) -> SyncCounts:
         try:
-            return sync_account(processor, client, account_id, day)
+            return sync_account(bookkeeper, client, account_id, day)
         except EngineNotFound:
             return SyncCounts(accounts=1, unknown=1)
         except EngineError as error:
@@ -142,7 +142,7 @@ def sync_day(ledger: Ledger, client: EngineClient, processor: WebhookProcessor, 
     return counts
 
 
-def run(ledger: Ledger, client: EngineClient, processor: WebhookProcessor, day: date, *,
+def run(ledger: Ledger, client: EngineClient, bookkeeper: Bookkeeper, day: date, *,
         trigger: runs.Trigger = "schedule", force: bool = False, progress: Progress | None = None,
         concurrency: int = CONCURRENCY_MAX) -> runs.Outcome:
     """The sync of `day` as a run (integration.runs): once per day unless forced; `partial` when some
@@ -150,7 +150,7 @@ def run(ledger: Ledger, client: EngineClient, processor: WebhookProcessor, day: 
     dedup_key = f"sync:{day.isoformat()}"
 
     def work(_: runs.Run) -> tuple[runs.FinalStatus, dict[str, object]]:
-        counts = sync_day(ledger, client, processor, day, progress=progress, concurrency=concurrency)
+        counts = sync_day(ledger, client, bookkeeper, day, progress=progress, concurrency=concurrency)
         with ledger.engine.begin() as c:
             if counts.unavailable:
                 alerts.raise_alert(c, kind="sync_incomplete", dedup_key=dedup_key,

@@ -6,50 +6,30 @@ that arrive together share that transaction (`receive_many`, a group commit fed 
 each answered as if it had come alone. Deliveries with the same dedup key are serialised by an advisory
 lock on the key, then by the account's row lock.
 
-The accounting rules are the pure functions of `ledger.policies` — the trade booking (`trades`), the daily
-true-up (`true_up`), the balance update as of its `occurred_at` (`balance_update`) and, under each, the late-fact
-offset after a trued-up day (`late_facts`): this module reads what they need (what was recorded before, balances,
-the trued-up days), calls them and posts the drafts they return.
-
-Back-fill. `book_trade` and `book_performance` book a trade or a daily snapshot fetched from the engine
-(the performance sync job) with exactly the rules above: the same trade and snapshot tables, the same
-idempotency keys, the same late-fact offsets. So a fact booked by a webhook is not booked again by the
-back-fill, and a webhook arriving after the back-fill is a duplicate.
+This module decodes, deduplicates, batches and stores deliveries; what a delivery books is
+`integration.booking` (the ledger's policies, the same code as the back-fill's). Each delivery gets an `Outcome` —
+applied, review (kept for a person: an unknown account, a conflict with what was recorded), malformed or invalid
+(stored as rejected) — and `api/` alone turns it into an HTTP answer.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, date, datetime
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Literal
 
 import msgspec
 import sqlalchemy as sa
 
 from integration import alerts
-from integration.events import (
-    AccountError,
-    BalanceUpdated,
-    DailyPerformance,
-    Event,
-    PerformanceData,
-    TradeData,
-    TradeExecuted,
-    decode,
-    dedup_key,
-    event_type_of,
-)
+from integration.booking import Booked, Bookkeeper, Review
+from integration.events import Event, TradeExecuted, decode, dedup_key, event_type_of
 from integration.signature import Verified
-from ledger import EntryDraft, Ledger, Money, Tx, acting_as
-from ledger.errors import InvalidAmount, InvalidEntry, LedgerError
+from ledger import Ledger, Tx, acting_as
+from ledger.errors import InvalidAmount, InvalidEntry
 from ledger.model import InvestmentAccount
-from ledger.policies import balance_update, true_up
-from ledger.policies.trades import RecordedTrade, TradeConflict, book_trade
-from ledger.policies.true_up import RecordedSnapshot
-from ledger.times import end_of_day
 
 log = logging.getLogger("integration.webhooks")
 _canonical = msgspec.json.Encoder(order="deterministic")
@@ -69,51 +49,33 @@ _STORE_EVENTS = sa.text("""
            WITH ORDINALITY AS r(k, h, t, a, b, s, st, r, e, o, n)
      ORDER BY n
     RETURNING dedup_key, id""")
-_KNOWN_TRADES = sa.text("""
-    SELECT trade_id, status, profit_loss_minor, entry_id, account_id FROM trade WHERE trade_id = ANY(:ids)""")
-_INSERT_TRADES = sa.text("""
-    INSERT INTO trade (trade_id, account_id, symbol, side, quantity, entry_price, exit_price,
-                       profit_loss_minor, status, executed_at, trade_date, entry_id, source)
-    SELECT t, a, sym, side, q, ep, xp, pnl, status, at, day, e, CAST(:src AS text)
-      FROM json_to_recordset(CAST(:rows AS json))
-           AS r(t text, a text, sym text, side text, q numeric, ep numeric, xp numeric, pnl bigint,
-                status text, at timestamptz, day date, e bigint)""")
-_UPDATE_TRADE = sa.text("""
-    UPDATE trade SET status = :status, exit_price = :xp, profit_loss_minor = :pnl, entry_id = :e,
-           executed_at = :at, trade_date = :day, updated_at = now() WHERE trade_id = :t""")
-_SNAPSHOTS_FROM = sa.text("""
-    SELECT date, closing_balance_minor, true_up_entry_id FROM daily_performance
-     WHERE account_id = :a AND date >= :d ORDER BY date""")
-_SNAPSHOT_DAYS = sa.text("""
-    SELECT p.account_id, p.date
-      FROM unnest(CAST(:a AS text[]), CAST(:d AS date[])) AS f(a, d)
-      JOIN daily_performance p ON p.account_id = f.a AND p.date >= f.d
-     ORDER BY p.account_id, p.date""")
+
+
+Result = Literal["applied", "review", "malformed", "invalid"]
+RESULTS: tuple[str, ...] = Result.__args__
+# A delivery's stored status (webhook_event.status) by result: malformed and invalid ones are both kept as rejected.
+_STORED_STATUS: dict[str, str] = {"applied": "applied", "review": "review", "malformed": "rejected",
+                                  "invalid": "rejected"}
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
-    """What to answer the engine: status 200 (applied/duplicate), 202 (review), 400/422 (rejected)."""
+    """What became of a delivery (contract §6); `api/` answers it.
 
-    status_code: int
+    `result`: applied (booked, or already booked), review (stored and kept for a person, `reason` says why),
+    malformed (not JSON), invalid (an unknown event type or data the ledger cannot book; `reason`).
+    `duplicate`: delivered before (or its fact was booked before): nothing changed, `entry_ids` are the first's.
+    """
+
+    result: Result
     duplicate: bool = False
     entry_ids: tuple[int, ...] = ()
     reason: str = ""
     event_id: int | None = None
     event_type: str = "unknown"
-    result: str = "applied"  # applied | duplicate | review | rejected
-
-    def body(self) -> dict[str, Any]:
-        if self.status_code in (400, 422):
-            return {"error": "malformed" if self.status_code == 400 else "invalid", "detail": self.reason}
-        body: dict[str, Any] = {"received": True, "duplicate": self.duplicate, "entry_ids": list(self.entry_ids)}
-        if self.status_code == 202:
-            body["review"] = True
-            body["reason"] = self.reason
-        return body
 
 
-def _rejected(status: int, reason: str) -> Outcome:
-    return Outcome(status_code=status, reason=reason, result="rejected")
+def _rejected(result: Result, reason: str) -> Outcome:
+    return Outcome(result=result, reason=reason)
 
 
 _TRADE = "trade.executed"
@@ -141,32 +103,12 @@ class _Item(msgspec.Struct, frozen=True, kw_only=True):
     content_sha256: bytes
 
 
-class Booking(msgspec.Struct, frozen=True, kw_only=True):
-    """What booking one fact fetched from the engine did.
-
-    `duplicate`: it was booked before (by a webhook or an earlier back-fill) and nothing changed;
-    `review`: it conflicts with what was recorded (kept out of the books, with an alert) — the reason.
-    """
-
-    entry_ids: tuple[int, ...] = ()
-    duplicate: bool = False
-    review: str = ""
-
-
-class _Review(Exception):
-    """Keep the delivery for a person to look at (202), with an alert."""
-
-    def __init__(self, reason: str, kind: str) -> None:
-        super().__init__(reason)
-        self.reason, self.kind = reason, kind
-
-
 class WebhookProcessor:
     """Applies verified deliveries to the ledger. Thread-safe; one per process."""
 
     def __init__(self, ledger: Ledger, *, adjustment_alert_threshold: Decimal = Decimal("1000.00")) -> None:
         self.ledger = ledger
-        self.adjustment_alert_threshold = adjustment_alert_threshold
+        self.bookkeeper = Bookkeeper(ledger, adjustment_alert_threshold=adjustment_alert_threshold)
 
     def receive(self, body: bytes, verified: Verified) -> Outcome:
         """Store and apply one delivery whose signature has already been verified."""
@@ -186,10 +128,10 @@ class WebhookProcessor:
             try:
                 event = decode(delivery.body)
             except msgspec.ValidationError as error:
-                items.append(_rejected(422, f"invalid event: {error}"))
+                items.append(_rejected("invalid", f"invalid event: {error}"))
                 continue
             except msgspec.DecodeError as error:
-                items.append(_rejected(400, f"malformed JSON: {error}"))
+                items.append(_rejected("malformed", f"malformed JSON: {error}"))
                 continue
             # Same content = same canonical encoding: whitespace and key order do not make a conflict.
             items.append(_Item(event=event, key=dedup_key(event, delivery.body, delivery.webhook_id),
@@ -227,26 +169,25 @@ class WebhookProcessor:
 
     def _book_trade_deliveries(self, tx: Tx, run: list[tuple[int, Delivery, _Item]],
                                accounts: Mapping[str, InvestmentAccount]) -> dict[int, Outcome]:
-        """Trade deliveries under new keys on locked accounts: their trades booked together (`_trades`), their
+        """Trade deliveries under new keys on locked accounts: their trades booked together (`Bookkeeper.trades`), their
         alerts raised, and their webhook_event rows stored in one statement. Outcomes by delivery index."""
         if not run:
             return {}
         trades = [item.event.data for _, _, item in run]
         currencies = {trade.account_id: accounts[trade.account_id].currency for trade in trades}
         answered: list[tuple[int, Delivery, _Item, Outcome]] = []
-        answers = self._trades(tx, currencies, trades, source="webhook")
+        answers = self.bookkeeper.trades(tx, currencies, trades, source="webhook")
         for (i, delivery, item), answer in zip(run, answers, strict=True):
-            if isinstance(answer, _Review):
+            if isinstance(answer, Review):
                 self._raise_review(tx.connection, item, answer)
-                outcome = Outcome(status_code=202, reason=answer.reason, event_type=_TRADE, result="review")
+                outcome = Outcome(result="review", reason=answer.reason, event_type=_TRADE)
             elif isinstance(answer, InvalidAmount | InvalidEntry):
-                outcome = Outcome(status_code=422, reason=answer.detail, event_type=_TRADE, result="rejected")
+                outcome = Outcome(result="invalid", reason=answer.detail, event_type=_TRADE)
             elif isinstance(answer, Exception):
                 raise answer  # as the one-delivery path: the transaction fails and the engine retries
             else:
                 entry_ids, duplicate = answer
-                outcome = Outcome(status_code=200, duplicate=duplicate, entry_ids=entry_ids, event_type=_TRADE,
-                                  result="duplicate" if duplicate else "applied")
+                outcome = Outcome(result="applied", duplicate=duplicate, entry_ids=entry_ids, event_type=_TRADE)
             answered.append((i, delivery, item, outcome))
         event_ids = self._store_events(tx.connection, [(d, item, o) for _, d, item, o in answered])
         return {i: msgspec.structs.replace(outcome, event_id=event_id)
@@ -258,19 +199,19 @@ class WebhookProcessor:
         # The rows as one JSON document (bytes as base64, decoded back exactly by the statement): one parameter
         # instead of ten arrays, whose text-format dumping was a fifth of the batch's Python time.
         rows = [{"k": item.key, "h": item.content_sha256, "t": o.event_type, "a": item.event.data.account_id,
-                 "b": d.body, "s": d.signature_scheme, "st": {"duplicate": "applied"}.get(o.result, o.result),
+                 "b": d.body, "s": d.signature_scheme, "st": _STORED_STATUS[o.result],
                  "r": o.reason[:2000], "e": o.entry_ids, "o": item.event.occurred_at} for d, item, o in stored]
         ids = dict(c.execute(_STORE_EVENTS, {"rows": _canonical.encode(rows).decode()}).all())
         return [ids[item.key] for _, item, _ in stored]
 
     @staticmethod
-    def _raise_review(c: sa.Connection, item: _Item, review: _Review) -> None:
+    def _raise_review(c: sa.Connection, item: _Item, review: Review) -> None:
         alerts.raise_alert(c, kind=review.kind, dedup_key=f"webhook:{item.key}:{item.content_sha256.hex()[:16]}",
                            message=review.reason, account_id=item.event.data.account_id, event_key=item.key)
 
     @staticmethod
     def _store_rejected(c: sa.Connection, delivery: Delivery, rejected: Outcome) -> Outcome:
-        """An undecodable delivery is kept (under its body's hash, counted once per body) and answered 400/422."""
+        """An undecodable delivery is kept (under its body's hash, counted once per body) as rejected."""
         body_sha256 = hashlib.sha256(delivery.body).digest()
         event_id = c.execute(sa.text("""
             INSERT INTO webhook_event (dedup_key, content_sha256, event_type, body, signature_scheme, status, reason)
@@ -295,247 +236,27 @@ class WebhookProcessor:
         if same is not None:  # a redelivery: answer as the first time, change nothing
             c.execute(sa.text("""UPDATE webhook_event SET delivery_count = delivery_count + 1, last_received_at = now()
                                  WHERE id = :id"""), {"id": same.id})
-            status = {"applied": 200, "review": 202}.get(same.status, 422)
-            return Outcome(status_code=status, duplicate=True, entry_ids=tuple(same.entry_ids), reason=same.reason,
-                           event_id=same.id, event_type=event_type, result="duplicate")
+            result = {"applied": "applied", "review": "review"}.get(same.status, "invalid")  # decoded, so not malformed
+            return Outcome(result=result, duplicate=True, entry_ids=tuple(same.entry_ids), reason=same.reason,
+                           event_id=same.id, event_type=event_type)
         try:
             if previous:
-                raise _Review(f"dedup key {key!r} was first received (event {previous[0].id}) with other content",
-                              "webhook_conflict")
+                raise Review(f"dedup key {key!r} was first received (event {previous[0].id}) with other content",
+                             "webhook_conflict")
             entry_ids, duplicate = self._apply(tx, event, key, accounts)
-            outcome = Outcome(status_code=200, duplicate=duplicate, entry_ids=tuple(entry_ids), event_type=event_type,
-                              result="duplicate" if duplicate else "applied")
-        except _Review as review:
+            outcome = Outcome(result="applied", duplicate=duplicate, entry_ids=tuple(entry_ids), event_type=event_type)
+        except Review as review:
             self._raise_review(c, item, review)
-            outcome = Outcome(status_code=202, reason=review.reason, event_type=event_type, result="review")
+            outcome = Outcome(result="review", reason=review.reason, event_type=event_type)
         except (InvalidAmount, InvalidEntry) as error:
             # Content the ledger cannot book (an amount finer than the currency's scale, a day not over yet).
-            outcome = Outcome(status_code=422, reason=error.detail, event_type=event_type, result="rejected")
+            outcome = Outcome(result="invalid", reason=error.detail, event_type=event_type)
         [event_id] = self._store_events(c, [(delivery, item, outcome)])
         return msgspec.structs.replace(outcome, event_id=event_id)
 
-    # ------------------------------------------------------------------------------ back-fill
-
-    def book_trade(self, trade: TradeData, *, source: str = "backfill") -> Booking:
-        """Book a trade fetched from the engine exactly as its webhook would have been (see module doc)."""
-        return self._book(trade.account_id, f"trade:{trade.trade_id}",
-                          lambda tx, currency: self._trade(tx, trade, currency, source=source))
-
-    def book_trades(self, account_id: str, trades: list[TradeData], *,
-                    source: str = "backfill") -> list[Booking | LedgerError]:
-        """Many trades of one account fetched from the engine, in one transaction and a few statements: the
-        same rows, entries, idempotency keys and late-fact offsets as `book_trade` one by one, in order.
-
-        A trade the ledger cannot book (e.g. a profit finer than the currency's scale) is answered with its
-        error and the others are booked; an error of the batch itself (the database refusing it) raises,
-        and nothing of it is booked — the caller may then book the trades one by one.
-        """
-        def work(tx: Tx) -> list[Booking | LedgerError]:
-            account = tx.lock_account(account_id)
-            out: list[Booking | LedgerError] = []
-            for trade, answer in zip(trades, self._trades(tx, {account_id: account.currency}, trades,
-                                                                   source=source),
-                                     strict=True):
-                if isinstance(answer, _Review):
-                    key = f"trade:{trade.trade_id}"
-                    alerts.raise_alert(tx.connection, kind=answer.kind, dedup_key=f"backfill:{key}",
-                                       message=f"back-fill: {answer.reason}", account_id=account_id, event_key=key)
-                    out.append(Booking(review=answer.reason))
-                elif isinstance(answer, LedgerError):
-                    out.append(answer)
-                else:
-                    out.append(Booking(entry_ids=answer[0], duplicate=answer[1]))
-            return out
-        return self.ledger.transact(work)
-
-    def book_performance(self, performance: PerformanceData, *, source: str = "backfill") -> Booking:
-        """Book a daily snapshot fetched from the engine exactly as its webhook would have been."""
-        return self._book(performance.account_id,
-                          f"performance:{performance.account_id}:{performance.date.isoformat()}",
-                          lambda tx, currency: self._performance(tx, performance, currency, source=source))
-
-    def _book(self, account_id: str, key: str,
-              apply: Callable[[Tx, str], tuple[tuple[int, ...], bool]]) -> Booking:
-        def work(tx: Tx) -> Booking:
-            account = tx.lock_account(account_id)  # UnknownAccount propagates: the caller chose the account
-            try:
-                entry_ids, duplicate = apply(tx, account.currency)
-            except _Review as review:
-                alerts.raise_alert(tx.connection, kind=review.kind, dedup_key=f"backfill:{key}",
-                                   message=f"back-fill: {review.reason}", account_id=account_id, event_key=key)
-                return Booking(review=review.reason)
-            return Booking(entry_ids=tuple(entry_ids), duplicate=duplicate)
-        return self.ledger.transact(work)
-
-    # ------------------------------------------------------------------------------ effects
-
-    def _apply(self, tx: Tx, event: Event, key: str,
-               accounts: Mapping[str, InvestmentAccount]) -> tuple[tuple[int, ...], bool]:
+    def _apply(self, tx: Tx, event: Event, key: str, accounts: Mapping[str, InvestmentAccount]) -> Booked:
         account_id = event.data.account_id
         account = accounts.get(account_id)  # locked by `_receive_batch`
         if account is None:
-            raise _Review(f"unknown account {account_id!r}", "unknown_account")
-        if isinstance(event, TradeExecuted):
-            return self._trade(tx, event.data, account.currency)
-        if isinstance(event, DailyPerformance):
-            return self._performance(tx, event.data, account.currency)
-        if isinstance(event, BalanceUpdated):
-            return self._balance_updated(tx, event, key, account.currency)
-        return self._account_error(tx, event, key)
-
-    def _trade(self, tx: Tx, trade: TradeData, currency: str, *,
-               source: str = "webhook") -> tuple[tuple[int, ...], bool]:
-        answer = self._trades(tx, {trade.account_id: currency}, [trade], source=source)[0]
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    def _trades(self, tx: Tx, currencies: Mapping[str, str], trades: list[TradeData], *,
-                source: str) -> list[tuple[tuple[int, ...], bool] | _Review | LedgerError]:
-        """The trade rule for trades of the accounts in `currencies` (locked by the caller, with their currency),
-        in order, in a few statements.
-
-        Per trade: (its entry ids, whether it was booked before), or why it is not booked — `_Review` (it
-        contradicts what was recorded) or a LedgerError (the ledger cannot book it). An open trade is
-        recorded, not booked; an open after its close changes nothing; a close books the profit or loss
-        (and an offset if a trued-up day already includes it, see the module doc); a close repeated with
-        the same profit is a duplicate.
-        """
-        c = tx.connection
-        recorded = {row.trade_id: RecordedTrade(row.account_id, row.status, row.profit_loss_minor, row.entry_id)
-                    for row in c.execute(_KNOWN_TRADES, {"ids": [t.trade_id for t in trades]})}
-        first_days: dict[str, date] = {}
-        for t in trades:
-            day = t.executed_at.astimezone(UTC).date()
-            first_days[t.account_id] = min(day, first_days.get(t.account_id, day))
-        snapshot_days = self._snapshot_days_of(c, {a: d for a, d in first_days.items() if a in currencies})
-        answers: list[tuple[tuple[int, ...], bool] | _Review | LedgerError | None] = [None] * len(trades)
-        closed_at: dict[str, int] = {}  # trade id -> index of the trade that closed it in this batch
-        duplicates: dict[int, int] = {}  # index -> index of that trade
-        drafts: list[tuple[int, EntryDraft]] = []  # (trade index, draft), in booking order
-        rows: list[tuple[TradeData, int | None, int, bool]] = []  # (trade, pnl, index, update) to store
-        for i, trade in enumerate(trades):
-            try:
-                currency = currencies.get(trade.account_id)
-                if currency is None:
-                    raise InvalidEntry(f"trade {trade.trade_id} belongs to {trade.account_id}, "
-                                       f"not {' or '.join(currencies)}")
-                booking = book_trade(trade, currency, recorded.get(trade.trade_id), snapshot_days[trade.account_id])
-            except LedgerError as error:
-                answers[i] = error
-                continue
-            if isinstance(booking, TradeConflict):
-                answers[i] = _Review(booking.reason, "webhook_conflict")
-            elif booking.duplicate:
-                if trade.status == "closed" and trade.trade_id in closed_at:  # closed earlier in this batch
-                    duplicates[i] = closed_at[trade.trade_id]  # its entry, once posted
-                else:
-                    answers[i] = ((booking.entry_id,) if booking.entry_id else (), True)
-            else:
-                rows.append((trade, booking.profit_loss_minor, i, trade.trade_id in recorded))
-                recorded[trade.trade_id] = RecordedTrade(trade.account_id, trade.status, booking.profit_loss_minor,
-                                                         None)
-                drafts += [(i, draft) for draft in booking.drafts]
-                if trade.status == "closed":
-                    closed_at[trade.trade_id] = i
-        entry_ids: dict[int, list[int]] = {}
-        for (i, _), posted in zip(drafts, tx.post_many([draft for _, draft in drafts]), strict=True):
-            entry_ids.setdefault(i, []).append(posted.entry_id)
-        self._store_trades(c, [(trade, pnl, (entry_ids.get(i) or [None])[0], update)
-                               for trade, pnl, i, update in rows], source=source)
-        for i, first in duplicates.items():
-            answers[i] = (tuple(entry_ids.get(first, ())[:1]), True)
-        return [answer if answer is not None else (tuple(entry_ids.get(i, ())), False)
-                for i, answer in enumerate(answers)]
-
-    @staticmethod
-    def _store_trades(c: sa.Connection, rows: list[tuple[Any, int | None, int | None, bool]], *,
-                      source: str) -> None:
-        """(trade, profit/loss in minor units, its entry, update?) rows: new trades inserted (one statement),
-        then the ones known as open updated, in order (psycopg pipelines the parameter sets)."""
-        inserts: list[dict[str, Any]] = []
-        updates: list[dict[str, Any]] = []
-        for trade, pnl_minor, entry_id, update in rows:
-            (updates if update else inserts).append({
-                "t": trade.trade_id, "a": trade.account_id, "sym": trade.symbol, "side": trade.side,
-                "q": trade.quantity, "ep": trade.entry_price, "xp": trade.exit_price, "pnl": pnl_minor,
-                "status": trade.status, "at": trade.executed_at, "day": trade.executed_at.astimezone(UTC).date(),
-                "e": entry_id})
-        if inserts:  # one statement for them all, the rows as one JSON document (Decimals as exact strings)
-            c.execute(_INSERT_TRADES, {"rows": _canonical.encode(inserts).decode(), "src": source})
-        if updates:
-            c.execute(_UPDATE_TRADE, updates)
-
-    def _performance(self, tx: Tx, perf: PerformanceData, currency: str, *,
-                     source: str = "webhook") -> tuple[tuple[int, ...], bool]:
-        c = tx.connection
-        closing = Money.from_decimal(perf.closing_balance, currency)
-        opening = Money.from_decimal(perf.opening_balance, currency)
-        true_up.refuse_unfinished_day(perf.date, datetime.now(UTC))
-        # This day's snapshot if it was booked before, and the later days already trued up, in one read.
-        days = c.execute(_SNAPSHOTS_FROM, {"a": perf.account_id, "d": perf.date}).all()
-        if days and days[0].date == perf.date:
-            replay = true_up.replayed(perf.account_id, perf.date, closing,
-                                      RecordedSnapshot(days[0].closing_balance_minor, days[0].true_up_entry_id))
-            if replay.conflict:
-                raise _Review(replay.conflict, "webhook_conflict")
-            return ((replay.true_up_entry_id,) if replay.true_up_entry_id else ()), True
-        ledger_balance = tx.balance(perf.account_id, as_of=end_of_day(perf.date))
-        booked = true_up.true_up(perf.account_id, perf.date, closing, ledger_balance, [row.date for row in days])
-        entry_ids = [tx.post(draft).entry_id for draft in booked.drafts]  # the true-up, then its offset
-        if entry_ids:
-            self._alert_if_large(c, perf.account_id, booked.difference, f"true-up of {perf.date}",
-                                 f"performance:{perf.account_id}:{perf.date.isoformat()}")
-        c.execute(sa.text("""
-            INSERT INTO daily_performance (account_id, date, opening_balance_minor, closing_balance_minor, daily_return,
-                trades_executed, winning_trades, losing_trades, ledger_balance_minor, true_up_entry_id, source)
-            VALUES (:a, :d, :o, :c, :r, :n, :w, :l, :lb, :e, :src)"""), {
-            "a": perf.account_id, "d": perf.date, "o": opening.minor, "c": closing.minor, "r": perf.daily_return,
-            "n": perf.trades_executed, "w": perf.winning_trades, "l": perf.losing_trades,
-            "lb": ledger_balance.minor, "e": entry_ids[0] if entry_ids else None, "src": source})
-        return tuple(entry_ids), False
-
-    def _balance_updated(self, tx: Tx, event: BalanceUpdated, key: str,
-                         currency: str) -> tuple[tuple[int, ...], bool]:
-        data = event.data
-        new_balance = Money.from_decimal(data.new_balance, currency)
-        at = event.occurred_at.astimezone(UTC) if event.occurred_at else datetime.now(UTC)
-        ledger_balance = tx.balance(data.account_id, as_of=at)
-        days = self._snapshot_days_of(tx.connection, {data.account_id: at.date()})[data.account_id]
-        booked = balance_update.adjustment(data.account_id, new_balance, ledger_balance, at=at,
-                                           occurred=event.occurred_at is not None, reason=data.reason,
-                                           event_key=key, snapshot_days=days)
-        entry_ids = [tx.post(draft).entry_id for draft in booked.drafts]  # the adjustment, then its offset
-        if entry_ids:
-            self._alert_if_large(tx.connection, data.account_id, booked.difference,
-                                 f"balance update ({data.reason})", key)
-        return tuple(entry_ids), False
-
-    def _account_error(self, tx: Tx, event: AccountError, key: str) -> tuple[tuple[int, ...], bool]:
-        data = event.data
-        if data.error_type == "critical":
-            tx.change_status(data.account_id, "pause", reason=f"engine critical error: {data.error_message}",
-                             source="engine", notify=False)
-            alerts.raise_alert(tx.connection, kind="engine_critical_error", dedup_key=f"engine-error:{key}",
-                               message=f"account {data.account_id} paused: {data.error_message}",
-                               account_id=data.account_id, event_key=key)
-        return (), False
-
-    # ------------------------------------------------------------------------------ reads for the policies
-
-    @staticmethod
-    def _snapshot_days_of(c: sa.Connection, first_days: Mapping[str, date]) -> dict[str, list[date]]:
-        """The trued-up days (engine snapshots booked) of each account from its given day on, in order."""
-        days: dict[str, list[date]] = {account_id: [] for account_id in first_days}
-        if first_days:
-            for account_id, day in c.execute(_SNAPSHOT_DAYS, {"a": list(first_days), "d": list(first_days.values())}):
-                days[account_id].append(day)
-        return days
-
-    def _alert_if_large(self, c: sa.Connection, account_id: str, difference: Money, what: str, key: str) -> None:
-        if abs(difference.to_decimal()) > self.adjustment_alert_threshold:
-            alerts.raise_alert(c, kind="large_adjustment", dedup_key=f"adjustment:{key}",
-                               message=f"{what} moved account {account_id} by {difference} "
-                                       f"(threshold {self.adjustment_alert_threshold})",
-                               account_id=account_id, event_key=key, details={"difference": str(difference)})
-
+            raise Review(f"unknown account {account_id!r}", "unknown_account")
+        return self.bookkeeper.apply(tx, event, key, account.currency)

@@ -259,7 +259,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_sync_performance(args: argparse.Namespace) -> int:
     from integration import sync
-    from integration.webhooks import WebhookProcessor
+    from integration.booking import Bookkeeper
     from jobs import context
 
     day = args.date or datetime.now(UTC).date() - timedelta(days=1)
@@ -267,8 +267,8 @@ def cmd_sync_performance(args: argparse.Namespace) -> int:
         raise CliError(f"{day} is not over yet: sync-performance is for days that have ended")
     rt = _runtime(args)
     context.install(rt)
-    processor = WebhookProcessor(rt.ledger, adjustment_alert_threshold=args.settings.adjustment_alert_threshold)
-    outcome = sync.run(rt.ledger, context.engine_client(), processor, day, trigger="cli", force=True,
+    bookkeeper = Bookkeeper(rt.ledger, adjustment_alert_threshold=args.settings.adjustment_alert_threshold)
+    outcome = sync.run(rt.ledger, context.engine_client(), bookkeeper, day, trigger="cli", force=True,
                        progress=_Progress("synced"))
     rt.close()
     print(_run_line(outcome))

@@ -47,11 +47,11 @@ PERIODIC_TIME_LIMIT_MS = 60 * 60 * 1000
 STALE_QUEUED = timedelta(minutes=15)  # an on-demand run not started by then is sent again (its message was lost)
 
 
-def _processor():
-    from integration.webhooks import WebhookProcessor
+def _bookkeeper():
+    from integration.booking import Bookkeeper
 
     rt = context.runtime()
-    return WebhookProcessor(rt.ledger, adjustment_alert_threshold=rt.settings.adjustment_alert_threshold)
+    return Bookkeeper(rt.ledger, adjustment_alert_threshold=rt.settings.adjustment_alert_threshold)
 
 
 def _log_outcome(job: str, outcome) -> None:
@@ -69,7 +69,7 @@ def sync_performance(day: str | None = None) -> None:
 
     rt = context.runtime()
     target = date.fromisoformat(day) if day else datetime.now(UTC).date() - timedelta(days=1)
-    _log_outcome("sync_performance", sync.run(rt.ledger, context.engine_client(), _processor(), target))
+    _log_outcome("sync_performance", sync.run(rt.ledger, context.engine_client(), _bookkeeper(), target))
 
 
 @dramatiq.actor(queue_name="ledger", max_retries=3, time_limit=PERIODIC_TIME_LIMIT_MS)

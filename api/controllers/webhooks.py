@@ -8,7 +8,7 @@ import logging
 
 from litestar import Request, Response, post
 
-from api.errors import ApiError
+from api.errors import ApiError, webhook_answer
 from integration import signature
 from integration.events import WEBHOOK_BODY_MAX_BYTES
 from integration.webhooks import Delivery, Outcome
@@ -33,11 +33,13 @@ async def ml_engine_webhook(request: Request) -> Response:
         metrics.WEBHOOKS.labels(event_type="unknown", result="unauthorized").inc()
         raise ApiError(401, "unauthorized", str(error)) from None
     outcome: Outcome = await asyncio.wrap_future(webhooks.submit(Delivery.of(body, verified)))
-    metrics.WEBHOOKS.labels(event_type=outcome.event_type, result=outcome.result).inc()
+    rejected = outcome.result in ("malformed", "invalid")
+    metrics.WEBHOOKS.labels(event_type=outcome.event_type, result="duplicate" if outcome.duplicate
+                            else "rejected" if rejected else outcome.result).inc()
     if outcome.entry_ids and not outcome.duplicate:
         metrics.ENTRIES.inc(len(outcome.entry_ids))
-    if outcome.result in ("review", "rejected"):
-        log.warning("webhook kept for review" if outcome.result == "review" else "webhook rejected",
+    if not outcome.duplicate and (rejected or outcome.result == "review"):
+        log.warning("webhook rejected" if rejected else "webhook kept for review",
                     extra={"event_type": outcome.event_type, "stored_event_id": outcome.event_id,
                            "reason": outcome.reason})
-    return Response(outcome.body(), status_code=outcome.status_code)
+    return webhook_answer(outcome)

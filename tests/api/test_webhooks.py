@@ -11,7 +11,9 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from api.errors import WEBHOOK_STATUS, webhook_answer
 from integration.signature import sign, sign_standard
+from integration.webhooks import RESULTS, Outcome
 from ledger import Money, rules
 from tests.api.conftest import ROTATED_SECRET, WEBHOOK_SECRET, auth
 from tests.api.test_accounts import open_account as open_account_now
@@ -371,3 +373,17 @@ def test_a_nul_in_a_text_field_is_rejected_and_stored_as_received(client, keys, 
         kept = c.execute(sa.text("SELECT status, reason FROM webhook_event WHERE body = :b"), {"b": body}).all()
     assert [row.status for row in kept] == ["rejected"] and where in kept[0].reason
     assert balance(client, keys, account_id) == "1000.00"
+
+
+def test_every_webhook_outcome_has_one_answer() -> None:
+    """The webhook path chooses no status: api.errors maps each outcome as contract §6 says, in one place."""
+    assert set(WEBHOOK_STATUS) == set(RESULTS)
+    answers = {result: webhook_answer(Outcome(result=result, reason="why", entry_ids=(7,), duplicate=True))
+               for result in RESULTS}
+    assert {result: a.status_code for result, a in answers.items()} == {
+        "applied": 200, "review": 202, "malformed": 400, "invalid": 422}
+    assert answers["applied"].content == {"received": True, "duplicate": True, "entry_ids": [7]}
+    assert answers["review"].content == {"received": True, "duplicate": True, "entry_ids": [7], "review": True,
+                                         "reason": "why"}
+    assert answers["malformed"].content == {"error": "malformed", "detail": "why"}
+    assert answers["invalid"].content == {"error": "invalid", "detail": "why"}

@@ -1,4 +1,4 @@
-"""`WebhookProcessor.book_trades` (the back-fill's batch) books exactly what `book_trade` one by one does.
+"""`Bookkeeper.book_trades` (the back-fill's batch) books exactly what `book_trade` one by one does.
 
 Two accounts get the same trades, A in one batch and B one by one: open and closed trades, a trade opened
 and closed in the same batch, one booked before (a duplicate), one closed again with another profit (a
@@ -15,8 +15,8 @@ from decimal import Decimal
 
 import sqlalchemy as sa
 
+from integration.booking import Booking, Bookkeeper
 from integration.events import PerformanceData, TradeData
-from integration.webhooks import Booking, WebhookProcessor
 from ledger import Ledger
 from ledger.errors import InvalidAmount, LedgerError
 
@@ -80,24 +80,24 @@ def _books(engine: sa.Engine, account_id: str) -> dict[str, list[tuple]]:
 
 def test_a_batch_books_what_one_by_one_books(ledger: Ledger, engine: sa.Engine,
                                              open_account: Callable[..., str]) -> None:
-    processor = WebhookProcessor(ledger)
+    bookkeeper = Bookkeeper(ledger)
     one_by_one, batched = open_account("1000.00"), open_account("1000.00")
     answers: dict[str, list[Booking | LedgerError]] = {}
     for account_id in (one_by_one, batched):
         booked, batch = _plan(account_id)
         for trade in booked:
-            processor.book_trade(trade, source="webhook")
-        processor.book_performance(PerformanceData(
+            bookkeeper.book_trade(trade, source="webhook")
+        bookkeeper.book_performance(PerformanceData(
             account_id=account_id, date=SNAPSHOT_DAY, opening_balance=Decimal("1000.00"),
             closing_balance=Decimal("1000.00"), daily_return=Decimal("0"), trades_executed=0, winning_trades=0,
             losing_trades=0))
         if account_id == batched:
-            answers[account_id] = processor.book_trades(account_id, batch)
+            answers[account_id] = bookkeeper.book_trades(account_id, batch)
         else:
             answers[account_id] = []
             for trade in batch:
                 try:
-                    answers[account_id].append(processor.book_trade(trade))
+                    answers[account_id].append(bookkeeper.book_trade(trade))
                 except LedgerError as error:
                     answers[account_id].append(error)
 

@@ -10,8 +10,8 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from integration import runs
+from integration.booking import Bookkeeper
 from integration.events import PerformanceData
-from integration.webhooks import WebhookProcessor
 from jobs import actors
 from ledger import Money, rules
 from ledger.distribution import distributions
@@ -30,7 +30,7 @@ def usd(text: str) -> Money:
 def month_closes_at(db: Db, account_id: str, month: date, closing: str) -> None:
     """The engine's snapshot for the month's last day, booked as the webhook (or the back-fill) would."""
     balance = Decimal(str(db.ledger.balance(account_id)))
-    WebhookProcessor(db.ledger).book_performance(PerformanceData(
+    Bookkeeper(db.ledger).book_performance(PerformanceData(
         account_id=account_id, date=LAST_DAY[month], opening_balance=balance, closing_balance=Decimal(closing),
         daily_return=Decimal(closing) - balance, trades_executed=0, winning_trades=0, losing_trades=0))
 

@@ -12,8 +12,8 @@ from litestar.testing import TestClient
 
 from api.app import create_app
 from integration import health, runs
+from integration.booking import Bookkeeper
 from integration.events import PerformanceData
-from integration.webhooks import WebhookProcessor
 from jobs import actors, context, scheduler
 from jobs import broker as job_broker
 from service.runtime import Runtime
@@ -35,7 +35,7 @@ def test_same_period_enqueued_many_times_at_once_is_done_once(db: Db, sim: Simul
     accounts = [open_known_account(db, setup, since=SINCE, account_id=f"once-{n}") for n in range(4)]
     sim.set_faults(Faults(slow=Target(routes=("status",)), slow_s=0.1))  # a reconciliation that takes a while
     for account_id in accounts:  # a month to distribute (each closes March at 1,100.00) and a break (engine 1,000)
-        WebhookProcessor(db.ledger).book_performance(PerformanceData(
+        Bookkeeper(db.ledger).book_performance(PerformanceData(
             account_id=account_id, date=date(2025, 3, 31), opening_balance=Decimal("1000.00"),
             closing_balance=Decimal("1100.00"), daily_return=Decimal("100.00"), trades_executed=0,
             winning_trades=0, losing_trades=0))

@@ -83,7 +83,7 @@ def test_the_application_role_does_its_work(app_runtime: runtime.Runtime) -> Non
         "entry_price": "1.1", "exit_price": "1.2", "status": "closed", "profit_loss": "1.50",
         "executed_at": "2026-11-02T10:00:00Z"}}).encode()
     processor = WebhookProcessor(ledger)
-    assert processor.receive(body, Verified(scheme="ml")).status_code == 200
+    assert processor.receive(body, Verified(scheme="ml")).result == "applied"
     assert processor.receive(body, Verified(scheme="ml")).duplicate  # a redelivery updates its count
     checkpoints.make_due(ledger)
     key = anchors.audit_key(None, data_dir)

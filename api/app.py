@@ -24,6 +24,7 @@ from api.controllers.journal import JournalController
 from api.controllers.outbox import OutboxController
 from api.controllers.reconciliations import ReconciliationController
 from api.controllers.reports import ReportController
+from api.controllers.statements import StatementController
 from api.controllers.webhooks import ml_engine_webhook
 from api.errors import HANDLERS, document_error_answers
 from api.openapi import state_the_rules
@@ -150,7 +151,7 @@ def create_app(ledger: Ledger, settings: Settings, *, readiness: dict[str, Calla
     app = Litestar(
         route_handlers=[health, ready, prometheus_metrics, prometheus_metrics_v1, ml_engine_webhook,
                         AccountController, JournalController, OutboxController, ReportController, AlertController,
-                        ReconciliationController, pages.ROUTER, *(route_handlers or [])],
+                        ReconciliationController, StatementController, pages.ROUTER, *(route_handlers or [])],
         dependencies={"ledger": constant(ledger), "settings": constant(settings)},
         state=State({"key_store": KeyStore(ledger.engine), "readiness": readiness or {}, "settings": settings,
                      "jobs": jobs, "webhooks": webhooks,

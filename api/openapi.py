@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from api import views
+from api.controllers.statements import MONTH_PATTERN
 from api.idempotency import KEY_LENGTH_MAX
 from api.params import BIGINT_MAX
 from integration import outbox
@@ -30,6 +31,7 @@ DECIMAL_TEXT = r"^[0-9]{1,15}(\.[0-9]{1,18})?$"
 # Statement and journal cursors: `<microseconds since 1970>.<sequence>` (ledger.book.encode_cursor), opaque to
 # clients; the digits bound keeps every value a representable time.
 CURSOR_PATTERN = r"^(-?[0-9]{1,16}|[0-9]{17})\.[0-9]{1,18}$"
+STATEMENT_PATH = "/api/v1/accounts/{account_id}/statements/{month}"
 IDEMPOTENCY_KEY_PATTERN = r"^[!-~]([ -~]*[!-~])?$"  # printable ASCII, no space at either end (HTTP strips those)
 
 _TIME = {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}],
@@ -103,6 +105,10 @@ def state_the_rules(openapi: dict[str, Any]) -> dict[str, Any]:
             rule = _CROSS_FIELD.get((method, path))
             if rule:
                 operation["description"] = (operation.get("description", "") + "\n\n" + rule).strip()
+            if path == STATEMENT_PATH and method == "get" and "200" in operation["responses"]:
+                ok = operation["responses"]["200"]
+                ok["description"] = "the statement as issued: JSON, or the PDF with Accept: application/pdf"
+                ok.setdefault("content", {})["application/pdf"] = {"schema": {"type": "string", "format": "binary"}}
     schemas = openapi.get("components", {}).get("schemas", {})
     for name in ("CreateAccount", "MoneyMovement", "ReversalRequest", "StatusChange"):
         if name in schemas:
@@ -136,6 +142,8 @@ def _parameter(path: str, parameter: dict[str, Any]) -> None:
         schema = dict(_ACCOUNT_ID)
     elif where == "path" and name == "account_id":
         schema = dict(_ACCOUNT_ID)
+    elif where == "path" and name == "month":
+        schema = {"type": "string", "pattern": MONTH_PATTERN, "description": "YYYY-MM (UTC month)"}
     elif where == "path" and parameter.get("schema", {}).get("type") == "integer":
         schema = dict(_ID)
     elif where == "header" and name == "Idempotency-Key":

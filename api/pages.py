@@ -329,8 +329,10 @@ class PagesController(Controller):
         return Redirect(path=f"/alerts?acknowledged={alert_id}", status_code=303, headers=SECURITY_HEADERS)
 
 
+from api.statement_pages import StatementPagesController  # noqa: E402 — it builds on the helpers above
+
 ROUTER = Router(
-    path="/", route_handlers=[login_form, login, logout, PagesController,
+    path="/", route_handlers=[login_form, login, logout, PagesController, StatementPagesController,
                               create_static_files_router(path="/static", directories=[HERE / "static"],
                                                          include_in_schema=False)],
     exception_handlers={LoginRequired: _on_login_required, PageForbidden: _on_forbidden, ApiError: _on_api_error,

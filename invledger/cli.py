@@ -8,10 +8,12 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import msgspec
+import sqlalchemy as sa
 
-from ledger import acting_as, times
+from ledger import LedgerError, acting_as, times
 from ledger.times import rfc3339
 from service import __version__, config, logs
 
@@ -302,6 +304,48 @@ def cmd_distribute(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_statements(args: argparse.Namespace) -> int:
+    from documents import statements
+    from ledger.statements import month_bounds, month_key, parse_month
+
+    try:
+        month = parse_month(args.month)
+    except LedgerError as error:
+        raise CliError(error.detail) from None
+    if month_bounds(month)[1] > datetime.now(UTC):
+        raise CliError(f"{args.month} is not over yet: a month's statements are issued after its distribution")
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    rt = _runtime(args)
+    try:
+        counts = statements.issue_month(rt.ledger, month, progress=_Progress("statements"),
+                                        account_ids=args.account or None)
+        written = 0
+        if out is not None:
+            with rt.engine.connect() as c:
+                ids = list(c.execute(sa.text("""
+                    SELECT DISTINCT ON (account_id) account_id FROM investor_statement WHERE month = :m
+                     ORDER BY account_id, version DESC"""), {"m": month}).scalars())
+            for account_id in ids if not args.account else [a for a in ids if a in args.account]:
+                stored = statements.statement(rt.ledger, account_id, month)
+                if stored is None:  # pragma: no cover — listed just above
+                    continue
+                stem = f"statement-{account_id}-{month_key(month)}-v{stored.version}"
+                (out / f"{stem}.pdf").write_bytes(stored.pdf)
+                (out / f"{stem}.json").write_bytes(msgspec.json.encode(
+                    {"id": stored.id, **stored.body, "digest": stored.digest.hex()}))
+                written += 1
+    finally:
+        rt.close()
+    print(f"statements {month_key(month)}: {counts.accounts} accounts distributed, {counts.issued} issued, "
+          f"{counts.corrected} corrected, {counts.unchanged} unchanged, {counts.not_issued} not distributed, "
+          f"{counts.failed} failed" + (f"; {written} written to {out}" if out is not None else ""))
+    if counts.failed:
+        raise CliError(f"{counts.failed} statements failed (see the log); run again")
+    return 0
+
+
 def cmd_checkpoint(args: argparse.Namespace) -> int:
     from ledger import checkpoints
 
@@ -541,11 +585,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", choices=("make", "keygen", "public-key"), default="make")
 
     p = add("report", cmd_report, "Print a report: trial-balance, balance-sheet, income-statement, "
-                                  "balance ACCOUNT, statement ACCOUNT, performance ACCOUNT, "
+                                  "balance ACCOUNT, statement ACCOUNT, performance ACCOUNT, positions ACCOUNT, "
                                   "reconciliations [RUN_ID] or alerts.")
     p.add_argument("report", choices=("trial-balance", "balance-sheet", "income-statement", "balance", "statement",
-                                      "performance", "reconciliations", "alerts"))
-    p.add_argument("account", nargs="?", help="for balance, statement and performance: an investment account id "
+                                      "performance", "positions", "reconciliations", "alerts"))
+    p.add_argument("account", nargs="?", help="for balance, statement, performance and positions: an investment "
+                                              "account id "
                                               "(statement also takes a ledger account name); for "
                                               "reconciliations: a run id, to list that run's per-account results")
     p.add_argument("--status", choices=("open", "acknowledged", "resolved"), help="for alerts (default: all)")
@@ -591,6 +636,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--month", required=True, help="the month YYYY-MM (it must be over)")
     p.add_argument("--allow-missing-snapshot", action="store_true",
                    help="distribute accounts whose engine snapshot for the month's last day is missing")
+
+    p = add("statements", cmd_statements, "Issue the monthly investor statements of a distributed month (PDF and "
+                                          "figures, stored once with their digest; a corrected version where the "
+                                          "books changed since), and write them to --out.")
+    p.add_argument("--month", required=True, help="the month YYYY-MM (it must be over and distributed)")
+    p.add_argument("--out", metavar="DIR", help="write each account's latest statement there as PDF and JSON")
+    p.add_argument("--account", action="append", metavar="A", help="only this account (repeatable)")
 
     add("checkpoint", cmd_checkpoint, "Make the month-end balance checkpoints that are due (the daily job does "
                                       "this; reports as of a past time start from them).")

@@ -21,11 +21,12 @@ from api.controllers.alerts import alerts_page
 from api.controllers.reconciliations import run_page, runs_page
 from api.errors import ApiError
 from api.schemas import statement_out
-from ledger import Ledger, beancount, chart, reports
+from ledger import Ledger, beancount, chart, positions, reports
 
 REPORTS = ("trial-balance", "balance-sheet", "income-statement", "balance", "statement", "performance",
-           "reconciliations", "alerts")
-NEEDS_ACCOUNT = ("balance", "statement", "performance")
+           "positions", "reconciliations", "alerts")
+NEEDS_ACCOUNT = ("balance", "statement", "performance", "positions")
+POSITION_HEADERS = ["symbol", "side", "quantity", "average_entry_price", "opened_at", "trades"]
 AS_OF_ONLY = ("trial-balance", "balance-sheet", "balance")  # contract §3: [--as-of T | --from D --to D]
 PERIOD_ONLY = ("income-statement", "performance")  # a statement takes either (--as-of is its --to)
 STATEMENT_PAGE = 1000
@@ -54,7 +55,7 @@ def body_of(ledger: Ledger, args: argparse.Namespace) -> tuple[dict[str, Any], C
         raise ReportError(f"report {kind} is as of a time: give --as-of, not --from/--to")
     if kind in PERIOD_ONLY and args.as_of:
         raise ReportError(f"report {kind} covers a period: give --from/--to, not --as-of")
-    if kind in ("reconciliations", "alerts") and (args.as_of or args.start or args.end):
+    if kind in ("reconciliations", "alerts", "positions") and (args.as_of or args.start or args.end):
         raise ReportError(f"report {kind} takes no --as-of, --from or --to")
     if kind == "trial-balance":
         page = reports.trial_balance(ledger, args.as_of)
@@ -92,6 +93,9 @@ def body_of(ledger: Ledger, args: argparse.Namespace) -> tuple[dict[str, Any], C
         result = reports.performance(ledger, args.account, args.start.date() if args.start else None,
                                      args.end.date() if args.end else None)
         return tabular.performance_out(result), tabular.performance_rows, tabular.PERFORMANCE_HEADERS
+    if kind == "positions":
+        return (positions.positions_out(positions.positions(ledger, args.account)), lambda body: body["positions"],
+                POSITION_HEADERS)
     if kind == "reconciliations" and args.account:  # one run with every per-account result
         if not args.account.isdigit():
             raise ReportError(f"{args.account!r} is not a run id (the run_id column of `report reconciliations`)")
@@ -133,6 +137,12 @@ def _title(kind: str, body: Mapping[str, Any]) -> list[str]:
     if kind == "performance":
         return [f"Performance of {body['account_id']} ({body['currency']}) {body['from']} to {body['to']}: "
                 f"time-weighted return {body['time_weighted_return']}, max drawdown {body['max_drawdown']}"]
+    if kind == "positions":
+        split = [f"  {d['date']}: true-up {d['true_up']} = unrealised {d['unrealised']} + carried {d['carried']} "
+                 f"(engine result {d['engine_result']}, realised {d['realised']})" for d in body["true_ups"]]
+        return [f"Open positions of {body['account_id']} ({body['currency']}) as of {body['as_of']}: "
+                f"{body['open_trades']} open trades", *(["True-ups of the last days with an engine snapshot:", *split]
+                                                        if split else [])]
     if kind == "reconciliations" and "results" in body:
         counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in body["counts"].items())
         return [f"Reconciliation run {body['run_id']} ({body['run_key']}), {body['status']}, finished "

@@ -113,7 +113,28 @@ def distribute(month: str | None = None) -> None:
 
     rt = context.runtime()
     target = month_of(month) if month else previous_month(datetime.now(UTC).date().replace(day=1))
-    _log_outcome(f"distribute {month_key(target)}", distribution.run(rt.ledger, target))
+    outcome = distribution.run(rt.ledger, target)
+    _log_outcome(f"distribute {month_key(target)}", outcome)
+    if outcome.run is not None and outcome.run.status in ("done", "partial"):
+        issue_statements.send(month=month_key(target))  # the statements of every account distributed so far
+
+
+@dramatiq.actor(queue_name="ledger", max_retries=3, time_limit=PERIODIC_TIME_LIMIT_MS)
+def issue_statements(month: str | None = None) -> None:
+    """Issue the investor statements of `month` (YYYY-MM; default the previous month) for every account distributed
+    in it, then a corrected statement wherever the books changed an issued month. Idempotent: a statement the books
+    still agree with is left as it is (documents/statements.py)."""
+    from datetime import UTC, datetime
+
+    from documents import statements
+    from ledger.distribution import month_key, month_of, previous_month
+
+    rt = context.runtime()
+    target = month_of(month) if month else previous_month(datetime.now(UTC).date().replace(day=1))
+    counts = statements.issue_month(rt.ledger, target)
+    corrections = statements.issue_corrections(rt.ledger)
+    log.info(f"statements {month_key(target)}", extra={"counts": msgspec_to_dict(counts),
+                                                        "corrections": msgspec_to_dict(corrections)})
 
 
 @dramatiq.actor(queue_name="ledger", max_retries=3, time_limit=PERIODIC_TIME_LIMIT_MS)
@@ -147,8 +168,8 @@ def anchor_books() -> None:
                    made_by="job:anchor_books")
 
 
-ALL = [deliver_outbox, sync_performance, reconcile, check_engine_health, distribute, checkpoint_balances,
-       notify_alerts, anchor_books]
+ALL = [deliver_outbox, sync_performance, reconcile, check_engine_health, distribute, issue_statements,
+       checkpoint_balances, notify_alerts, anchor_books]
 
 
 def enqueue(actor_name: str, **kwargs) -> None:

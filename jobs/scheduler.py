@@ -81,6 +81,10 @@ def add_jobs(scheduler: BackgroundScheduler | BlockingScheduler) -> None:
     scheduler.add_job(enqueue_health, "cron", minute="*/5", id="check_engine_health", **periodic)
     scheduler.add_job(enqueue_distribute, "cron", day=1, hour=2, minute=0, id="distribute", **periodic)
     scheduler.add_job(_enqueue, "cron", hour=0, minute=20, args=["anchor_books"], id="anchor_books", **periodic)
+    # After the distribution (which also sends it when it finishes): last month's statements not yet issued, and
+    # corrected statements wherever a back-dated fact changed an issued month.
+    scheduler.add_job(_enqueue, "cron", hour=3, minute=0, args=["issue_statements"], id="issue_statements",
+                      **periodic)
     scheduler.add_job(_enqueue, "cron", hour=0, minute=10, args=["checkpoint_balances"], id="checkpoint_balances",
                       **periodic)
     scheduler.add_job(enqueue_sync, "cron", hour="1-23", minute=30, id=f"sync_performance_{CATCH_UP}", **periodic)

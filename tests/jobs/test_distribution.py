@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
+from documents import statements
 from integration import runs
 from integration.booking import Bookkeeper
 from integration.events import PerformanceData
@@ -80,6 +81,14 @@ def test_fee_above_the_high_water_mark_net_of_flows(db: Db, sim: Simulator, runt
                                         "740.00")]
     assert db.ledger.balance(gainer) == usd("1080.00")
     assert db.ledger.ledger_account_balance("income:performance-fees:USD") == usd("50.00")
+    # The distribution sent the month's statements (issue_statements, drained with it): the fee and the mark.
+    march = statements.statement(db.ledger, gainer, MARCH)
+    assert march is not None and march.version == 1
+    assert {k: march.body["figures"][k] for k in ("opening_balance", "performance_fee", "high_water_mark_before",
+                                                  "high_water_mark_after", "closing_balance")} == {
+        "opening_balance": "1000.00", "performance_fee": "-20.00", "high_water_mark_before": "1000.00",
+        "high_water_mark_after": "1080.00", "closing_balance": "1080.00"}
+    assert march.body["statement"]["issued_by"] == "job:issue_statements"
 
     # The fee entry records its inputs, and the engine hears of the capital leaving through the outbox.
     fee_entry = db.ledger.entry(distributions(db.ledger, gainer)[0].entry_id)
@@ -122,6 +131,8 @@ def test_fee_above_the_high_water_mark_net_of_flows(db: Db, sim: Simulator, runt
     assert "booked 0" in again.stdout and "already 3" in again.stdout
     assert (db.scalar("SELECT count(*) FROM journal_entry"), db.scalar("SELECT count(*) FROM outbox_event")) == (
         entries, notices_count)
+    assert db.scalar("SELECT count(*) FROM investor_statement WHERE account_id = :a AND month = :m", a=gainer,
+                     m=MARCH) == 1  # and the statements sent again found nothing changed
     assert db.ledger.ledger_account_balance("income:performance-fees:USD") == usd("50.00")
 
 

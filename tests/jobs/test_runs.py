@@ -82,9 +82,10 @@ def test_timetable_matches_the_issue() -> None:
     assert next_fires("distribute_catch_up", eve, 2) == ["04-02 02:00", "04-03 02:00"]
     assert next_fires("checkpoint_balances", eve, 2) == ["04-01 00:10", "04-02 00:10"]
     assert next_fires("anchor_books", eve, 2) == ["04-01 00:20", "04-02 00:20"]
+    assert next_fires("issue_statements", eve, 2) == ["04-01 03:00", "04-02 03:00"]
     assert sorted(j.id for j in jobs.get_jobs()) == sorted([
         "deliver_outbox", "notify_alerts", "sync_performance", "reconcile", "check_engine_health", "distribute",
-        "checkpoint_balances", "anchor_books", "sync_performance_catch_up", "reconcile_catch_up",
+        "checkpoint_balances", "anchor_books", "issue_statements", "sync_performance_catch_up", "reconcile_catch_up",
         "distribute_catch_up"])
 
 

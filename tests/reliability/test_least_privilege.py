@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,11 +16,13 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
 from api.auth import KeyStore, create_key, revoke_key
+from documents import statements
 from integration import anchors
 from integration.signature import Verified
 from integration.webhooks import WebhookProcessor
-from ledger import AccountSpec, Money, checkpoints
+from ledger import AccountSpec, Money, checkpoints, rules
 from ledger.chain import public_key_bytes
+from ledger.distribution import distribute_account
 from ledger.verify import verify
 from service import config, database, runtime
 
@@ -41,6 +44,8 @@ FORBIDDEN = {
     "replace a digest function": "CREATE OR REPLACE FUNCTION ledger_chain_start() RETURNS bytea LANGUAGE sql "
                                  "AS $$ SELECT sha256('x') $$",
     "change the schema version": "UPDATE alembic_version SET version_num = 'x'",
+    "edit an issued statement": "UPDATE investor_statement SET pdf = pdf",
+    "delete an issued statement": "DELETE FROM investor_statement",
 }
 
 
@@ -86,6 +91,13 @@ def test_the_application_role_does_its_work(app_runtime: runtime.Runtime) -> Non
     assert processor.receive(body, Verified(scheme="ml")).result == "applied"
     assert processor.receive(body, Verified(scheme="ml")).duplicate  # a redelivery updates its count
     checkpoints.make_due(ledger)
+    # Last month distributed and its statement issued (a correction would be another insert).
+    month = (datetime.now(UTC).date().replace(day=1) - timedelta(days=1)).replace(day=1)
+    ledger.post(rules.deposit("lp-1", Money.from_decimal("7.00", "USD"), idempotency_key="lp-1:past",
+                              effective_at=datetime(month.year, month.month, 2, tzinfo=UTC)))
+    ledger.transact(lambda tx: distribute_account(tx, "lp-1", month, require_snapshot=False))
+    stored, outcome = statements.issue(ledger, "lp-1", month)
+    assert outcome == "issued" and stored.body["figures"]["deposits"] == "7.00"
     key = anchors.audit_key(None, data_dir)
     anchors.anchor(engine, key, data_dir=data_dir, alert_url=None, made_by="test")
     report = verify(engine, public_key=public_key_bytes(key))

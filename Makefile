@@ -8,7 +8,7 @@ RUN_STAMP := $(VENV)/.installed-run
 # make command line (make run LEDGER_PORT=9000): make passes both to the recipe as they are.
 PYTEST_ARGS ?=
 
-.PHONY: help install browser pdftools run soak test test-slow test-all bench lint fmt migrate verify clean
+.PHONY: help install browser pdftools docs-images run soak test test-slow test-all bench lint fmt migrate verify clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ test-all: $(STAMP) browser pdftools  ## test and test-slow in one run (what .ci/
 
 soak: $(STAMP)  ## the 10-minute soak alone (SOAK_SECONDS to change it); prints its figures as JSON
 	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(BIN)/python -m pytest -s -m soak tests/reliability/test_soak.py
+
+docs-images: $(STAMP) browser pdftools  ## the statement PDF page and the positions page as PNGs in docs/images (a test makes them)
+	INVLEDGER_DOCS_IMAGES=docs/images $(BIN)/python -m pytest -q tests/api/test_statements_browser.py $(PYTEST_ARGS)
 
 bench: $(STAMP)  ## benchmarks; QUICK=1 for the short run; writes bench/results.json
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)

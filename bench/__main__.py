@@ -14,12 +14,13 @@ import msgspec
 
 from bench import backfill, books, chain, cpu, flood, history, latency, reference, report, throughput, webhooks
 from bench import reconcile as reconciliation
+from bench import statements as statements_bench
 from bench.report import Result, progress
 from bench.server import bench_database, server_facts
 from ledger import Ledger
 from ledger.db import create_engine
 
-GROUPS = ("pgbench", "post", "chain", "flood", "asof", "books", "webhooks", "backfill", "reconcile")
+GROUPS = ("pgbench", "post", "chain", "flood", "asof", "books", "webhooks", "backfill", "reconcile", "statements")
 ENGINE_POOL_SIZE = 40
 STATEMENT_TIMEOUT_MS = 600_000  # VACUUM of a few million postings must not be cut short
 
@@ -42,11 +43,13 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     memory_s: float  # server RSS under webhook load (issue 6: 5 minutes), and the intake's rate over that time
     settle_budget_s: float  # waiting for a neighbour's load to pass, all runs together
     reconcile_accounts: tuple[int, ...] = (1_000, 10_000)  # one reconciliation run of each size, 20 ms latency
+    statements_accounts: tuple[int, ...] = (10_000,)  # a month's investor statements for this many accounts
 
 
 QUICK = Plan(reference_s=4, post_s=4, processes=False, copy_rows=300_000, history_sizes=(1_000, 100_000),
              as_of_calls=300, statement_calls=100, book_accounts=10_000, book_entries_per_account=50,
-             small_book_accounts=1_000, webhook_s=5, memory_s=15, settle_budget_s=15, reconcile_accounts=(1_000,))
+             small_book_accounts=1_000, webhook_s=5, memory_s=15, settle_budget_s=15, reconcile_accounts=(1_000,),
+             statements_accounts=(1_000,))
 FULL = Plan(reference_s=10, post_s=10, processes=False, copy_rows=1_000_000, history_sizes=(1_000, 100_000, 1_000_000),
             as_of_calls=500, statement_calls=300, book_accounts=100_000, book_entries_per_account=50,
             small_book_accounts=10_000, webhook_s=10, memory_s=300, settle_budget_s=60)
@@ -142,6 +145,10 @@ def _run(plan: Plan, groups: tuple[str, ...], results: list[Result], facts: dict
         for accounts in plan.reconcile_accounts:
             found += reconciliation.measure(accounts)
         results.extend(found + reconciliation.growth(found, plan.reconcile_accounts))
+    if "statements" in groups:  # on a database of its own: it issues a statement for every distributed account
+        progress("monthly investor statements: issue time and peak RSS")
+        for accounts in plan.statements_accounts:
+            results.extend(statements_bench.measure(accounts))
 
 
 def _small_book(plan: Plan) -> tuple[history.Book, list[Result]]:

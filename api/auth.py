@@ -26,7 +26,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from api.errors import ApiError
-from ledger.book import PRINCIPAL
+from ledger.principal import PRINCIPAL
 
 Role = Literal["finance", "operator", "admin"]
 RANK: dict[str, int] = {"finance": 1, "operator": 2, "admin": 3}
@@ -232,4 +232,4 @@ async def require_role(connection: ASGIConnection, handler: BaseRouteHandler) ->
         raise ApiError(403, "forbidden", f"this needs the {needed} role; the key has {role}")
     principal = principal_of(role, prefix)
     connection.scope.setdefault("state", {})["principal"] = principal
-    PRINCIPAL.set(principal)  # what this request books is recorded as done by this key (ledger.book.acting_as)
+    PRINCIPAL.set(principal)  # what this request books is recorded as done by this key (ledger.principal.acting_as)

@@ -28,7 +28,7 @@ from ledger.money import AMOUNT_MINOR_MAX, currencies
 # A decimal number as JSON text or a string: digits, an optional fraction (the currency's scale decides how many
 # places are accepted), never an exponent in a string.
 DECIMAL_TEXT = r"^[0-9]{1,15}(\.[0-9]{1,18})?$"
-# Statement and journal cursors: `<microseconds since 1970>.<sequence>` (ledger.book.encode_cursor), opaque to
+# Statement and journal cursors: `<microseconds since 1970>.<sequence>` (ledger.reads.encode_cursor), opaque to
 # clients; the digits bound keeps every value a representable time.
 CURSOR_PATTERN = r"^(-?[0-9]{1,16}|[0-9]{17})\.[0-9]{1,18}$"
 STATEMENT_PATH = "/api/v1/accounts/{account_id}/statements/{month}"

@@ -40,8 +40,8 @@ from api.params import LedgerDep, QueryInt, QueryText, SettingsDep
 from api.schemas import PeriodStart, parse_time, statement_out
 from integration import reconcile
 from ledger import chart, reports, times
-from ledger.book import PRINCIPAL
 from ledger.errors import LedgerError
+from ledger.principal import PRINCIPAL
 from ledger.times import rfc3339
 
 HERE = Path(__file__).parent

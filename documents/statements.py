@@ -25,9 +25,9 @@ import sqlalchemy as sa
 
 from documents import pdf
 from ledger import Ledger
-from ledger.book import PRINCIPAL
 from ledger.chart import investors_sql
 from ledger.errors import InvalidEntry, UnknownAccount
+from ledger.principal import PRINCIPAL
 from ledger.statements import (
     CHAIN_START,
     compute,

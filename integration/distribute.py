@@ -16,7 +16,6 @@ import msgspec
 
 from integration import alerts, runs
 from ledger import Ledger
-from ledger.book import as_caller
 from ledger.distribution import (
     Deferred,
     Distribution,
@@ -25,6 +24,7 @@ from ledger.distribution import (
     month_key,
 )
 from ledger.money import Money
+from ledger.principal import as_caller
 
 log = logging.getLogger("integration.distribute")
 CONCURRENCY_MAX = 4  # database work only; a few connections are enough

@@ -24,7 +24,7 @@ import msgspec
 import sqlalchemy as sa
 
 from integration import alerts
-from ledger.book import PRINCIPAL
+from ledger.principal import PRINCIPAL
 
 STATUSES = ("pending", "delivered", "dead")
 

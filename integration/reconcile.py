@@ -49,9 +49,9 @@ from integration import alerts, runs
 from integration.client import EngineClient, EngineError, EngineNotFound
 from integration.engine_api import AccountStatus
 from ledger import Ledger, chart
-from ledger.book import PRINCIPAL
 from ledger.errors import LedgerError
 from ledger.money import Money, scale_of
+from ledger.principal import PRINCIPAL
 
 log = logging.getLogger("integration.reconcile")
 

@@ -25,8 +25,8 @@ from integration import alerts, runs
 from integration.booking import Booking, Bookkeeper
 from integration.client import EngineClient, EngineError, EngineNotFound
 from ledger import Ledger
-from ledger.book import as_caller
 from ledger.errors import LedgerError
+from ledger.principal import as_caller
 
 log = logging.getLogger("integration.sync")
 CONCURRENCY_MAX = 16

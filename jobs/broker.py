@@ -14,7 +14,7 @@ import dramatiq
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
 
-from ledger.book import PRINCIPAL
+from ledger.principal import PRINCIPAL
 
 log = logging.getLogger("jobs.broker")
 MESSAGE_AGE_LIMIT_MS = 60 * 60 * 1000
@@ -22,7 +22,7 @@ MESSAGE_TIME_LIMIT_MS = 30 * 60 * 1000
 
 
 class ActingAsJob(dramatiq.Middleware):
-    """What a job books is recorded as done by `job:<actor>` (ledger.book.acting_as)."""
+    """What a job books is recorded as done by `job:<actor>` (ledger.principal.acting_as)."""
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         PRINCIPAL.set(f"job:{message.actor_name}")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from ledger.model import AccountType
+from ledger.model import AccountType, LedgerAccount
+from ledger.money import Money
 
 TYPE_OF_ROOT: Final[dict[str, AccountType]] = {
     "assets": "asset", "liabilities": "liability", "equity": "equity", "income": "income",
@@ -66,6 +67,11 @@ def type_of(name: str) -> AccountType:
 def normal_sign(account_type: str) -> int:
     """+1 where a balance is a net debit (assets, expenses), −1 where it is a net credit."""
     return 1 if account_type in DEBIT_NORMAL else -1
+
+
+def normal_balance(balance_minor: int, account: LedgerAccount) -> Money:
+    """A stored balance (debits minus credits) as the account's normal side sees it."""
+    return Money(minor=balance_minor * normal_sign(account.type), currency=account.currency)
 
 
 def accounts_for(account_id: str, currency: str) -> tuple[tuple[str, AccountType, str | None], ...]:

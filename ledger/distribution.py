@@ -221,4 +221,4 @@ def high_water_mark(ledger: Ledger, account_id: str) -> Money:
         _, end = month_bounds(last.month)
         flows = _net_flows_minor(tx.connection, investors.id, end + ONE_MICROSECOND, now)
         return Money(minor=last.new_hwm_minor + flows, currency=account.currency)
-    return ledger._read(read)
+    return ledger.read_only(read)

@@ -16,7 +16,7 @@ ACCOUNT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 PRODUCT_ID_LENGTH_MAX = 128
 AGENT_TYPE_LENGTH_MAX = 64
 # A journal entry's fields, as the CHECKs on journal_entry have them (migration 0001): the core refuses longer ones
-# before the write (ledger.book), the API and the engine's events take them from here.
+# before the write (ledger.posting), the API and the engine's events take them from here.
 IDEMPOTENCY_KEY_LENGTH_MAX = 255
 MEMO_LENGTH_MAX = 1000
 
@@ -25,6 +25,15 @@ AccountStatus = Literal["active", "paused", "closed"]
 ACCOUNT_STATUSES: tuple[str, ...] = AccountStatus.__args__
 EntryKind = Literal["deposit", "withdrawal", "trade", "true_up", "adjustment", "fee", "reversal", "transfer"]
 AccountType = Literal["asset", "liability", "equity", "income", "expense"]
+
+
+class LedgerAccount(msgspec.Struct, frozen=True):
+    """A ledger account's identity: once committed, its id, name, type and currency never change (so it is cached)."""
+
+    id: int
+    name: str
+    type: AccountType
+    currency: str
 
 
 class Leg(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,7 +94,7 @@ class Entry(msgspec.Struct, frozen=True, kw_only=True):
     reverses_entry_id: int | None
     reversed_by_entry_id: int | None
     postings: tuple[PostingView, ...]
-    recorded_by: str = ""  # who booked it (ledger.book.acting_as): an API key, the engine, a job, the CLI
+    recorded_by: str = ""  # who booked it (ledger.principal.acting_as): an API key, the engine, a job, the CLI
 
 
 class AccountSpec(msgspec.Struct, frozen=True, kw_only=True):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 
+from ledger.errors import InvalidEntry
+
 ONE_MICROSECOND = timedelta(microseconds=1)
 
 
@@ -50,3 +52,14 @@ def parse_time(text: str, *, end_of_day: bool = False) -> datetime:
         return at.astimezone(UTC)
     except OverflowError:  # 0001-01-01T00:00+01:00 or 9999-12-31T23:59-01:00: before or after every instant kept
         return datetime.min.replace(tzinfo=UTC) if at.year == 1 else datetime.max.replace(tzinfo=UTC)
+
+
+def aware(at: datetime) -> datetime:
+    """`at` in UTC; a time without a zone is refused (the core never guesses one)."""
+    if at.tzinfo is None:
+        raise InvalidEntry(f"time {at.isoformat()} has no time zone; give it in UTC")
+    return at.astimezone(UTC)
+
+
+def aware_or_none(at: datetime | None) -> datetime | None:
+    return None if at is None else aware(at)

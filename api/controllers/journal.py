@@ -12,7 +12,7 @@ from api import idempotency
 from api.auth import require_role
 from api.params import AccountIdQuery, LedgerDep, QueryText
 from api.schemas import IdempotencyKey, PeriodStart, ReversalRequest, entry_out, parse_time
-from ledger.book import decode_cursor, encode_cursor
+from ledger.reads import decode_cursor, encode_cursor
 
 
 def _cursor(cursor: str | None) -> tuple[datetime, int] | None:

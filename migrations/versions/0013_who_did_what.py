@@ -1,7 +1,7 @@
 """Who did what: every entry, account status change, outbox retry and reconciliation request records its principal.
 
 `journal_entry.recorded_by` and `account_event.recorded_by`: the API key (`apikey:<prefix>:<role>`), `engine` for
-a webhook, `job:<actor>` for a job, `cli:<user>` for the command line (ledger.book.acting_as). The entry's digest
+a webhook, `job:<actor>` for a job, `cli:<user>` for the command line (ledger.principal.acting_as). The entry's digest
 (the hash chains of migration 0010) covers it, so who booked an entry is as tamper-evident as the entry; an
 entry booked before this migration has '' and keeps the digest it was chained with. `outbox_event.retried_by`
 says who sent a dead notification again.

@@ -8,7 +8,7 @@ RUN_STAMP := $(VENV)/.installed-run
 # make command line (make run LEDGER_PORT=9000): make passes both to the recipe as they are.
 PYTEST_ARGS ?=
 
-.PHONY: help install browser pdftools docs-images run soak test test-slow test-all bench lint fmt migrate verify clean
+.PHONY: help install browser pdftools docs-images pgbouncer run soak test test-slow test-all test-cluster bench lint fmt migrate verify clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,14 @@ pdftools:
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends poppler-utils; }; }; } || \
 	  echo "poppler-utils is not installed: the statement PDF tests will fail (apt-get install poppler-utils)"
 
+# The cluster tests put Debian's PgBouncer (transaction pooling) in front of their own PostgreSQL; installed here when
+# missing and we may (root + apt), as the browser is.
+pgbouncer:  ## install Debian's pgbouncer (the cluster tests' pooler) when missing
+	@command -v pgbouncer >/dev/null 2>&1 || test -x /usr/sbin/pgbouncer || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pgbouncer >/dev/null 2>&1 || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pgbouncer; }; }; } || \
+	  { echo "pgbouncer is not installed and cannot be here: apt-get install pgbouncer" >&2; exit 1; }
+
 run: $(RUN_STAMP)  ## embedded PostgreSQL, migrate, serve on LEDGER_HOST:LEDGER_PORT (DEMO=1 adds the engine simulator)
 	$(BIN)/invledger serve $(if $(DEMO),--demo,)
 
@@ -51,10 +59,13 @@ test: $(STAMP) browser pdftools  ## the suite without the slow suites, on a real
 	$(BIN)/python -m pytest -m 'not slow' --durations=15 $(PYTEST_ARGS)
 
 test-slow: $(STAMP) browser pdftools  ## the slow suites alone: kill -9, database and engine faults, several instances, CLI finance questions, a 5-minute soak
-	SOAK_SECONDS=$${SOAK_SECONDS:-300} $(BIN)/python -m pytest -m slow --durations=15 $(PYTEST_ARGS)
+	SOAK_SECONDS=$${SOAK_SECONDS:-300} $(BIN)/python -m pytest -m 'slow and not cluster' --durations=15 $(PYTEST_ARGS)
 
-test-all: $(STAMP) browser pdftools  ## test and test-slow in one run (what .ci/run proves)
-	SOAK_SECONDS=$${SOAK_SECONDS:-300} $(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
+test-all: $(STAMP) browser pdftools  ## test and test-slow in one run (what .ci/run proves; the cluster tests are test-cluster's)
+	SOAK_SECONDS=$${SOAK_SECONDS:-300} $(BIN)/python -m pytest -m 'not cluster' --durations=15 $(PYTEST_ARGS)
+
+test-cluster: $(STAMP) pgbouncer  ## primary + standby: failover under load (sync and async), reports from a replica, PgBouncer; about 5 min
+	$(BIN)/python -m pytest -m cluster -s --durations=15 $(PYTEST_ARGS)
 
 soak: $(STAMP)  ## the 10-minute soak alone (SOAK_SECONDS to change it); prints its figures as JSON
 	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(BIN)/python -m pytest -s -m soak tests/reliability/test_soak.py

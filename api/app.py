@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
-from litestar import Litestar, Response, get
+from litestar import Litestar, Request, Response, get
 from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -36,6 +36,7 @@ from integration.webhooks import WebhookProcessor
 from ledger import Ledger
 from service import __version__, metrics
 from service.config import Settings
+from service.replica import lag_ms as replica_lag_ms
 
 access_log = logging.getLogger("invledger.access")
 REQUEST_BODY_MAX_BYTES = 1024 * 1024
@@ -137,9 +138,12 @@ def _timing_middleware(app: Any) -> Any:
 
 def create_app(ledger: Ledger, settings: Settings, *, readiness: dict[str, Callable[[], str]] | None = None,
                route_handlers: list[Any] | None = None, on_startup: list[Any] | None = None,
-               on_shutdown: list[Any] | None = None, jobs: Callable[..., None] | None = None) -> Litestar:
+               on_shutdown: list[Any] | None = None, jobs: Callable[..., None] | None = None,
+               reports_engine: sa.Engine | None = None) -> Litestar:
     """The app. `readiness` adds checks to /ready (e.g. broker, engine circuit); `jobs(actor_name, **kwargs)`
-    enqueues a job (POST /reconciliations needs it; without it that route answers 503)."""
+    enqueues a job (POST /reconciliations needs it; without it that route answers 503); `reports_engine` is a
+    streaming replica that reports, statements and pages read from (REPORTS_DATABASE_URL): each such reply then
+    says how far behind the primary it was (`replica_lag_ms`, api.formats)."""
     processor = WebhookProcessor(ledger, adjustment_alert_threshold=settings.adjustment_alert_threshold)
     webhooks = GroupCommit(processor.receive_many, max_batch=WEBHOOK_BATCH_MAX, committers=WEBHOOK_COMMITTERS,
                            name="webhook-commit")
@@ -148,11 +152,23 @@ def create_app(ledger: Ledger, settings: Settings, *, readiness: dict[str, Calla
     def constant(value: Any) -> Provide:
         return Provide(lambda: value, sync_to_thread=False)
 
+    if reports_engine is None:
+        reports_ledger = constant(ledger)
+    else:
+        replica = Ledger(reports_engine)
+
+        def on_the_replica(request: Request) -> Ledger:
+            # Measured before the report's own snapshot: the reply's lag bounds the report's.
+            request.state["replica_lag_ms"] = replica_lag_ms(reports_engine)
+            return replica
+
+        reports_ledger = Provide(on_the_replica, sync_to_thread=True)
+
     app = Litestar(
         route_handlers=[health, ready, prometheus_metrics, prometheus_metrics_v1, ml_engine_webhook,
                         AccountController, JournalController, OutboxController, ReportController, AlertController,
                         ReconciliationController, StatementController, pages.ROUTER, *(route_handlers or [])],
-        dependencies={"ledger": constant(ledger), "settings": constant(settings)},
+        dependencies={"ledger": constant(ledger), "reports_ledger": reports_ledger, "settings": constant(settings)},
         state=State({"key_store": KeyStore(ledger.engine), "readiness": readiness or {}, "settings": settings,
                      "jobs": jobs, "webhooks": webhooks,
                      "rate_limits": RateLimits(per_key=settings.rate_limit_per_key,

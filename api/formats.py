@@ -11,6 +11,7 @@ from api import tabular
 
 CSV = "text/csv"
 JSON = "application/json"
+REPLICA_LAG_HEADER = "X-Replica-Lag-Ms"
 
 
 def wants_csv(request: Request) -> bool:
@@ -21,11 +22,15 @@ def respond(request: Request, body: dict[str, Any], rows: Callable[[Mapping[str,
             headers: list[str], filename: str) -> Response:
     """`body` as JSON, or `rows(body)` as CSV when the client asks for text/csv.
 
-    In CSV a further page is announced by the `X-Next-Cursor` header (the JSON body has `next_cursor`).
+    In CSV a further page is announced by the `X-Next-Cursor` header (the JSON body has `next_cursor`). Read on a
+    replica (REPORTS_DATABASE_URL), the JSON body says how far behind the primary it was (`replica_lag_ms`), and so
+    does the `X-Replica-Lag-Ms` header, in both formats.
     """
+    lag_ms = request.state.get("replica_lag_ms")
+    lag = {} if lag_ms is None else {REPLICA_LAG_HEADER: str(lag_ms)}
     if not wants_csv(request):
-        return Response(body)
-    extra = {"X-Next-Cursor": str(body["next_cursor"])} if body.get("next_cursor") is not None else {}
+        return Response(body if lag_ms is None else {**body, "replica_lag_ms": lag_ms}, headers=lag)
+    extra = {"X-Next-Cursor": str(body["next_cursor"]), **lag} if body.get("next_cursor") is not None else lag
     return Response(tabular.to_csv(rows(body), headers),
                     media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="{filename}.csv"', **extra})

@@ -36,7 +36,7 @@ from api import tabular, views
 from api.auth import RANK, KeyStore, principal_of
 from api.controllers.alerts import acknowledge
 from api.errors import STATUS_OF, ApiError
-from api.params import LedgerDep, QueryInt, QueryText, SettingsDep
+from api.params import LedgerDep, QueryInt, QueryText, ReportsLedgerDep, SettingsDep
 from api.schemas import PeriodStart, parse_time, statement_out
 from integration import reconcile
 from ledger import chart, reports, times
@@ -240,9 +240,10 @@ class PagesController(Controller):
     include_in_schema = False
 
     @get("/", sync_to_thread=True)
-    def accounts(self, request: Request, ledger: LedgerDep, cursor: QueryText = None) -> Template:
-        items = ledger.accounts(after=cursor, limit=ACCOUNTS_PAGE_SIZE)
-        totals = reports.trial_balance(ledger, limit=1)
+    def accounts(self, request: Request, ledger: LedgerDep, reports_ledger: ReportsLedgerDep,
+                 cursor: QueryText = None) -> Template:
+        items = reports_ledger.accounts(after=cursor, limit=ACCOUNTS_PAGE_SIZE)
+        totals = reports.trial_balance(reports_ledger, limit=1)
         open_alerts = views.alerts(ledger.engine, status="open", limit=ALERTS_PAGE_SIZE)
         runs = views.reconciliation_runs(ledger.engine, limit=1)
         return _page(request, "accounts.html", title="Accounts",
@@ -255,15 +256,16 @@ class PagesController(Controller):
                      runs_available=runs is not None)
 
     @get("/accounts/{account_id:str}", sync_to_thread=True)
-    def account(self, request: Request, ledger: LedgerDep, account_id: FromPath[str],
+    def account(self, request: Request, reports_ledger: ReportsLedgerDep, account_id: FromPath[str],
                 from_: PeriodStart = None, to: QueryText = None,
                 as_of: QueryText = None, cursor: QueryText = None) -> Template:
-        account = ledger.account(account_id)
+        account = reports_ledger.account(account_id)
         at = parse_time(as_of, "as_of", end_of_day=True)
-        balance_as_of = tabular.balance_out(account_id, ledger.balance(account_id, as_of=at), at) if at else None
-        perf = tabular.performance_out(reports.performance(ledger, account_id, _day(from_, "from"),
+        balance_as_of = (tabular.balance_out(account_id, reports_ledger.balance(account_id, as_of=at), at)
+                         if at else None)
+        perf = tabular.performance_out(reports.performance(reports_ledger, account_id, _day(from_, "from"),
                                                            _day(to, "to", end=True)))
-        statement = statement_out(ledger.statement(
+        statement = statement_out(reports_ledger.statement(
             chart.investors(account_id), start=times.start_of_day(date.fromisoformat(perf["from"])),
             end=times.end_of_day(date.fromisoformat(perf["to"])), cursor=cursor, limit=STATEMENT_PAGE_SIZE))
         return _page(request, "account.html", title=f"Account {account_id}",
@@ -274,24 +276,25 @@ class PagesController(Controller):
                      chart=balance_chart(perf["days"], account.currency))
 
     @get("/trial-balance", sync_to_thread=True)
-    def trial_balance(self, request: Request, ledger: LedgerDep, as_of: QueryText = None,
+    def trial_balance(self, request: Request, reports_ledger: ReportsLedgerDep, as_of: QueryText = None,
                       cursor: QueryText = None) -> Template:
-        page = reports.trial_balance(ledger, parse_time(as_of, "as_of", end_of_day=True), after=cursor,
+        page = reports.trial_balance(reports_ledger, parse_time(as_of, "as_of", end_of_day=True), after=cursor,
                                      limit=TRIAL_BALANCE_PAGE_SIZE)
         return _page(request, "trial_balance.html", title="Trial balance", report=tabular.trial_balance_out(page),
                      as_of=as_of or "")
 
     @get("/balance-sheet", sync_to_thread=True)
-    def balance_sheet(self, request: Request, ledger: LedgerDep, as_of: QueryText = None) -> Template:
-        sheet = reports.balance_sheet(ledger, parse_time(as_of, "as_of", end_of_day=True))
+    def balance_sheet(self, request: Request, reports_ledger: ReportsLedgerDep, as_of: QueryText = None) -> Template:
+        sheet = reports.balance_sheet(reports_ledger, parse_time(as_of, "as_of", end_of_day=True))
         return _page(request, "balance_sheet.html", title="Balance sheet", report=tabular.balance_sheet_out(sheet),
                      as_of=as_of or "")
 
     @get("/income-statement", sync_to_thread=True)
-    def income_statement(self, request: Request, ledger: LedgerDep,
+    def income_statement(self, request: Request, reports_ledger: ReportsLedgerDep,
                          from_: PeriodStart = None,
                          to: QueryText = None) -> Template:
-        statement = reports.income_statement(ledger, parse_time(from_, "from"), parse_time(to, "to", end_of_day=True))
+        statement = reports.income_statement(reports_ledger, parse_time(from_, "from"),
+                                             parse_time(to, "to", end_of_day=True))
         return _page(request, "income_statement.html", title="Income statement",
                      report=tabular.income_statement_out(statement), from_=from_ or "", to=to or "")
 

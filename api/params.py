@@ -16,6 +16,9 @@ from service.config import Settings
 BIGINT_MAX = 2**63 - 1  # PostgreSQL bigint: every id and id cursor
 
 LedgerDep: TypeAlias = NamedDependency[Ledger]
+# The ledger reports, statements and pages read from: over the replica when REPORTS_DATABASE_URL is set (create_app's
+# `reports_engine`), else the same as `ledger`. Never written through.
+ReportsLedgerDep: TypeAlias = NamedDependency[Ledger]
 SettingsDep: TypeAlias = NamedDependency[Settings]
 QueryText: TypeAlias = FromQuery[str | None]
 QueryInt: TypeAlias = FromQuery[int | None]

@@ -3,10 +3,13 @@
 Guarantees:
 - A run is identified by its `run_key` (e.g. "reconcile:2026-11-24"); `job_run.run_key` is unique, so
   there is one record per period whatever the number of schedulers that enqueue it.
-- While a run works it holds a PostgreSQL session advisory lock on its key (on a connection of its own,
-  outside any transaction). A second worker that gets the same message does not wait: it finds the lock
-  taken and skips. If the worker dies, PostgreSQL drops the connection and with it the lock, so the next
-  attempt takes over the record (status `running` without a lock holder means "interrupted").
+- While a run works it holds a PostgreSQL transaction advisory lock on its key, in a transaction of its own
+  on a connection of its own that stays open (and writes nothing) until the run ends. A second worker that
+  gets the same message does not wait: it finds the lock taken and skips. If the worker dies, PostgreSQL
+  drops the connection, the transaction ends and the lock with it, so the next attempt takes over the record
+  (status `running` without a lock holder means "interrupted"). A transaction lock, not a session one: behind
+  a pooler in transaction mode (PgBouncer) a session lock would stay on whichever server connection took it,
+  and its unlock could run on another; a transaction keeps one server connection until it ends.
 - A run that ended `done` is not repeated (unless forced: the work below is idempotent per item anyway);
   `partial` and `failed` runs are taken up again by the next attempt.
 """
@@ -123,42 +126,38 @@ def heartbeat(engine: sa.Engine, run_id: int, counts: dict[str, Any]) -> None:
 def execute(engine: sa.Engine, *, job: Job, run_key: str, period: str, trigger: Trigger, work: Work,
             parameters: dict[str, Any] | None = None, force: bool = False) -> Outcome:
     """Do `work` once for `run_key` (see the module docstring); exceptions mark the run failed and propagate."""
-    lock = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    lock = engine.connect()
     try:
-        held = lock.execute(sa.text("SELECT pg_try_advisory_lock(hashtextextended(:k, 0))"),
+        held = lock.execute(sa.text("SELECT pg_try_advisory_xact_lock(hashtextextended(:k, 0))"),
                             {"k": "invledger-run:" + run_key}).scalar_one()
         if not held:
             log.info("run already in progress elsewhere", extra={"run_key": run_key})
             return Outcome(run=get(engine, run_key), skipped="running")
+        existing = get(engine, run_key)
+        if existing is not None and existing.status == "done" and not force:
+            return Outcome(run=existing, skipped="done")
+        with engine.begin() as c:
+            run_id = c.execute(sa.text("""
+                INSERT INTO job_run (job, run_key, period, trigger, status, attempts, parameters, started_at,
+                                     heartbeat_at)
+                VALUES (:job, :key, :period, :trigger, 'running', 1, CAST(:parameters AS jsonb), now(), now())
+                ON CONFLICT (run_key) DO UPDATE
+                   SET status = 'running', attempts = job_run.attempts + 1, started_at = now(),
+                       heartbeat_at = now(), finished_at = NULL, error = NULL
+                RETURNING id"""), {
+                "job": job, "key": run_key, "period": period, "trigger": trigger,
+                "parameters": _json.encode(parameters or {}).decode()}).scalar_one()
+        run = by_id(engine, run_id)
+        assert run is not None
         try:
-            existing = get(engine, run_key)
-            if existing is not None and existing.status == "done" and not force:
-                return Outcome(run=existing, skipped="done")
-            with engine.begin() as c:
-                run_id = c.execute(sa.text("""
-                    INSERT INTO job_run (job, run_key, period, trigger, status, attempts, parameters, started_at,
-                                         heartbeat_at)
-                    VALUES (:job, :key, :period, :trigger, 'running', 1, CAST(:parameters AS jsonb), now(), now())
-                    ON CONFLICT (run_key) DO UPDATE
-                       SET status = 'running', attempts = job_run.attempts + 1, started_at = now(),
-                           heartbeat_at = now(), finished_at = NULL, error = NULL
-                    RETURNING id"""), {
-                    "job": job, "key": run_key, "period": period, "trigger": trigger,
-                    "parameters": _json.encode(parameters or {}).decode()}).scalar_one()
-            run = by_id(engine, run_id)
-            assert run is not None
-            try:
-                status, counts = work(run)
-            except BaseException as error:
-                _finish(engine, run_id, "failed", None, f"{type(error).__name__}: {error}"[:2000])
-                raise
-            _finish(engine, run_id, status, counts, None)
-            return Outcome(run=by_id(engine, run_id))
-        finally:
-            lock.execute(sa.text("SELECT pg_advisory_unlock(hashtextextended(:k, 0))"),
-                         {"k": "invledger-run:" + run_key})
+            status, counts = work(run)
+        except BaseException as error:
+            _finish(engine, run_id, "failed", None, f"{type(error).__name__}: {error}"[:2000])
+            raise
+        _finish(engine, run_id, status, counts, None)
+        return Outcome(run=by_id(engine, run_id))
     finally:
-        lock.close()
+        lock.close()  # the transaction rolls back (it wrote nothing) and the lock goes with it
 
 
 def _finish(engine: sa.Engine, run_id: int, status: str, counts: dict[str, Any] | None, error: str | None) -> None:

@@ -135,7 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from jobs import actors
 
     app = create_app(rt.ledger, settings, readiness=job_broker.readiness(broker), on_startup=[start_jobs, freeze_heap],
-                     on_shutdown=[stop_jobs], jobs=actors.enqueue)
+                     on_shutdown=[stop_jobs], jobs=actors.enqueue, reports_engine=rt.reports_engine)
     log.info("serving", extra={"url": f"http://{host}:{port}", "docs": f"http://{host}:{port}/schema",
                                "jobs": "in-process" if job_broker.is_in_process(broker) else "broker"})
     try:
@@ -454,7 +454,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     rt = _runtime(args)
     try:
-        reporting.write_report(rt.ledger, args, emit_table)
+        reporting.write_report(rt.reports, args, emit_table)  # the replica's, when there is one
     except reporting.ReportError as error:
         raise CliError(str(error)) from None
     finally:
@@ -467,7 +467,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     rt = _runtime(args)
     try:
-        counts = reporting.export_beancount(rt.ledger, args)
+        counts = reporting.export_beancount(rt.reports, args)
     finally:
         rt.close()
     print(f"exported {counts['accounts']} accounts, {counts['entries']} entries, {counts['postings']} postings"

@@ -26,19 +26,41 @@ TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
 
 
 def create_engine(url: str, *, pool_size: int = 10, statement_timeout_ms: int = 30_000,
-                  application_name: str = "invledger") -> sa.Engine:
-    options = (f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={statement_timeout_ms}"
-               " -c timezone=UTC")
-    return sa.create_engine(
+                  application_name: str = "invledger", transaction_pooling: bool = False) -> sa.Engine:
+    """An engine whose every transaction runs with the statement and lock timeouts, in UTC.
+
+    Directly (or through a pooler in session mode) they are startup options of each connection, and statements run
+    often are prepared. Behind a pooler in transaction mode (PgBouncer `pool_mode = transaction`) a session is not
+    ours from one transaction to the next: no startup `options` (PgBouncer refuses them), no prepared statements
+    (the next transaction may land on another server connection), and the settings are `SET LOCAL` at the start of
+    each transaction instead (one round trip, no snapshot taken, so a `SET TRANSACTION ISOLATION LEVEL` may follow).
+    """
+    settings = {"statement_timeout": statement_timeout_ms, "lock_timeout": statement_timeout_ms, "timezone": "UTC"}
+    connect_args: dict[str, object] = {"application_name": application_name, "connect_timeout": 10}
+    if transaction_pooling:
+        connect_args["prepare_threshold"] = None
+    else:
+        connect_args["options"] = " ".join(f"-c {name}={value}" for name, value in settings.items())
+        connect_args["prepare_threshold"] = 2
+    engine = sa.create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_timeout=10,
         pool_pre_ping=True,
         pool_recycle=1800,
-        connect_args={"options": options, "application_name": application_name,
-                      "connect_timeout": 10, "prepare_threshold": 2},
+        connect_args=connect_args,
     )
+    if transaction_pooling:
+        set_local = "; ".join(f"SET LOCAL {name} = '{value}'" for name, value in settings.items())
+
+        @sa.event.listens_for(engine, "begin")
+        def _settings_of_this_transaction(connection: sa.Connection) -> None:
+            # On the driver's connection: psycopg opens the transaction with this statement (SQLAlchemy's own
+            # execute would begin again, recursively).
+            with connection.connection.dbapi_connection.cursor() as cursor:
+                cursor.execute(set_local)
+    return engine
 
 
 def sqlstate(error: BaseException) -> str | None:

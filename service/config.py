@@ -26,6 +26,7 @@ class ConfigError(Exception):
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str | None
     migration_database_url: str | None
+    reports_database_url: str | None
     data_dir: Path
     broker_url: str | None
     ml_engine_url: str
@@ -45,6 +46,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     currency_scales: str
     db_pool_size: int
     db_statement_timeout_ms: int
+    db_pool_mode: str
     log_level: str
     rate_limit_per_key: str
     rate_limit_per_address: str
@@ -144,6 +146,14 @@ def _level(value: str) -> str:
     return level
 
 
+def _pool_mode(value: str) -> str:
+    mode = value.strip().lower()
+    if mode not in {"session", "transaction"}:
+        raise ValueError("must be session (direct, or a pooler in session mode) or transaction (PgBouncer "
+                         "pool_mode = transaction)")
+    return mode
+
+
 def _text(value: str) -> str:
     return value
 
@@ -153,6 +163,7 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any], str | None]] = {
     "DATABASE_URL": ("database_url", _url(("postgresql", "postgres", "postgresql+psycopg")), None),
     "MIGRATION_DATABASE_URL": ("migration_database_url", _url(("postgresql", "postgres", "postgresql+psycopg")),
                                None),
+    "REPORTS_DATABASE_URL": ("reports_database_url", _url(("postgresql", "postgres", "postgresql+psycopg")), None),
     "LEDGER_DATA_DIR": ("data_dir", Path, "./.ledger"),
     "BROKER_URL": ("broker_url", _url(("amqp", "amqps", "redis", "rediss")), None),
     "ML_ENGINE_URL": ("ml_engine_url", _url(("http", "https")), "http://localhost:8000/api/v1"),
@@ -172,16 +183,18 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any], str | None]] = {
     "CURRENCY_SCALES": ("currency_scales", _scales, ""),
     "DB_POOL_SIZE": ("db_pool_size", _int(1, 200), "10"),
     "DB_STATEMENT_TIMEOUT_MS": ("db_statement_timeout_ms", _int(0, 3_600_000), "30000"),
+    "DB_POOL_MODE": ("db_pool_mode", _pool_mode, "session"),
     "LOG_LEVEL": ("log_level", _level, "INFO"),
     "RATE_LIMIT_PER_KEY": ("rate_limit_per_key", _rate, "1000/second"),
     "RATE_LIMIT_PER_ADDRESS": ("rate_limit_per_address", _rate, "2000/second"),
     "RATE_LIMIT_AUTH_FAILURES": ("rate_limit_auth_failures", _rate, "30/minute"),
     "RATE_LIMIT_SIGN_IN": ("rate_limit_sign_in", _rate, "10/minute"),
 }
-_EMPTY_MEANS_UNSET = {"DATABASE_URL", "MIGRATION_DATABASE_URL", "BROKER_URL", "ML_ENGINE_WEBHOOK_SECRET",
-                      "ALERT_WEBHOOK_URL", "LEDGER_AUDIT_KEY"}
+_EMPTY_MEANS_UNSET = {"DATABASE_URL", "MIGRATION_DATABASE_URL", "REPORTS_DATABASE_URL", "BROKER_URL",
+                      "ML_ENGINE_WEBHOOK_SECRET", "ALERT_WEBHOOK_URL", "LEDGER_AUDIT_KEY"}
 # ALERT_WEBHOOK_URL is a secret too: a chat webhook's URL carries its token.
 SECRET_VARIABLES = frozenset({"ML_ENGINE_API_KEY", "ML_ENGINE_WEBHOOK_SECRET", "DATABASE_URL", "MIGRATION_DATABASE_URL",
+                              "REPORTS_DATABASE_URL",
                               "BROKER_URL",
                               "ALERT_WEBHOOK_URL", "LEDGER_AUDIT_KEY"})
 

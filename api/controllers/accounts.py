@@ -12,7 +12,7 @@ from api import idempotency, tabular
 from api.auth import require_role
 from api.errors import ApiError
 from api.formats import respond
-from api.params import AccountIdQuery, LedgerDep, QueryText, SettingsDep
+from api.params import AccountIdQuery, LedgerDep, QueryText, ReportsLedgerDep, SettingsDep
 from api.schemas import (
     CreateAccount,
     IdempotencyKey,
@@ -114,20 +114,20 @@ class AccountController(Controller):
         return self._status(ledger, account_id, "close", data)
 
     @get("/{account_id:str}/balance", sync_to_thread=True, summary="Balance now or as of a time (JSON or CSV)")
-    def balance(self, request: Request, account_id: FromPath[str], ledger: LedgerDep,
+    def balance(self, request: Request, account_id: FromPath[str], reports_ledger: ReportsLedgerDep,
                 as_of: QueryText = None) -> Response:
         at = parse_time(as_of, "as_of", end_of_day=True)
-        money = ledger.balance(account_id, as_of=at)
+        money = reports_ledger.balance(account_id, as_of=at)
         return respond(request, tabular.balance_out(account_id, money, at), tabular.balance_rows,
                        headers=tabular.BALANCE_HEADERS, filename=f"balance-{account_id}")
 
     @get("/{account_id:str}/statement", sync_to_thread=True,
          summary="Opening balance, lines with running balance, closing balance (JSON or CSV)")
-    def statement(self, account_id: FromPath[str], ledger: LedgerDep, from_: PeriodStart = None,
+    def statement(self, account_id: FromPath[str], reports_ledger: ReportsLedgerDep, from_: PeriodStart = None,
                   to: QueryText = None, cursor: QueryText = None,
                   limit: int = Parameter(default=LIMIT_DEFAULT, ge=1, le=1000), *, request: Request) -> Response:
-        ledger.account(account_id)
-        statement = ledger.statement(chart.investors(account_id), start=parse_time(from_, "from"),
+        reports_ledger.account(account_id)
+        statement = reports_ledger.statement(chart.investors(account_id), start=parse_time(from_, "from"),
                                      end=parse_time(to, "to", end_of_day=True), cursor=cursor, limit=limit)
         return respond(request, statement_out(statement), tabular.statement_rows,
                        headers=tabular.STATEMENT_HEADERS, filename=f"statement-{account_id}")

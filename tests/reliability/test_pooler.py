@@ -1,0 +1,262 @@
+"""Several `serve` and worker processes behind PgBouncer in transaction pooling (issue 18, point 4).
+
+PgBouncer (Debian's, `make pgbouncer`) hands each transaction whichever server connection is free, so nothing may
+outlive a transaction: every process runs with DB_POOL_MODE=transaction (no startup `options`, no prepared
+statements, the timeouts and time zone `SET LOCAL` in each transaction: ledger.db) and the advisory locks are
+transaction locks (integration/runs.py, api/idempotency.py, integration/webhooks.py). Migrations go straight to the
+primary (MIGRATION_DATABASE_URL), as DDL and alembic's session lock need.
+
+Two `serve` processes take deposits, withdrawals, replayed idempotency keys and signed webhooks from many threads
+at once; the jobs run in two worker processes on RabbitMQ when it answers on 127.0.0.1:5672 (a virtual host of the
+test's own), else in each `serve` (the in-process broker: one worker per serve, still separate processes going
+through the pooler) — the test needs no broker. Afterwards the totals are exact (every balance is what the 2xx
+answers promised, the engine's capital what the acknowledged deposits and withdrawals made it), the outbox has
+drained, `invledger verify` through the pooler is clean, and a job run taken by two processes at once through the
+pooler runs once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from api.auth import create_key
+from integration import runs
+from integration.signature import sign
+from integration.simulator import Simulator
+from ledger.db import create_engine
+from service import database
+from tests.processes import free_port
+from tests.reliability.conftest import report_figures
+from tests.replication import Cluster, PgBouncer
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+SECRET = "pooler-webhook-secret-0123456789"
+ENGINE_KEY = "pooler-engine-key"
+ACCOUNTS = 6
+SENDERS = 12
+REQUESTS_PER_SENDER = 50
+INITIAL = Decimal("5000.00")
+SERVER_POOL_SIZE = 6  # server connections PgBouncer keeps for all the processes together
+BIN = Path(sys.executable).parent
+
+
+def rabbitmq_vhost() -> str | None:
+    """A RabbitMQ virtual host of the test's own when RabbitMQ answers here, else None (in-process jobs)."""
+    if shutil.which("rabbitmqctl") is None:
+        return None
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+    except OSError:
+        return None
+    vhost = f"invledger-pooler-{uuid.uuid4().hex[:8]}"
+    made = subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], capture_output=True, timeout=60)
+    if made.returncode != 0:
+        return None
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+                   check=True, capture_output=True, timeout=60)
+    return vhost
+
+
+def wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        time.sleep(0.3)
+
+
+def test_two_servers_and_two_workers_behind_pgbouncer_keep_exact_totals(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path / "cluster", synchronous=False, standby=False)
+    owner_url = cluster.primary.url()
+    database.migrate(owner_url, app_role=database.APP_ROLE, create_role=True)
+    bouncer = PgBouncer(tmp_path / "pgbouncer", cluster.primary.port, pool_size=SERVER_POOL_SIZE)
+    direct = create_engine(owner_url, pool_size=2)
+    pooled_url = database.sqlalchemy_url(bouncer.url(database.APP_ROLE))
+    sim = Simulator(seed=18, api_key=ENGINE_KEY, start_date=datetime.now(UTC).date()).serve()
+    vhost = rabbitmq_vhost()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LEDGER_", "ML_ENGINE_")) and k not in ("BROKER_URL", "DATABASE_URL")}
+    env.update(DATABASE_URL=bouncer.url(database.APP_ROLE), DB_POOL_MODE="transaction",
+               MIGRATION_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{cluster.primary.port}/postgres",
+               ML_ENGINE_URL=sim.api_url, ML_ENGINE_API_KEY=ENGINE_KEY, ML_ENGINE_WEBHOOK_SECRET=SECRET,
+               ML_ENGINE_TIMEOUT_MS="3000", ML_ENGINE_RETRY_DELAY_MS="50", LOG_LEVEL="WARNING",
+               LEDGER_DATA_DIR=str(tmp_path / "data"), LEDGER_HOST="127.0.0.1", DB_POOL_SIZE="5")
+    if vhost:
+        env["BROKER_URL"] = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(name: str, *args: str, **extra: str) -> subprocess.Popen[bytes]:
+        log = (tmp_path / f"{name}.log").open("ab")
+        process = subprocess.Popen([str(BIN / "invledger"), *args], env={**env, **extra}, stdout=log, stderr=log)
+        processes.append((name, process))
+        return process
+
+    try:
+        urls = []
+        for i in range(2):
+            port = free_port()
+            start(f"serve-{i}", "serve", LEDGER_PORT=str(port))
+            urls.append(f"http://127.0.0.1:{port}")
+        if vhost:
+            for i in range(2):
+                start(f"worker-{i}", "worker")
+            start("scheduler", "scheduler")
+        for (name, process), url in zip(processes, urls, strict=False):
+            def up(url: str = url, process: subprocess.Popen[bytes] = process, name: str = name) -> bool:
+                assert process.poll() is None, (tmp_path / f"{name}.log").read_text()[-3000:]
+                try:
+                    return httpx.get(url + "/api/v1/ready", timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    return False
+            wait_for(up, 60, f"{name} to be ready")
+        operator = {"Authorization": f"Bearer {create_key(direct, 'operator', 'pooler')}"}
+        account_ids = [f"pool-{uuid.uuid4().hex[:8]}" for _ in range(ACCOUNTS)]
+        for account_id in account_ids:
+            answer = httpx.post(random.choice(urls) + "/api/v1/accounts", headers=operator, timeout=30, json={
+                "account_id": account_id, "product_id": "p", "agent_type": "swing", "currency": "USD",
+                "initial_capital": str(INITIAL)})
+            assert answer.status_code == 201, answer.text
+
+        expected = dict.fromkeys(account_ids, INITIAL)  # the ledger balance the 2xx answers promise
+        capital = dict.fromkeys(account_ids, INITIAL)  # what the engine must end with
+        statuses: Counter[int] = Counter()
+        server_connections: list[int] = []
+        lock = threading.Lock()
+        done = threading.Event()
+
+        def watch() -> None:  # how many server connections the application really had, sampled
+            while not done.is_set():
+                server_connections.append(int(cluster.primary.scalar(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = :u", u=database.APP_ROLE)))  # type: ignore[arg-type]
+                time.sleep(0.2)
+
+        def sender(n: int) -> None:
+            rng = random.Random(n)
+            sent: list[tuple[str, bytes | dict, dict[str, str]]] = []
+            with httpx.Client(timeout=30) as http:
+                for i in range(REQUESTS_PER_SENDER):
+                    account_id = rng.choice(account_ids)
+                    roll = rng.random()
+                    if sent and roll < 0.15:  # a redelivery or a replayed idempotency key: changes nothing
+                        kind, payload, extra = rng.choice(sent)
+                        effect = Decimal(0)
+                    elif roll < 0.6:
+                        pnl = Decimal(rng.randint(-500, 900)) / 100 or Decimal("0.01")
+                        data = {"trade_id": f"p-{n}-{i}-{uuid.uuid4().hex[:6]}", "account_id": account_id,
+                                "symbol": "EURUSD", "side": "buy", "quantity": 1000, "entry_price": "1.0841",
+                                "exit_price": "1.0853", "status": "closed", "profit_loss": str(pnl),
+                                "executed_at": (datetime.now(UTC) - timedelta(seconds=rng.randint(1, 3600)))
+                                .isoformat().replace("+00:00", "Z")}
+                        body = json.dumps({"event_type": "trade.executed", "data": data}).encode()
+                        kind, payload, extra = "webhook", body, {"X-ML-Signature": sign(SECRET, body),
+                                                                 "content-type": "application/json"}
+                        effect = pnl
+                    else:
+                        amount = Decimal(rng.randint(1, 2000)) / 100
+                        operation = "deposits" if roll < 0.85 else "withdrawals"
+                        kind = f"/api/v1/accounts/{account_id}/{operation}"
+                        payload = {"amount": str(amount), "reference": f"r-{n}-{i}"}
+                        extra = {**operator, "Idempotency-Key": uuid.uuid4().hex}
+                        effect = amount if operation == "deposits" else -amount
+                    base = rng.choice(urls)
+                    if kind == "webhook":
+                        answer = http.post(base + "/api/v1/webhooks/ml-engine", content=payload, headers=extra)
+                    else:
+                        answer = http.post(base + kind, json=payload, headers=extra)
+                    with lock:
+                        statuses[answer.status_code] += 1
+                        if answer.status_code in (200, 201) and effect:
+                            target = kind.split("/")[4] if kind != "webhook" else account_id
+                            expected[target] += effect
+                            if kind != "webhook":
+                                capital[target] += effect
+                    if answer.status_code in (200, 201):
+                        sent.append((kind, payload, extra))
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        started = time.perf_counter()
+        with ThreadPoolExecutor(SENDERS) as pool:
+            list(pool.map(sender, range(SENDERS)))
+        elapsed_s = time.perf_counter() - started
+        done.set()
+        watcher.join()
+        assert set(statuses) <= {200, 201}, dict(statuses)  # no 5xx, and no overdraft with these amounts
+
+        def outbox_drained() -> bool:
+            with direct.connect() as c:
+                return c.execute(sa.text("SELECT count(*) FROM outbox_event WHERE status <> 'delivered'")
+                                 ).scalar_one() == 0
+        wait_for(outbox_drained, 120, "the outbox to drain through the pooler")
+        finance = {"Authorization": f"Bearer {create_key(direct, 'finance', 'pooler')}"}
+        state = sim.state()["accounts"]
+        for account_id in account_ids:
+            balance = httpx.get(f"{random.choice(urls)}/api/v1/accounts/{account_id}/balance", headers=finance,
+                                timeout=10).json()["balance"]
+            assert Decimal(balance) == expected[account_id], account_id
+            assert Decimal(str(state[account_id]["capital"])) == capital[account_id], account_id
+
+        # A run taken by two processes' engines at once, through the pooler: one does the work, one skips. With a
+        # session lock, the second could land on the server connection that holds it and take it again.
+        pooled = [create_engine(pooled_url, pool_size=2, transaction_pooling=True) for _ in range(2)]
+        try:
+            for _ in range(3):
+                run_key = f"pooler-{uuid.uuid4().hex[:8]}"
+                worked = Counter[str]()
+
+                def work(run: runs.Run, worked: Counter[str] = worked) -> tuple[str, dict[str, int]]:
+                    worked[run.run_key] += 1
+                    time.sleep(1.0)
+                    return "done", {"worked": 1}
+
+                with ThreadPoolExecutor(2) as pool:
+                    outcomes = list(pool.map(lambda e, key=run_key: runs.execute(
+                        e, job="reconcile", run_key=key, period=key, trigger="cli", work=work), pooled))
+                assert worked[run_key] == 1, outcomes
+                assert sorted(str(o.skipped) for o in outcomes) == ["None", "running"], outcomes
+        finally:
+            for engine in pooled:
+                engine.dispose()
+
+        verified = subprocess.run([str(BIN / "invledger"), "verify"], env=env, capture_output=True, text=True,
+                                  timeout=300)
+        assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr[-3000:]
+        acknowledged = statuses[200] + statuses[201]
+        report_figures(tmp_path, "pgbouncer: transaction pooling", {
+            "serve": 2, "workers": 2 if vhost else "in-process, one per serve", "broker": "rabbitmq" if vhost
+            else "in-process", "requests": sum(statuses.values()), "acknowledged": acknowledged, "lost": 0,
+            "doubled": 0, "server_errors": 0, "requests_per_s": round(sum(statuses.values()) / elapsed_s),
+            "server_connections_max": max(server_connections), "server_pool_size": SERVER_POOL_SIZE})
+        assert max(server_connections) <= SERVER_POOL_SIZE  # the watcher counts as postgres, not the application
+    finally:
+        for _, process in processes:
+            process.terminate()
+        for _, process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        sim.stop()
+        direct.dispose()
+        bouncer.stop()
+        cluster.stop()
+        if vhost:
+            subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)

@@ -40,9 +40,9 @@ import sqlalchemy as sa
 from api.auth import create_key
 from integration import runs
 from integration.signature import sign
-from integration.simulator import Simulator
 from ledger.db import create_engine
 from service import database
+from simulator import Simulator
 from tests.processes import free_port
 from tests.reliability.conftest import report_figures
 from tests.replication import Cluster, PgBouncer

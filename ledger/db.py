@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -23,6 +24,43 @@ RETRY_BACKOFF_BASE_MS = 2
 RETRY_BACKOFF_CAP_MS = 200
 # serialization_failure, deadlock_detected, lock_not_available
 TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+
+
+class CommitNotReplicated(Exception):
+    """A COMMIT whose wait for the synchronous standby was cancelled (`pg_cancel_backend`, or the standby list
+    emptied; the statement timeout does not cover that wait): PostgreSQL keeps it on the primary and reports success
+    with only a warning. It is not on a
+    second disk, so it is not acknowledged: the caller answers 503, and the client's resend with the same key finds
+    it (a replay, never a second booking)."""
+
+
+_SYNC_WAIT_CANCELLED = "canceling wait for synchronous replication"
+
+
+def _refuse_unreplicated_commits(engine: sa.Engine) -> None:
+    """Turn PostgreSQL's warning about a cancelled synchronous-replication wait into an error after the commit."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _watch_notices(dbapi_connection, _record) -> None:  # noqa: ANN001 — psycopg's connection
+        owner = weakref.ref(dbapi_connection)  # no cycle: the connection holds its handlers
+
+        def notice(diagnostic) -> None:  # noqa: ANN001
+            if (diagnostic.message_primary or "").startswith(_SYNC_WAIT_CANCELLED) and (c := owner()) is not None:
+                c.info_invledger_unreplicated = True
+        dbapi_connection.add_notice_handler(notice)
+
+    commit = engine.dialect.do_commit
+
+    def do_commit(connection) -> None:  # noqa: ANN001 — the pool's proxy of psycopg's connection
+        raw = getattr(connection, "dbapi_connection", connection)  # where the notice handler writes
+        raw.info_invledger_unreplicated = False
+        commit(connection)
+        if raw.info_invledger_unreplicated:
+            raw.info_invledger_unreplicated = False
+            log.warning("a commit is on the primary only: its wait for the synchronous standby was cancelled")
+            raise CommitNotReplicated("the commit was not confirmed by the synchronous standby")
+
+    engine.dialect.do_commit = do_commit  # type: ignore[method-assign]
 
 
 def create_engine(url: str, *, pool_size: int = 10, statement_timeout_ms: int = 30_000,
@@ -60,6 +98,7 @@ def create_engine(url: str, *, pool_size: int = 10, statement_timeout_ms: int = 
             # execute would begin again, recursively).
             with connection.connection.dbapi_connection.cursor() as cursor:
                 cursor.execute(set_local)
+    _refuse_unreplicated_commits(engine)
     return engine
 
 
@@ -73,8 +112,9 @@ def is_transient(error: BaseException) -> bool:
 
 
 def is_unavailable(error: BaseException) -> bool:
-    """The database cannot be reached (down, restarting, pool exhausted): the caller should say 503."""
-    if isinstance(error, sa.exc.TimeoutError):
+    """The database cannot be reached (down, restarting, pool exhausted, no synchronous standby confirmed the
+    commit): the caller should say 503."""
+    if isinstance(error, sa.exc.TimeoutError | CommitNotReplicated):
         return True
     if isinstance(error, OperationalError) and sqlstate(error) not in TRANSIENT_SQLSTATES:
         return True

@@ -298,3 +298,87 @@ def test_asynchronous_failover_loses_what_the_standby_had_not_received(tmp_path:
     assert figures["doubled"] == 0
     # The window: with the standby a second behind, what the primary acknowledged in that second is gone.
     assert figures["lost_in_stalled_rounds"] > 0, figures
+
+
+
+def test_a_commit_no_standby_confirmed_is_answered_503_and_found_on_resend(tmp_path: Path) -> None:
+    """No standby: the primary's commits wait for one, for as long as it takes (the statement timeout does not apply
+    to that wait; the waiting transaction stays invisible and keeps its locks). If someone cancels the wait
+    (`pg_cancel_backend`, as an operator or a failover tool may), PostgreSQL keeps the transaction on the primary
+    alone and reports success with a warning. The service must not call that acknowledged: it answers 503
+    (ledger.db.CommitNotReplicated), and the resend with the same key finds the entry — booked once."""
+    cluster = Cluster(tmp_path / "cluster", synchronous=True)
+    owner_url = cluster.url("postgres", driver=True)
+    database.migrate(owner_url, app_role=database.APP_ROLE, create_role=True)
+    engine = create_engine(owner_url, pool_size=2)
+    ledger = Ledger(engine)
+    account_id = f"nr-{uuid.uuid4().hex[:6]}"
+    ledger.open_account(AccountSpec(account_id=account_id, product_id="p", agent_type="swing", currency="USD",
+                                    fee_rate=Decimal("0.2"), initial_capital=Money.from_decimal("1000.00", "USD")))
+    operator_key = create_key(engine, "operator", "unreplicated")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "ALERT_WEBHOOK_URL", "DATABASE_URL")}
+    env.update(DATABASE_URL=cluster.url(database.APP_ROLE), MIGRATION_DATABASE_URL=cluster.url("postgres"),
+               ML_ENGINE_URL="http://127.0.0.1:9/api/v1", ML_ENGINE_WEBHOOK_SECRET=SECRET, LOG_LEVEL="WARNING",
+               LEDGER_DATA_DIR=str(tmp_path / "data"), LEDGER_HOST="127.0.0.1", LEDGER_PORT=str(port))
+    log = (tmp_path / "serve.log").open("ab")
+    server = subprocess.Popen([str(BIN / "invledger"), "serve"], env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    rng = random.Random(3)
+    waiting = ("SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep' AND usename = :u "
+               "AND application_name = 'invledger-serve'")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                if httpx.get(url + "/api/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert cluster.standby is not None
+        cluster.standby.stop()
+        requests = [make_request(rng, [account_id], operator_key) for _ in range(8)]
+        with httpx.Client(base_url=url, timeout=CLIENT_TIMEOUT_S) as client:
+            for request in requests:
+                sender = threading.Thread(target=send, args=(client, request))
+                sender.start()
+                probe = sa.create_engine(cluster.primary.url(), poolclass=sa.pool.NullPool)
+                try:
+                    # Every wait of the request is cancelled as it comes (an API key's last use is a commit too).
+                    with probe.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+                        deadline = time.monotonic() + 20
+                        while sender.is_alive():
+                            assert time.monotonic() < deadline, "the request did not end"
+                            for pid in c.execute(sa.text(waiting), {"u": database.APP_ROLE}).scalars().all():
+                                c.execute(sa.text("SELECT pg_cancel_backend(:p)"), {"p": pid})
+                            time.sleep(0.05)
+                finally:
+                    probe.dispose()
+                sender.join(timeout=CLIENT_TIMEOUT_S + 5)
+                assert request.answers == [503], (request.kind, request.answers)
+            kept = booked(engine, [r.key for r in requests])
+            # Kept on the primary alone (or, if a commit before it was the one refused, never made): not acknowledged.
+            assert all(n <= 1 for n in kept.values()), kept
+            cluster.standby.start()
+            cluster.wait_streaming()
+            for request in requests:
+                assert send(client, request) in (200, 201), request.answers
+        after = booked(engine, [r.key for r in requests])
+        assert after == Counter({r.key: 1 for r in requests})  # each booked once: found, or made, never twice
+        want = Decimal("1000.00") + sum((r.effect for r in requests), Decimal(0))
+        assert ledger.account(account_id).balance.to_decimal() == want
+        report_figures(tmp_path, "failover: a commit no standby confirmed", {
+            "requests": len(requests), "answered_503": len(requests), "kept_on_the_primary_alone": sum(kept.values()),
+            "booked_once_after_resend": len(after)})
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+        engine.dispose()
+        cluster.stop()

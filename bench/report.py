@@ -108,7 +108,7 @@ def write(doc: bytes) -> None:
 TABLE_PREFIXES = ("pgbench.journal_tps", "pgbench.single_insert", "pgbench.copy", "post.threads.", "post.group.",
                   "post.queue.", "post.processes.", "post.w", "post.deadlocks", "post.exceptions", "asof.balance.",
                   "asof.sql.n", "asof.sql.growth", "statement.page.", "report.", "webhook.", "backfill.", "reconcil",
-                  "verify.")
+                  "verify.", "statements.")
 TABLE_SKIPPED_SUFFIXES = (".p95", ".oldest.p50")
 
 

@@ -10,6 +10,7 @@ the reportlab wheel and embedded in the PDF: nothing is looked up on the machine
 from __future__ import annotations
 
 import io
+import threading
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from reportlab.platypus import KeepTogether, Paragraph, SimpleDocTemplate, Space
 from reportlab.platypus.flowables import Flowable
 
 FONT, BOLD = "InvledgerVera", "InvledgerVera-Bold"
-MEMO_CHARS_MAX = 60  # a line's memo is cut to this on paper (the JSON has it whole)
+_RENDERING = threading.Lock()
+MEMO_CHARS_MAX = 44  # a line's memo is cut to this on paper, to fit its column (the JSON has it whole)
 _INK, _MUTED, _RULE, _BAND = colors.HexColor("#1b2a3a"), colors.HexColor("#5b6b7b"), colors.HexColor("#c9d3dd"), \
     colors.HexColor("#eef3f7")
 
@@ -91,7 +93,14 @@ class _Chart(Flowable):
 
 
 def render(body: dict[str, Any], *, platform: str = "invledger") -> bytes:
-    """The statement `body` (ledger.statements.document: issue and figures) as PDF bytes; deterministic."""
+    """The statement `body` (ledger.statements.document: issue and figures) as PDF bytes; deterministic.
+    One render at a time per process: ReportLab keeps per-font state (the embedded subsets) that threads would share;
+    rendering is Python under the GIL anyway, so the lock costs no parallelism."""
+    with _RENDERING:
+        return _render(body, platform)
+
+
+def _render(body: dict[str, Any], platform: str) -> bytes:
     _fonts()
     issue, f = body["statement"], body["figures"]
     out = io.BytesIO()
@@ -142,20 +151,19 @@ def render(body: dict[str, Any], *, platform: str = "invledger") -> bytes:
     story += [Spacer(1, 8), Paragraph("Balance at each day's end", _style(10, bold=True)), Spacer(1, 2),
               _Chart(f["daily_balances"], width, 46 * mm), Spacer(1, 8)]
 
-    header = [Paragraph(h, _style(8, bold=True, color=_MUTED, align=TA_RIGHT if i >= 4 else 0))
-              for i, h in enumerate(["Effective (UTC)", "Entry", "Kind", "Memo", "Amount", "Balance"])]
-    lines = [[Paragraph(_escape(line["effective_at"][:19].replace("T", " ")), _style(7.5)),
-              Paragraph(str(line["entry_id"]), _style(7.5)), Paragraph(_escape(line["kind"]), _style(7.5)),
-              Paragraph(_escape(_cut(line["memo"])), _style(7.5)),
-              Paragraph(line["amount"], _style(7.5, align=TA_RIGHT)),
-              Paragraph(line["balance"], _style(7.5, align=TA_RIGHT))] for line in f["lines"]]
-    opening = [Paragraph(f"{f['period_start']} 00:00:00", _style(7.5)), "", Paragraph("opening", _style(7.5)), "",
-               "", Paragraph(f["opening_balance"], _style(7.5, bold=True, align=TA_RIGHT))]
-    closing = [Paragraph(f"{f['period_end']} 23:59:59", _style(7.5)), "", Paragraph("closing", _style(7.5)), "",
-               "", Paragraph(f["closing_balance"], _style(7.5, bold=True, align=TA_RIGHT))]
+    # The lines are plain strings in table cells (a Paragraph per cell cost ten times the render time).
+    header = ["Effective (UTC)", "Entry", "Kind", "Memo", "Amount", "Balance"]
+    lines = [[line["effective_at"][:19].replace("T", " "), str(line["entry_id"]), line["kind"], _cut(line["memo"]),
+              line["amount"], line["balance"]] for line in f["lines"]]
+    opening = [f"{f['period_start']} 00:00:00", "", "opening", "", "", f["opening_balance"]]
+    closing = [f"{f['period_end']} 23:59:59", "", "closing", "", "", f["closing_balance"]]
     table = Table([header, opening, *lines, closing], repeatRows=1,
                   colWidths=[width * w for w in (0.19, 0.08, 0.12, 0.35, 0.13, 0.13)],
-                  style=TableStyle([("LINEBELOW", (0, 0), (-1, 0), 0.6, _INK),
+                  style=TableStyle([("FONT", (0, 0), (-1, -1), FONT, 7.5), ("FONT", (0, 0), (-1, 0), BOLD, 8),
+                                    ("TEXTCOLOR", (0, 0), (-1, 0), _MUTED), ("TEXTCOLOR", (0, 1), (-1, -1), _INK),
+                                    ("ALIGN", (4, 0), (5, -1), "RIGHT"), ("FONT", (5, 1), (5, 1), BOLD, 7.5),
+                                    ("FONT", (5, -1), (5, -1), BOLD, 7.5),
+                                    ("LINEBELOW", (0, 0), (-1, 0), 0.6, _INK),
                                     ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, _BAND]),
                                     ("TOPPADDING", (0, 0), (-1, -1), 1.5), ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5)]))
     story += [KeepTogether([Paragraph(f"The month's lines ({len(lines)})", _style(10, bold=True)), Spacer(1, 3)]),

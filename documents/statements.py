@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -27,7 +28,7 @@ from documents import pdf
 from ledger import Ledger
 from ledger.chart import investors_sql
 from ledger.errors import InvalidEntry, UnknownAccount
-from ledger.principal import PRINCIPAL
+from ledger.principal import PRINCIPAL, as_caller
 from ledger.statements import (
     CHAIN_START,
     compute,
@@ -40,6 +41,7 @@ from ledger.statements import (
 )
 
 log = logging.getLogger("documents.statements")
+CONCURRENCY_MAX = 3  # issuing threads: measured in bench/statements.py
 Progress = Callable[[int, int], None]
 
 
@@ -128,7 +130,7 @@ def issue(ledger: Ledger, account_id: str, month: date, *,
 
 
 def issue_month(ledger: Ledger, month: date, *, progress: Progress | None = None,
-                account_ids: list[str] | None = None) -> IssueCounts:
+                account_ids: list[str] | None = None, concurrency: int = CONCURRENCY_MAX) -> IssueCounts:
     """Issue (or correct) the statements of `month` for every account distributed in it (or those given)."""
     month = month.replace(day=1)
     if account_ids is None:
@@ -136,20 +138,26 @@ def issue_month(ledger: Ledger, month: date, *, progress: Progress | None = None
             account_ids = list(c.execute(sa.text(
                 "SELECT account_id FROM distribution WHERE month = :m ORDER BY account_id"), {"m": month}).scalars())
     counts = IssueCounts()
-    for done, account_id in enumerate(account_ids, 1):
-        counts.accounts += 1
+
+    def one(account_id: str) -> tuple[Stored, str] | NotIssued | Exception:
         try:
-            outcome = issue(ledger, account_id, month)
-        except Exception:  # noqa: BLE001 — one account's failure must not stop the others
+            return issue(ledger, account_id, month)
+        except Exception as error:  # noqa: BLE001 — one account's failure must not stop the others
             log.exception("statement failed", extra={"account_id": account_id, "month": month_key(month)})
-            counts.failed += 1
-        else:
-            if isinstance(outcome, NotIssued):
+            return error
+
+    # A few threads: while one renders a PDF (Python, the GIL), the others wait on the database (locks, commit).
+    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="statements") as pool:
+        for done, outcome in enumerate(pool.map(as_caller(one), account_ids), 1):
+            counts.accounts += 1
+            if isinstance(outcome, Exception):
+                counts.failed += 1
+            elif isinstance(outcome, NotIssued):
                 counts.not_issued += 1
             else:
                 setattr(counts, outcome[1], getattr(counts, outcome[1]) + 1)
-        if progress is not None:
-            progress(done, len(account_ids))
+            if progress is not None:
+                progress(done, len(account_ids))
     return counts
 
 

@@ -8,7 +8,7 @@ RUN_STAMP := $(VENV)/.installed-run
 # make command line (make run LEDGER_PORT=9000): make passes both to the recipe as they are.
 PYTEST_ARGS ?=
 
-.PHONY: help install browser pdftools docs-images pgbouncer run soak test test-slow test-all test-cluster bench lint fmt migrate verify clean
+.PHONY: help install browser pdftools docs-images pgbouncer run soak test test-slow test-all test-cluster test-restore bench lint fmt migrate verify clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -59,13 +59,16 @@ test: $(STAMP) browser pdftools  ## the suite without the slow suites, on a real
 	$(BIN)/python -m pytest -m 'not slow' --durations=15 $(PYTEST_ARGS)
 
 test-slow: $(STAMP) browser pdftools  ## the slow suites alone: kill -9, database and engine faults, several instances, CLI finance questions, a 5-minute soak
-	SOAK_SECONDS=$${SOAK_SECONDS:-300} $(BIN)/python -m pytest -m 'slow and not cluster' --durations=15 $(PYTEST_ARGS)
+	SOAK_SECONDS=$${SOAK_SECONDS:-300} $(BIN)/python -m pytest -m 'slow and not cluster and not restore' --durations=15 $(PYTEST_ARGS)
 
 test-all: $(STAMP) browser pdftools  ## test and test-slow in one run (what .ci/run proves; the cluster tests are test-cluster's)
 	SOAK_SECONDS=$${SOAK_SECONDS:-300} $(BIN)/python -m pytest -m 'not cluster' --durations=15 $(PYTEST_ARGS)
 
 test-cluster: $(STAMP) pgbouncer  ## primary + standby: failover under load (sync and async), reports from a replica, PgBouncer; about 5 min
 	$(BIN)/python -m pytest -m cluster -s --durations=15 $(PYTEST_ARGS)
+
+test-restore: $(STAMP)  ## backup, then point-in-time restore into a new directory: verify clean, the books exactly as at T
+	$(BIN)/python -m pytest -m restore -s --durations=15 $(PYTEST_ARGS)
 
 soak: $(STAMP)  ## the 10-minute soak alone (SOAK_SECONDS to change it); prints its figures as JSON
 	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(BIN)/python -m pytest -s -m soak tests/reliability/test_soak.py

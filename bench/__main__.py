@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from bench import backfill, books, chain, cpu, flood, history, latency, reference, report, throughput, webhooks
+from bench import backfill, books, chain, cpu, flood, history, latency, reference, report, restore, throughput, webhooks
 from bench import reconcile as reconciliation
 from bench import statements as statements_bench
 from bench.report import Result, progress
@@ -20,7 +20,7 @@ from bench.server import bench_database, server_facts
 from ledger import Ledger
 from ledger.db import create_engine
 
-GROUPS = ("pgbench", "post", "chain", "flood", "asof", "books", "webhooks", "backfill", "reconcile", "statements")
+GROUPS = ("pgbench", "post", "chain", "flood", "asof", "books", "webhooks", "backfill", "reconcile", "statements", "restore")
 ENGINE_POOL_SIZE = 40
 STATEMENT_TIMEOUT_MS = 600_000  # VACUUM of a few million postings must not be cut short
 
@@ -44,12 +44,13 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     settle_budget_s: float  # waiting for a neighbour's load to pass, all runs together
     reconcile_accounts: tuple[int, ...] = (1_000, 10_000)  # one reconciliation run of each size, 20 ms latency
     statements_accounts: tuple[int, ...] = (10_000,)  # a month's investor statements for this many accounts
+    restore_postings: int = 1_000_000  # backup and point-in-time restore of a book this size (half replayed)
 
 
 QUICK = Plan(reference_s=4, post_s=4, processes=False, copy_rows=300_000, history_sizes=(1_000, 100_000),
              as_of_calls=300, statement_calls=100, book_accounts=10_000, book_entries_per_account=50,
              small_book_accounts=1_000, webhook_s=5, memory_s=15, settle_budget_s=15, reconcile_accounts=(1_000,),
-             statements_accounts=(1_000,))
+             statements_accounts=(1_000,), restore_postings=100_000)
 FULL = Plan(reference_s=10, post_s=10, processes=False, copy_rows=1_000_000, history_sizes=(1_000, 100_000, 1_000_000),
             as_of_calls=500, statement_calls=300, book_accounts=100_000, book_entries_per_account=50,
             small_book_accounts=10_000, webhook_s=10, memory_s=300, settle_budget_s=60)
@@ -149,6 +150,9 @@ def _run(plan: Plan, groups: tuple[str, ...], results: list[Result], facts: dict
         progress("monthly investor statements: issue time and peak RSS")
         for accounts in plan.statements_accounts:
             results.extend(statements_bench.measure(accounts))
+    if "restore" in groups:  # on a server of its own: it archives its WAL
+        progress(f"backup and point-in-time restore of {plan.restore_postings} postings")
+        results.extend(restore.measure(plan.restore_postings))
 
 
 def _small_book(plan: Plan) -> tuple[history.Book, list[Result]]:

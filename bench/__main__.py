@@ -20,7 +20,8 @@ from bench.server import bench_database, server_facts
 from ledger import Ledger
 from ledger.db import create_engine
 
-GROUPS = ("pgbench", "post", "chain", "flood", "asof", "books", "webhooks", "backfill", "reconcile", "statements", "restore")
+GROUPS = ("pgbench", "post", "chain", "flood", "asof", "books", "webhooks", "backfill", "reconcile", "statements",
+          "restore")
 ENGINE_POOL_SIZE = 40
 STATEMENT_TIMEOUT_MS = 600_000  # VACUUM of a few million postings must not be cut short
 

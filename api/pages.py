@@ -146,6 +146,7 @@ def _page(request: Request, name: str, status_code: int = 200, **context: Any) -
     return Template(template_name=name, status_code=status_code, headers=SECURITY_HEADERS, context={
         "role": state.get("role"), "principal": state.get("principal"), "csrf_token": state.get("csrf_token"),
         "can_write": RANK.get(state.get("role") or "", 0) >= RANK["operator"], "path": request.url.path,
+        "replica_lag_ms": state.get("replica_lag_ms"),  # read on a replica (REPORTS_DATABASE_URL): how far behind
         **context})
 
 

@@ -64,7 +64,8 @@ def test_reports_read_on_the_replica_say_its_lag_and_match_the_primary_before_it
     account_id = f"rep-{uuid.uuid4().hex[:8]}"
     ledger.open_account(AccountSpec(account_id=account_id, product_id="p", agent_type="swing", currency="USD",
                                     fee_rate=Decimal("0.2"), initial_capital=Money.from_decimal("1000.00", "USD")))
-    finance = {"Authorization": f"Bearer {create_key(primary, 'finance', 'replica')}"}
+    finance_key = create_key(primary, "finance", "replica")
+    finance = {"Authorization": f"Bearer {finance_key}"}
     operator = {"Authorization": f"Bearer {create_key(primary, 'operator', 'replica')}"}
     env = {k: v for k, v in os.environ.items() if k not in ("BROKER_URL", "ALERT_WEBHOOK_URL", "DATABASE_URL")}
     env.update(DATABASE_URL=f"postgresql://{database.APP_ROLE}@127.0.0.1:{cluster.primary.port}/postgres",
@@ -128,6 +129,14 @@ def test_reports_read_on_the_replica_say_its_lag_and_match_the_primary_before_it
         # … and now differs (the primary has five more deposits) until the replica catches up.
         now_path = f"/api/v1/accounts/{account_id}/statement"
         assert len(get(on_replica, now_path).json()["lines"]) < len(get(on_primary, now_path).json()["lines"])
+
+        # The pages say it too.
+        for base, shown in ((on_replica, True), (on_primary, False)):
+            with httpx.Client(base_url=base, timeout=30, follow_redirects=True) as browser:
+                signed_in = browser.post("/login", data={"api_key": finance_key, "next": "/trial-balance"})
+                assert signed_in.status_code == 200, signed_in.text[:500]
+                assert ('data-testid="replica-lag"' in signed_in.text) is shown
+                assert ("Read on a replica" in browser.get(f"/accounts/{account_id}").text) is shown
 
         # Reads there, writes never: the report engine's sessions are on the standby, the application's on the
         # primary (and a standby refuses any write, so a misrouted one would have been a 500 above).

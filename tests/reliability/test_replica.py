@@ -72,8 +72,8 @@ def test_reports_read_on_the_replica_say_its_lag_and_match_the_primary_before_it
                MIGRATION_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{cluster.primary.port}/postgres",
                ML_ENGINE_URL="http://127.0.0.1:9/api/v1", LOG_LEVEL="WARNING", LEDGER_HOST="127.0.0.1",
                LEDGER_DATA_DIR=str(tmp_path / "data"))
-    on_replica, replica_serve = start_serve(tmp_path, "serve-replica", {
-        **env, "REPORTS_DATABASE_URL": f"postgresql://{database.APP_ROLE}@127.0.0.1:{cluster.standby.port}/postgres"})
+    replica_url = f"postgresql://{database.APP_ROLE}@127.0.0.1:{cluster.standby.port}/postgres"
+    on_replica, replica_serve = start_serve(tmp_path, "serve-replica", {**env, "REPORTS_DATABASE_URL": replica_url})
     on_primary, primary_serve = start_serve(tmp_path, "serve-primary", env)
     paused = False
     try:
@@ -129,6 +129,16 @@ def test_reports_read_on_the_replica_say_its_lag_and_match_the_primary_before_it
         # … and now differs (the primary has five more deposits) until the replica catches up.
         now_path = f"/api/v1/accounts/{account_id}/statement"
         assert len(get(on_replica, now_path).json()["lines"]) < len(get(on_primary, now_path).json()["lines"])
+
+        # The CLI's reports read there too (REPORTS_DATABASE_URL, as `serve` does).
+        def cli_balance(extra: dict[str, str]) -> str:
+            done = subprocess.run([str(BIN / "invledger"), "report", "statement", account_id, "--format", "json"],
+                                  env={**env, **extra}, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr[-2000:]
+            return done.stdout
+        assert '"1050.00"' in cli_balance({"REPORTS_DATABASE_URL": replica_url})
+        assert '"1100.00"' not in cli_balance({"REPORTS_DATABASE_URL": replica_url})
+        assert '"1100.00"' in cli_balance({})
 
         # The pages say it too.
         for base, shown in ((on_replica, True), (on_primary, False)):

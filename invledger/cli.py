@@ -495,6 +495,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise CliError(str(error)) from None
     result: dict[str, object] = {"restored": restored}
     ok = True
+    if args.verify and restored.server_version // 10000 != database.embedded_major():
+        raise CliError(f"restored into {restored.into}/pg, a PostgreSQL {restored.server_version // 10000} data "
+                       f"directory: start it with that version's server and run `invledger verify` with DATABASE_URL "
+                       f"pointing at it (the embedded server is PostgreSQL {database.embedded_major()})")
     if args.verify:
         began = time.perf_counter()
         # The restored books as invledger would run them: their own embedded server and, from now on, their own

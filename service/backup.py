@@ -65,6 +65,7 @@ class Restored(msgspec.Struct, frozen=True, kw_only=True):
     last_replayed_commit_at: datetime | None
     timeline: int
     wal_files_restored: int
+    server_version: int  # of the backup: the binaries that can run the restored books
     check_s: float  # pg_verifybackup of the stored backup
     copy_s: float
     replay_s: float
@@ -349,8 +350,8 @@ def restore(backup_dir: Path, target: datetime, into: Path, *, progress: Callabl
     replay_s = time.perf_counter() - began
     return Restored(backup=chosen.label, target=target, into=str(into.resolve()),
                     last_replayed_commit_at=replayed["last_commit"], timeline=replayed["timeline"],
-                    wal_files_restored=replayed["restored"], check_s=round(check_s, 3), copy_s=round(copy_s, 3),
-                    replay_s=round(replay_s, 3))
+                    wal_files_restored=replayed["restored"], server_version=chosen.server_version,
+                    check_s=round(check_s, 3), copy_s=round(copy_s, 3), replay_s=round(replay_s, 3))
 
 
 def _left_behind(names: list[str]) -> set[str]:

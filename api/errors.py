@@ -14,6 +14,7 @@ from sqlalchemy.exc import DataError
 from integration.webhooks import Outcome
 from ledger import errors as ledger_errors
 from ledger.db import is_transient, is_unavailable
+from readside import errors as read_errors
 
 log = logging.getLogger("api.errors")
 
@@ -28,6 +29,8 @@ STATUS_OF: dict[type[ledger_errors.LedgerError], int] = {
     ledger_errors.AccountStateConflict: 409,
     ledger_errors.AlreadyReversed: 409,
     ledger_errors.IntegrityViolation: 500,
+    read_errors.NotFound: 404,
+    read_errors.InvalidQuery: 422,
 }
 
 

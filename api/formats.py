@@ -7,7 +7,7 @@ from typing import Any
 
 from litestar import Request, Response
 
-from api import tabular
+from readside import tabular
 
 CSV = "text/csv"
 JSON = "application/json"

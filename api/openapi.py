@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from api import views
 from api.controllers.statements import MONTH_PATTERN
 from api.idempotency import KEY_LENGTH_MAX
 from api.params import BIGINT_MAX
@@ -24,6 +23,7 @@ from integration.reconcile import RESULTS
 from ledger.chart import LEDGER_ACCOUNT_PATTERN
 from ledger.model import ACCOUNT_ID_PATTERN, ACCOUNT_STATUSES
 from ledger.money import AMOUNT_MINOR_MAX, currencies
+from readside import views
 
 # A decimal number as JSON text or a string: digits, an optional fraction (the currency's scale decides how many
 # places are accepted), never an exponent in a string.

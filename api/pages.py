@@ -8,7 +8,7 @@ Every POST (acknowledge, sign out, sign in) is refused unless it comes from our 
 (`Sec-Fetch-Site` / `Origin`), and the signed-in ones must also carry a CSRF token: an HMAC of the
 session key, so it is bound to the session, needs no server-side state, and cannot be computed without
 the HttpOnly cookie. Responses carry a strict Content-Security-Policy (no scripts at all), no framing
-and no caching. Pages show exactly the strings the API returns (`api.tabular`), so the figures agree.
+and no caching. Pages show the bodies the API returns (`readside.views`), so the figures agree.
 """
 
 from __future__ import annotations
@@ -32,17 +32,17 @@ from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from api import tabular, views
 from api.auth import RANK, KeyStore, principal_of
 from api.controllers.alerts import acknowledge
 from api.errors import STATUS_OF, ApiError
 from api.params import LedgerDep, QueryInt, QueryText, ReportsLedgerDep, SettingsDep
-from api.schemas import PeriodStart, parse_time, statement_out
+from api.schemas import PeriodStart, parse_time
 from integration import reconcile
-from ledger import chart, reports, times
+from ledger import times
 from ledger.errors import LedgerError
 from ledger.principal import PRINCIPAL
 from ledger.times import rfc3339
+from readside import views
 
 HERE = Path(__file__).parent
 COOKIE = "invledger_session"  # a server-side session's random id (api.auth.KeyStore.open_session), never the key
@@ -243,65 +243,53 @@ class PagesController(Controller):
     @get("/", sync_to_thread=True)
     def accounts(self, request: Request, ledger: LedgerDep, reports_ledger: ReportsLedgerDep,
                  cursor: QueryText = None) -> Template:
-        items = reports_ledger.accounts(after=cursor, limit=ACCOUNTS_PAGE_SIZE)
-        totals = reports.trial_balance(reports_ledger, limit=1)
-        open_alerts = views.alerts(ledger.engine, status="open", limit=ALERTS_PAGE_SIZE)
-        runs = views.reconciliation_runs(ledger.engine, limit=1)
-        return _page(request, "accounts.html", title="Accounts",
-                     accounts=[{"account_id": a.account_id, "status": a.status, "currency": a.currency,
-                                "balance": str(a.balance), "product_id": a.product_id, "agent_type": a.agent_type}
-                               for a in items],
-                     next_cursor=items[-1].account_id if len(items) == ACCOUNTS_PAGE_SIZE else None,
-                     books=tabular.trial_balance_out(totals), open_alerts=len(open_alerts),
-                     open_alerts_more=len(open_alerts) == ALERTS_PAGE_SIZE, latest_run=(runs or [None])[0],
-                     runs_available=runs is not None)
+        listed = views.accounts(reports_ledger, cursor=cursor, limit=ACCOUNTS_PAGE_SIZE)
+        open_alerts = views.alerts(ledger.engine, status="open", limit=ALERTS_PAGE_SIZE)["items"]
+        runs = views.reconciliation_overview(ledger.engine, limit=1)
+        return _page(request, "accounts.html", title="Accounts", accounts=listed["items"],
+                     next_cursor=listed["next_cursor"], books=views.trial_balance(reports_ledger.engine, limit=1),
+                     open_alerts=len(open_alerts), open_alerts_more=len(open_alerts) == ALERTS_PAGE_SIZE,
+                     latest_run=(runs or [None])[0])
 
     @get("/accounts/{account_id:str}", sync_to_thread=True)
     def account(self, request: Request, reports_ledger: ReportsLedgerDep, account_id: FromPath[str],
                 from_: PeriodStart = None, to: QueryText = None,
                 as_of: QueryText = None, cursor: QueryText = None) -> Template:
-        account = reports_ledger.account(account_id)
+        account = views.account(reports_ledger, account_id)
         at = parse_time(as_of, "as_of", end_of_day=True)
-        balance_as_of = (tabular.balance_out(account_id, reports_ledger.balance(account_id, as_of=at), at)
-                         if at else None)
-        perf = tabular.performance_out(reports.performance(reports_ledger, account_id, _day(from_, "from"),
-                                                           _day(to, "to", end=True)))
-        statement = statement_out(reports_ledger.statement(
-            chart.investors(account_id), start=times.start_of_day(date.fromisoformat(perf["from"])),
-            end=times.end_of_day(date.fromisoformat(perf["to"])), cursor=cursor, limit=STATEMENT_PAGE_SIZE))
-        return _page(request, "account.html", title=f"Account {account_id}",
-                     account={"account_id": account.account_id, "status": account.status, "currency": account.currency,
-                              "balance": str(account.balance), "fee_rate": str(account.fee_rate),
-                              "product_id": account.product_id, "agent_type": account.agent_type},
+        balance_as_of = views.balance(reports_ledger, account_id, at) if at else None
+        perf = views.performance(reports_ledger.engine, account_id, _day(from_, "from"), _day(to, "to", end=True))
+        statement = views.statement(
+            reports_ledger, account_id, start=times.start_of_day(date.fromisoformat(perf["from"])),
+            end=times.end_of_day(date.fromisoformat(perf["to"])), cursor=cursor, limit=STATEMENT_PAGE_SIZE)
+        return _page(request, "account.html", title=f"Account {account_id}", account=account,
                      balance_as_of=balance_as_of, as_of=as_of or "", performance=perf, statement=statement,
-                     chart=balance_chart(perf["days"], account.currency))
+                     chart=balance_chart(perf["days"], account["currency"]))
 
     @get("/trial-balance", sync_to_thread=True)
     def trial_balance(self, request: Request, reports_ledger: ReportsLedgerDep, as_of: QueryText = None,
                       cursor: QueryText = None) -> Template:
-        page = reports.trial_balance(reports_ledger, parse_time(as_of, "as_of", end_of_day=True), after=cursor,
+        report = views.trial_balance(reports_ledger.engine, parse_time(as_of, "as_of", end_of_day=True), after=cursor,
                                      limit=TRIAL_BALANCE_PAGE_SIZE)
-        return _page(request, "trial_balance.html", title="Trial balance", report=tabular.trial_balance_out(page),
-                     as_of=as_of or "")
+        return _page(request, "trial_balance.html", title="Trial balance", report=report, as_of=as_of or "")
 
     @get("/balance-sheet", sync_to_thread=True)
     def balance_sheet(self, request: Request, reports_ledger: ReportsLedgerDep, as_of: QueryText = None) -> Template:
-        sheet = reports.balance_sheet(reports_ledger, parse_time(as_of, "as_of", end_of_day=True))
-        return _page(request, "balance_sheet.html", title="Balance sheet", report=tabular.balance_sheet_out(sheet),
-                     as_of=as_of or "")
+        report = views.balance_sheet(reports_ledger.engine, parse_time(as_of, "as_of", end_of_day=True))
+        return _page(request, "balance_sheet.html", title="Balance sheet", report=report, as_of=as_of or "")
 
     @get("/income-statement", sync_to_thread=True)
     def income_statement(self, request: Request, reports_ledger: ReportsLedgerDep,
                          from_: PeriodStart = None,
                          to: QueryText = None) -> Template:
-        statement = reports.income_statement(reports_ledger, parse_time(from_, "from"),
-                                             parse_time(to, "to", end_of_day=True))
-        return _page(request, "income_statement.html", title="Income statement",
-                     report=tabular.income_statement_out(statement), from_=from_ or "", to=to or "")
+        report = views.income_statement(reports_ledger.engine, parse_time(from_, "from"),
+                                        parse_time(to, "to", end_of_day=True))
+        return _page(request, "income_statement.html", title="Income statement", report=report, from_=from_ or "",
+                     to=to or "")
 
     @get("/reconciliations", sync_to_thread=True)
     def reconciliations(self, request: Request, ledger: LedgerDep, started: QueryInt = None) -> Template:
-        runs = views.reconciliation_runs(ledger.engine)
+        runs = views.reconciliation_overview(ledger.engine)
         return _page(request, "reconciliations.html", title="Reconciliation", runs=runs, started=started,
                      can_run=request.app.state.get("jobs") is not None)
 
@@ -320,10 +308,9 @@ class PagesController(Controller):
     def alerts(self, request: Request, ledger: LedgerDep, status: QueryText = "open", cursor: QueryInt = None,
                acknowledged: QueryInt = None) -> Template:
         status = status if status in views.ALERT_STATUSES else None
-        rows = views.alerts(ledger.engine, status=status, after=cursor, limit=ALERTS_PAGE_SIZE)
-        return _page(request, "alerts.html", title="Alerts", status=status or "all",
-                     alerts=[tabular.alert_out(r) for r in rows], acknowledged=acknowledged,
-                     next_cursor=rows[-1]["id"] if len(rows) == ALERTS_PAGE_SIZE else None)
+        listed = views.alerts(ledger.engine, status=status, cursor=cursor, limit=ALERTS_PAGE_SIZE)
+        return _page(request, "alerts.html", title="Alerts", status=status or "all", alerts=listed["items"],
+                     acknowledged=acknowledged, next_cursor=listed["next_cursor"])
 
     @post("/alerts/{alert_id:int}/ack", opt={"role": "operator"})
     async def acknowledge_alert(self, request: Request, ledger: LedgerDep, alert_id: FromPath[int]) -> Response:

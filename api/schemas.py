@@ -11,17 +11,7 @@ from litestar.params import HeaderParameter, QueryParameter
 
 from api.errors import ApiError
 from ledger import chart, times
-from ledger.model import (
-    ACCOUNT_ID_PATTERN,
-    AGENT_TYPE_LENGTH_MAX,
-    MEMO_LENGTH_MAX,
-    PRODUCT_ID_LENGTH_MAX,
-    Entry,
-    InvestmentAccount,
-    Posted,
-    Statement,
-    TrialBalance,
-)
+from ledger.model import ACCOUNT_ID_PATTERN, AGENT_TYPE_LENGTH_MAX, MEMO_LENGTH_MAX, PRODUCT_ID_LENGTH_MAX, Posted
 from ledger.money import Money
 from ledger.times import rfc3339
 
@@ -69,44 +59,8 @@ def parse_time(text: str | None, name: str, *, end_of_day: bool = False) -> date
         raise ApiError(422, "invalid", f"{name}: {error}") from None
 
 
-def account_out(account: InvestmentAccount) -> dict[str, Any]:
-    return {"account_id": account.account_id, "product_id": account.product_id, "agent_type": account.agent_type,
-            "currency": account.currency, "fee_rate": str(account.fee_rate), "status": account.status,
-            "balance": str(account.balance), "agent_config": account.agent_config,
-            "created_at": rfc3339(account.created_at), "updated_at": rfc3339(account.updated_at)}
-
-
 def posted_out(posted: Posted, account_id: str, amount: Money) -> dict[str, Any]:
     return {"entry_id": posted.entry_id, "account_id": account_id, "amount": str(amount),
             "currency": amount.currency,
             "balance": str(posted.balances_after[chart.investors(account_id)]),
             "effective_at": rfc3339(posted.effective_at), "recorded_at": rfc3339(posted.recorded_at)}
-
-
-def entry_out(entry: Entry) -> dict[str, Any]:
-    return {"entry_id": entry.id, "kind": entry.kind, "account_id": entry.investment_account_id,
-            "effective_at": rfc3339(entry.effective_at), "recorded_at": rfc3339(entry.recorded_at),
-            "memo": entry.memo, "metadata": entry.metadata, "idempotency_key": entry.idempotency_key,
-            "reverses_entry_id": entry.reverses_entry_id, "reversed_by_entry_id": entry.reversed_by_entry_id,
-            "recorded_by": entry.recorded_by,
-            "postings": [{"account": p.account, "side": "debit" if p.side == "D" else "credit",
-                          "amount": str(p.amount), "currency": p.amount.currency} for p in entry.postings]}
-
-
-def statement_out(statement: Statement) -> dict[str, Any]:
-    return {"account": statement.account, "currency": statement.currency,
-            "from": rfc3339(statement.start) if statement.start else None, "to": rfc3339(statement.end),
-            "opening_balance": str(statement.opening_balance),
-            "lines": [{"entry_id": line.entry_id, "effective_at": rfc3339(line.effective_at),
-                       "recorded_at": rfc3339(line.recorded_at), "kind": line.kind, "memo": line.memo,
-                       "debit": str(line.amount) if line.side == "D" else None,
-                       "credit": str(line.amount) if line.side == "C" else None,
-                       "balance": str(line.balance), "recorded_by": line.recorded_by} for line in statement.lines],
-            "closing_balance": str(statement.closing_balance), "next_cursor": statement.next_cursor}
-
-
-def trial_balance_out(tb: TrialBalance) -> dict[str, Any]:
-    return {"as_of": rfc3339(tb.as_of), "balanced": tb.balanced,
-            "rows": [{"account": r.account, "type": r.type, "currency": r.currency, "debit": str(r.debit),
-                      "credit": str(r.credit)} for r in tb.rows],
-            "totals": {c: {"debit": str(d), "credit": str(cr)} for c, (d, cr) in sorted(tb.totals.items())}}

@@ -1,4 +1,4 @@
-"""Reports over a large book: trial balance and balance sheet (ledger/reports.py) now and as of a past time,
+"""Reports over a large book: trial balance and balance sheet (readside/reports.py) now and as of a past time,
 before and after the book's month-end balance checkpoints are made (ledger/checkpoints.py)."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from bench.cpu import settle
 from bench.history import Book
 from bench.report import Result, latency_summary_ms, progress
-from ledger import Ledger, checkpoints, reports
+from ledger import Ledger, checkpoints
+from readside import reports
 
 REPORT_TARGET_MS = 500  # issue 6: trial balance and balance sheet over 10M postings, 100k accounts
 CALLS = 3  # each report is seconds at worst; the median of three
@@ -45,15 +46,16 @@ def measure(ledger: Ledger, book: Book, *, target_size: str, suffix: str = "") -
     With a `suffix` (a smaller book, measured for the slope) the names end with it and carry no target."""
     now = datetime.now(UTC)
     past = now - AS_OF_AGO
+    engine = ledger.engine
     base = {"accounts": book.accounts, "ledger_accounts_in_book": book.ledger_accounts,
             "postings_in_book": book.postings, "book_built_in_s": book.elapsed_s, "book_mode": book.mode,
             "target_is_for": target_size, "settle": settle()}
     results = [
-        _report("trial_balance.now", lambda: reports.trial_balance(ledger), "reports.trial_balance(ledger) — cached "
+        _report("trial_balance.now", lambda: reports.trial_balance(engine), "reports.trial_balance(ledger) — cached "
                 "balances; first page of 1,000 rows plus totals over every account", base, book),
-        _report("balance_sheet.now", lambda: reports.balance_sheet(ledger), "reports.balance_sheet(ledger)", base,
+        _report("balance_sheet.now", lambda: reports.balance_sheet(engine), "reports.balance_sheet(ledger)", base,
                 book),
-        _report("trial_balance.as_of.probed", lambda: reports.trial_balance(ledger, past),
+        _report("trial_balance.as_of.probed", lambda: reports.trial_balance(engine, past),
                 "reports.trial_balance(ledger, a year ago) before any checkpoint: a few index reads per account",
                 base, book, target=False),
     ]
@@ -77,11 +79,11 @@ def measure(ledger: Ledger, book: Book, *, target_size: str, suffix: str = "") -
         gap = c.execute(sa.text("SELECT min(greatest(at - :t, :t - at)) FROM ledger_checkpoint"), {"t": past}).scalar()
     at_base = {**base, "days_to_nearest_checkpoint": round(gap / timedelta(days=1), 1) if gap is not None else None}
     results += [
-        _report("trial_balance.as_of", lambda: reports.trial_balance(ledger, past),
+        _report("trial_balance.as_of", lambda: reports.trial_balance(engine, past),
                 "reports.trial_balance(ledger, a year ago) — from the nearest month-end checkpoint", at_base, book),
-        _report("balance_sheet.as_of", lambda: reports.balance_sheet(ledger, past),
+        _report("balance_sheet.as_of", lambda: reports.balance_sheet(engine, past),
                 "reports.balance_sheet(ledger, a year ago) — from the nearest month-end checkpoint", at_base, book),
-        _report("trial_balance.as_of_yesterday", lambda: reports.trial_balance(ledger, now - timedelta(days=1)),
+        _report("trial_balance.as_of_yesterday", lambda: reports.trial_balance(engine, now - timedelta(days=1)),
                 "reports.trial_balance(ledger, a day ago) — the cheaper of checkpoint and probing", base, book),
     ]
     if suffix:  # a smaller book, measured for the slope: its own names, and the targets stay with the large one

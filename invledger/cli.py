@@ -44,7 +44,7 @@ def emit_table(rows: list[dict[str, object]], fmt: str, out=None) -> None:
         return
     headers = list(rows[0])
     if fmt == "csv":  # the reports' writer: text a spreadsheet would run as a formula is quoted with '
-        from api import tabular
+        from readside import tabular
 
         out.write(tabular.to_csv(rows, headers))
         return
@@ -191,14 +191,16 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 def cmd_outbox(args: argparse.Namespace) -> int:
     from integration import outbox
+    from readside import views
 
     rt = _runtime(args)
     if args.action == "retry":
         print(f"{outbox.retry_dead(rt.engine, args.id)} dead notifications queued again")
     else:
-        rows = outbox.listing(rt.engine, status=None if args.status == "all" else args.status, limit=args.limit)
+        rows = views.outbox_events(rt.engine, status=None if args.status == "all" else args.status,
+                                   limit=args.limit)["items"]
         emit_table([{"id": r["id"], "account": r["account_id"], "topic": r["topic"], "status": r["status"],
-                     "attempts": r["attempts"], "created_at": rfc3339(r["created_at"]),
+                     "attempts": r["attempts"], "created_at": r["created_at"],
                      "last_error": (r["last_error"] or "")[:60]} for r in rows], args.format)
     rt.close()
     return 0

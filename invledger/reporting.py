@@ -1,7 +1,8 @@
 """`invledger report …` and `invledger export beancount`: the API's reports on a terminal or in a file.
 
-JSON is the API's body, CSV is the API's CSV byte for byte (both come from `api.tabular`); a table is
-the same rows aligned for a terminal. Paginated reports are read page by page to the end.
+Every report is a read of `readside.views`, the one the API and the pages call: JSON is the API's body, CSV
+is the API's CSV byte for byte (`readside.tabular`); a table is the same rows aligned for a terminal.
+Paginated reports are read page by page to the end.
 """
 
 from __future__ import annotations
@@ -16,12 +17,9 @@ from typing import Any, TextIO
 
 import msgspec
 
-from api import tabular
-from api.controllers.alerts import alerts_page
-from api.controllers.reconciliations import run_page, runs_page
-from api.errors import ApiError
-from api.schemas import statement_out
-from ledger import Ledger, beancount, chart, positions, reports
+from ledger import Ledger, beancount
+from readside import tabular, views
+from readside.errors import ReadError
 
 REPORTS = ("trial-balance", "balance-sheet", "income-statement", "balance", "statement", "performance",
            "positions", "reconciliations", "alerts")
@@ -57,68 +55,60 @@ def body_of(ledger: Ledger, args: argparse.Namespace) -> tuple[dict[str, Any], C
         raise ReportError(f"report {kind} covers a period: give --from/--to, not --as-of")
     if kind in ("reconciliations", "alerts", "positions") and (args.as_of or args.start or args.end):
         raise ReportError(f"report {kind} takes no --as-of, --from or --to")
+    engine = ledger.engine
     if kind == "trial-balance":
-        page = reports.trial_balance(ledger, args.as_of)
-        body = tabular.trial_balance_out(page)
-        while page.next_cursor:
-            page = reports.trial_balance(ledger, args.as_of, after=page.next_cursor)
-            body["rows"] += tabular.trial_balance_out(page)["rows"]
-        body["next_cursor"] = None
+        body = _all_pages(lambda cursor: views.trial_balance(engine, args.as_of, after=cursor), "rows", keep_first=True)
         return body, tabular.trial_balance_rows, tabular.TRIAL_BALANCE_HEADERS
     if kind == "balance-sheet":
-        return (tabular.balance_sheet_out(reports.balance_sheet(ledger, args.as_of)), tabular.balance_sheet_rows,
-                tabular.BALANCE_SHEET_HEADERS)
+        return views.balance_sheet(engine, args.as_of), tabular.balance_sheet_rows, tabular.BALANCE_SHEET_HEADERS
     if kind == "income-statement":
-        return (tabular.income_statement_out(reports.income_statement(ledger, args.start, args.end)),
-                tabular.income_statement_rows, tabular.INCOME_STATEMENT_HEADERS)
+        return (views.income_statement(engine, args.start, args.end), tabular.income_statement_rows,
+                tabular.INCOME_STATEMENT_HEADERS)
     if kind == "balance":
-        at = args.as_of
-        return (tabular.balance_out(args.account, ledger.balance(args.account, as_of=at), at), tabular.balance_rows,
-                tabular.BALANCE_HEADERS)
-    if kind == "statement":
-        name = args.account if ":" in args.account else chart.investors(args.account)
-        if ":" not in args.account:
-            ledger.account(args.account)
+        return views.balance(ledger, args.account, args.as_of), tabular.balance_rows, tabular.BALANCE_HEADERS
+    if kind == "statement":  # an investment account's, or any ledger account's by its name (a:b:c)
+        read = views.ledger_account_statement if ":" in args.account else views.statement
         end = args.end or args.as_of
-        page = ledger.statement(name, start=args.start, end=end, limit=STATEMENT_PAGE)
-        body = statement_out(page)
-        while page.next_cursor:
-            page = ledger.statement(name, start=args.start, end=end, cursor=page.next_cursor, limit=STATEMENT_PAGE)
-            more = statement_out(page)
-            body["lines"] += more["lines"]
-            body["closing_balance"] = more["closing_balance"]
-        body["next_cursor"] = None
+        body = _all_pages(lambda cursor: read(ledger, args.account, start=args.start, end=end, cursor=cursor,
+                                              limit=STATEMENT_PAGE), "lines", keep_first=True)
         return body, tabular.statement_rows, tabular.STATEMENT_HEADERS
     if kind == "performance":
-        result = reports.performance(ledger, args.account, args.start.date() if args.start else None,
-                                     args.end.date() if args.end else None)
-        return tabular.performance_out(result), tabular.performance_rows, tabular.PERFORMANCE_HEADERS
+        body = views.performance(engine, args.account, args.start.date() if args.start else None,
+                                 args.end.date() if args.end else None)
+        return body, tabular.performance_rows, tabular.PERFORMANCE_HEADERS
     if kind == "positions":
-        return (positions.positions_out(positions.positions(ledger, args.account)), lambda body: body["positions"],
-                POSITION_HEADERS)
+        return views.positions(ledger, args.account), lambda body: body["positions"], POSITION_HEADERS
     if kind == "reconciliations" and args.account:  # one run with every per-account result
         if not args.account.isdigit():
             raise ReportError(f"{args.account!r} is not a run id (the run_id column of `report reconciliations`)")
-        body = _all_pages(lambda cursor: run_page(ledger, int(args.account), args.result, cursor, RESULTS_PAGE),
-                          "results")
+        body = _all_pages(lambda cursor: views.reconciliation_run(
+            engine, int(args.account), result=args.result, cursor=cursor, limit=RESULTS_PAGE), "results")
         return body, tabular.result_rows, tabular.RESULT_HEADERS
     if kind == "reconciliations":
-        return (_all_pages(lambda cursor: runs_page(ledger, cursor, OPERATIONS_PAGE), "items"), tabular.run_rows,
-                tabular.RUN_HEADERS)
+        return (_all_pages(lambda cursor: views.reconciliation_runs(engine, cursor=cursor, limit=OPERATIONS_PAGE),
+                           "items"), tabular.run_rows, tabular.RUN_HEADERS)
     if kind == "alerts":
-        return (_all_pages(lambda cursor: alerts_page(ledger, args.status, cursor, OPERATIONS_PAGE), "items"),
+        return (_all_pages(lambda cursor: views.alerts(engine, status=args.status, cursor=cursor,
+                                                       limit=OPERATIONS_PAGE), "items"),
                 tabular.alert_rows, tabular.ALERT_HEADERS)
     raise ReportError(f"unknown report {kind}")  # pragma: no cover — argparse restricts the choices
 
 
-def _all_pages(page: Callable[[Any], dict[str, Any]], key: str) -> dict[str, Any]:
-    """The API's body with the list under `key` read to the end (next_cursor then None)."""
+def _all_pages(page: Callable[[Any], dict[str, Any]], key: str, *, keep_first: bool = False) -> dict[str, Any]:
+    """The body with the list under `key` read to the end (next_cursor then None). The rest of the body is the
+    last page's, or with `keep_first` the first page's but for a statement's closing balance."""
     try:
         body = page(None)
         while body["next_cursor"] is not None:
             more = page(body["next_cursor"])
-            body = {**more, key: body[key] + more[key]}
-    except ApiError as error:
+            if keep_first:
+                body[key] += more[key]
+                body["next_cursor"] = more["next_cursor"]
+                if "closing_balance" in more:
+                    body["closing_balance"] = more["closing_balance"]
+            else:
+                body = {**more, key: body[key] + more[key]}
+    except ReadError as error:
         raise ReportError(error.detail) from None
     return body
 

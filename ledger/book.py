@@ -101,7 +101,6 @@ class _Commands:
     entry = read(reads.entry)
     journal = read(reads.journal)
     statement = read(reads.statement)
-    trial_balance = read(reads.trial_balance)
     resolve = read(_resolve)
 
     def _bind(self, function: Callable[..., T], writes: bool) -> Callable[..., T]:

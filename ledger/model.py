@@ -144,21 +144,3 @@ class Statement(msgspec.Struct, frozen=True, kw_only=True):
     lines: tuple[StatementLine, ...]
     closing_balance: Money  # of this page: the running balance after its last line
     next_cursor: str | None
-
-
-class TrialBalanceRow(msgspec.Struct, frozen=True, kw_only=True):
-    account: str
-    type: AccountType
-    currency: str
-    debit: Money
-    credit: Money
-
-
-class TrialBalance(msgspec.Struct, frozen=True, kw_only=True):
-    as_of: datetime
-    rows: tuple[TrialBalanceRow, ...]
-    totals: dict[str, tuple[Money, Money]]  # currency -> (debits, credits); equal when the books balance
-
-    @property
-    def balanced(self) -> bool:
-        return all(debit == credit for debit, credit in self.totals.values())

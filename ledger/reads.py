@@ -1,5 +1,5 @@
 """Reads of the books: balances (now or as of an effective time), entries, the journal, statements with their
-page cursors, investment accounts, the trial balance. Each takes a unit of work (`Ledger` runs it read-only)."""
+page cursors, investment accounts. Each takes a unit of work (`Ledger` runs it read-only)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from ledger.model import (
     PostingView,
     Statement,
     StatementLine,
-    TrialBalance,
-    TrialBalanceRow,
 )
 from ledger.money import Money
 from ledger.times import ONE_MICROSECOND, aware, aware_or_none, just_before
@@ -184,29 +182,6 @@ def statement(tx: Tx, name: str, *, start: datetime | None = None, end: datetime
                      opening_balance=Money(minor=opening_minor * sign, currency=currency),
                      lines=tuple(lines), closing_balance=Money(minor=running, currency=currency),
                      next_cursor=next_cursor)
-
-
-def trial_balance(tx: Tx, as_of: datetime | None = None) -> TrialBalance:
-    """Every ledger account's balance as debit or credit, with per-currency totals (equal when sound)."""
-    at = aware(as_of) if as_of is not None else None
-    if at is None:
-        rows = tx.connection.execute(sa.text(
-            "SELECT name, type, currency, balance_minor FROM ledger_account ORDER BY name")).all()
-    else:
-        rows = tx.connection.execute(sa.text("""
-            SELECT a.name, a.type, a.currency, b.balance_minor
-              FROM ledger_account a JOIN ledger_balances_as_of(:at) b ON b.ledger_account_id = a.id
-             ORDER BY a.name"""), {"at": at}).all()
-    out, totals = [], {}
-    for row in rows:
-        zero = Money.zero(row.currency)
-        debit = Money(minor=max(row.balance_minor, 0), currency=row.currency)
-        credit = Money(minor=max(-row.balance_minor, 0), currency=row.currency)
-        out.append(TrialBalanceRow(account=row.name, type=row.type, currency=row.currency,
-                                   debit=debit, credit=credit))
-        total_debit, total_credit = totals.get(row.currency, (zero, zero))
-        totals[row.currency] = (total_debit + debit, total_credit + credit)
-    return TrialBalance(as_of=at or datetime.now(UTC), rows=tuple(out), totals=totals)
 
 
 def encode_cursor(at: datetime, seq: int) -> str:

@@ -11,7 +11,7 @@ A: every figure is a change of that balance, + to the investor, − from):
   kind `fee`. opening + all of them = closing, always (checked).
 - the high-water mark before and after M's fee and the fee rate: M's `distribution` row (ledger/distribution.py);
 - time-weighted return of M and of the year to date (from 1 January), max drawdown within M: exactly as the
-  performance report computes them (ledger/reports.py: daily returns on the ledger's own end-of-day balances,
+  performance report computes them (readside/reports.py: daily returns on the ledger's own end-of-day balances,
   flows as `ledger.policies.flows` says — taken to arrive at the start of the day), so a
   statement's returns equal `GET /accounts/A/performance` for the same days;
 - the balance at each day's end of M (the chart) and M's lines with their running balance, in effective order.
@@ -35,7 +35,7 @@ from ledger.chart import investors_sql
 from ledger.errors import InvalidEntry, UnknownAccount
 from ledger.money import Money
 from ledger.policies.flows import is_flow
-from ledger.reports import rounded
+from ledger.returns import rounded
 from ledger.times import ONE_MICROSECOND, rfc3339
 
 CHAIN_START = bytes(32)
@@ -194,7 +194,7 @@ def compute(inputs: StatementInputs) -> StatementFigures:
                                            kind=pending.kind, memo=pending.memo, amount=money(pending.amount_minor),
                                            balance=money(balance)))
             pending = next(postings, None)
-        # The daily return as ledger.reports.performance computes it, operation for operation.
+        # The daily return as readside.reports.performance computes it, operation for operation.
         profit, capital = balance - day_opening - flow, day_opening + flow
         daily_return = Decimal(profit) / Decimal(capital) if capital > 0 else None
         ytd_index *= 1 + (daily_return or 0)

@@ -7,10 +7,9 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = {"ledger", "integration", "documents", "service", "api", "jobs", "invledger", "migrations", "simulator", "bench",
-        "tests"}
+OURS = {p.parent.name for p in ROOT.glob("*/__init__.py")} | {"bench", "tests"}
 THIRD_PARTY_KEPT_OUT = {"ledger": {"litestar", "dramatiq", "httpx", "uvicorn"}, "integration": {"litestar", "uvicorn"}}
-PRODUCTION = ("ledger", "integration", "documents", "service", "api", "jobs")  # what `make run` serves (not the demo)
+PRODUCTION = ("ledger", "integration", "documents", "readside", "service", "api", "jobs")  # what `make run` serves
 
 
 def rooms() -> dict[str, set[str] | None]:

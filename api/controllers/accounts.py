@@ -8,7 +8,7 @@ from typing import Any
 from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, JSONBody, Parameter
 
-from api import idempotency, tabular
+from api import idempotency
 from api.auth import require_role
 from api.errors import ApiError
 from api.formats import respond
@@ -19,14 +19,13 @@ from api.schemas import (
     MoneyMovement,
     PeriodStart,
     StatusChange,
-    account_out,
     parse_time,
     posted_out,
-    statement_out,
 )
-from ledger import AccountSpec, Ledger, Money, chart
-from ledger.model import ACCOUNT_STATUSES
+from ledger import AccountSpec, Ledger, Money
 from ledger.money import parse_amount
+from readside import tabular, views
+from readside.tabular import account_out
 
 LIMIT_DEFAULT = 100
 
@@ -55,15 +54,11 @@ class AccountController(Controller):
     @get("/", sync_to_thread=True, summary="List investment accounts (cursor pagination by account id)")
     def list(self, ledger: LedgerDep, status: QueryText = None, cursor: AccountIdQuery = None,
              limit: int = Parameter(default=LIMIT_DEFAULT, ge=1, le=1000)) -> dict[str, Any]:
-        if status is not None and status not in ACCOUNT_STATUSES:
-            raise ApiError(422, "invalid", "status must be active, paused or closed")
-        accounts = ledger.accounts(status=status, after=cursor, limit=limit)
-        return {"items": [account_out(a) for a in accounts],
-                "next_cursor": accounts[-1].account_id if len(accounts) == limit else None}
+        return views.accounts(ledger, status=status, cursor=cursor, limit=limit)
 
     @get("/{account_id:str}", sync_to_thread=True, summary="One account: status, balance, currency")
     def read(self, account_id: FromPath[str], ledger: LedgerDep) -> dict[str, Any]:
-        return account_out(ledger.account(account_id))
+        return views.account(ledger, account_id)
 
     def _move(self, ledger: Ledger, account_id: str, data: MoneyMovement, key: str | None,
               kind: str) -> Response[dict[str, Any]]:
@@ -116,9 +111,8 @@ class AccountController(Controller):
     @get("/{account_id:str}/balance", sync_to_thread=True, summary="Balance now or as of a time (JSON or CSV)")
     def balance(self, request: Request, account_id: FromPath[str], reports_ledger: ReportsLedgerDep,
                 as_of: QueryText = None) -> Response:
-        at = parse_time(as_of, "as_of", end_of_day=True)
-        money = reports_ledger.balance(account_id, as_of=at)
-        return respond(request, tabular.balance_out(account_id, money, at), tabular.balance_rows,
+        body = views.balance(reports_ledger, account_id, parse_time(as_of, "as_of", end_of_day=True))
+        return respond(request, body, tabular.balance_rows,
                        headers=tabular.BALANCE_HEADERS, filename=f"balance-{account_id}")
 
     @get("/{account_id:str}/statement", sync_to_thread=True,
@@ -126,8 +120,7 @@ class AccountController(Controller):
     def statement(self, account_id: FromPath[str], reports_ledger: ReportsLedgerDep, from_: PeriodStart = None,
                   to: QueryText = None, cursor: QueryText = None,
                   limit: int = Parameter(default=LIMIT_DEFAULT, ge=1, le=1000), *, request: Request) -> Response:
-        reports_ledger.account(account_id)
-        statement = reports_ledger.statement(chart.investors(account_id), start=parse_time(from_, "from"),
-                                     end=parse_time(to, "to", end_of_day=True), cursor=cursor, limit=limit)
-        return respond(request, statement_out(statement), tabular.statement_rows,
+        body = views.statement(reports_ledger, account_id, start=parse_time(from_, "from"),
+                               end=parse_time(to, "to", end_of_day=True), cursor=cursor, limit=limit)
+        return respond(request, body, tabular.statement_rows,
                        headers=tabular.STATEMENT_HEADERS, filename=f"statement-{account_id}")

@@ -7,13 +7,13 @@ from typing import Any
 from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, Parameter
 
-from api import tabular, views
 from api.auth import require_role
 from api.errors import ApiError
 from api.formats import respond
 from api.params import IdCursorQuery, LedgerDep, QueryText
 from integration import alerts
 from ledger import Ledger
+from readside import tabular, views
 
 
 def principal(request: Request) -> str:
@@ -28,15 +28,6 @@ def acknowledge(ledger: Ledger, alert_id: int, by: str) -> dict[str, Any]:
     return tabular.alert_out(row)
 
 
-def alerts_page(ledger: Ledger, status: str | None, cursor: int | None, limit: int) -> dict[str, Any]:
-    """A page of alerts, newest first: the body of GET /alerts (and `invledger report alerts`)."""
-    if status is not None and status not in views.ALERT_STATUSES:
-        raise ApiError(422, "invalid", "status must be open, acknowledged or resolved")
-    rows = views.alerts(ledger.engine, status=status, after=cursor or None, limit=limit)  # 0: the newest first
-    return {"items": [tabular.alert_out(r) for r in rows],
-            "next_cursor": rows[-1]["id"] if len(rows) == limit else None}
-
-
 class AlertController(Controller):
     path = "/api/v1/alerts"
     tags = ["operations"]
@@ -45,8 +36,8 @@ class AlertController(Controller):
     @get("/", sync_to_thread=True, summary="Alerts, newest first (status open|acknowledged|resolved)")
     def list(self, request: Request, ledger: LedgerDep, status: QueryText = None, cursor: IdCursorQuery = 0,
              limit: int = Parameter(default=100, ge=1, le=1000)) -> Response:
-        return respond(request, alerts_page(ledger, status, cursor, limit), tabular.alert_rows,
-                       headers=tabular.ALERT_HEADERS, filename="alerts")
+        body = views.alerts(ledger.engine, status=status, cursor=cursor, limit=limit)
+        return respond(request, body, tabular.alert_rows, headers=tabular.ALERT_HEADERS, filename="alerts")
 
     @post("/{alert_id:int}/ack", sync_to_thread=True, opt={"role": "operator"}, status_code=200,
           summary="Acknowledge an alert (idempotent: the first acknowledgement is kept)")

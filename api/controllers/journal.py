@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from litestar import Controller, Response, get, post
@@ -11,12 +10,8 @@ from litestar.params import FromPath, JSONBody, Parameter
 from api import idempotency
 from api.auth import require_role
 from api.params import AccountIdQuery, LedgerDep, QueryText
-from api.schemas import IdempotencyKey, PeriodStart, ReversalRequest, entry_out, parse_time
-from ledger.reads import decode_cursor, encode_cursor
-
-
-def _cursor(cursor: str | None) -> tuple[datetime, int] | None:
-    return decode_cursor(cursor) if cursor else None
+from api.schemas import IdempotencyKey, PeriodStart, ReversalRequest, parse_time
+from readside import views
 
 
 class JournalController(Controller):
@@ -29,15 +24,12 @@ class JournalController(Controller):
              from_: PeriodStart = None,
              to: QueryText = None, cursor: QueryText = None,
              limit: int = Parameter(default=100, ge=1, le=1000)) -> dict[str, Any]:
-        entries = ledger.journal(account_id=account, start=parse_time(from_, "from"),
-                                 end=parse_time(to, "to", end_of_day=True), after=_cursor(cursor), limit=limit)
-        last = entries[-1] if len(entries) == limit else None
-        return {"items": [entry_out(e) for e in entries],
-                "next_cursor": encode_cursor(last.effective_at, last.id) if last else None}
+        return views.journal(ledger, account_id=account, start=parse_time(from_, "from"),
+                             end=parse_time(to, "to", end_of_day=True), cursor=cursor, limit=limit)
 
     @get("/{entry_id:int}", sync_to_thread=True)
     def read(self, entry_id: FromPath[int], ledger: LedgerDep) -> dict[str, Any]:
-        return entry_out(ledger.entry(entry_id))
+        return views.entry(ledger, entry_id)
 
     @post("/{entry_id:int}/reversal", opt={"role": "operator"}, sync_to_thread=True,
           summary="Post the mirror entry (409 if already reversed)")

@@ -11,12 +11,7 @@ from api.auth import require_role
 from api.errors import ApiError
 from api.params import IdCursorQuery, LedgerDep, QueryText
 from integration import outbox
-from ledger.times import rfc3339
-
-
-def _out(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, **{k: rfc3339(row[k]) if row[k] else None
-                      for k in ("created_at", "next_attempt_at", "delivered_at")}}
+from readside import views
 
 
 class OutboxController(Controller):
@@ -27,10 +22,7 @@ class OutboxController(Controller):
     @get("/", sync_to_thread=True, opt={"role": "operator"}, summary="Outbox rows (status pending|delivered|dead)")
     def list(self, ledger: LedgerDep, status: QueryText = None, cursor: IdCursorQuery = 0,
              limit: int = Parameter(default=100, ge=1, le=1000)) -> dict[str, Any]:
-        if status is not None and status not in outbox.STATUSES:
-            raise ApiError(422, "invalid", "status must be pending, delivered or dead")
-        rows = outbox.listing(ledger.engine, status=status, after=cursor, limit=limit)
-        return {"items": [_out(r) for r in rows], "next_cursor": rows[-1]["id"] if len(rows) == limit else None}
+        return views.outbox_events(ledger.engine, status=status, cursor=cursor, limit=limit)
 
     @post("/{outbox_id:int}/retry", sync_to_thread=True, opt={"role": "operator"}, status_code=200,
           summary="Queue a dead notification again")

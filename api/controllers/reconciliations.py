@@ -13,50 +13,15 @@ from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, Parameter
 
-from api import tabular, views
 from api.auth import require_role
 from api.errors import ApiError
 from api.formats import respond
 from api.params import AccountIdQuery, IdCursorQuery, LedgerDep, QueryText, SettingsDep
-from integration import reconcile, runs
-from ledger import Ledger
+from integration import reconcile
+from readside import tabular, views
 
 RUNS_PAGE_DEFAULT = 20
 RESULTS_PAGE_DEFAULT = 100
-
-
-def _reader(engine: Any, limit: int) -> list[views.ReconciliationRun]:
-    """The pages' reader (api.views): the latest runs with their problem lines."""
-    out = []
-    for run in runs.listing(engine, "reconcile", limit=limit):
-        lines = [views.ReconciliationLine(**{k: v for k, v in line.out().items()
-                                             if k in views.ReconciliationLine.__struct_fields__})
-                 for line in reconcile.problems(engine, run.id, limit=200)]
-        out.append(views.ReconciliationRun(run_id=str(run.id), started_at=run.started_at or run.created_at,
-                                           finished_at=run.finished_at, status=run.status,
-                                           counts=tabular.run_out(run)["counts"], problems=tuple(lines)))
-    return out
-
-
-views.use_reconciliation_reader(_reader)
-
-
-def runs_page(ledger: Ledger, cursor: int | None, limit: int) -> dict[str, Any]:
-    """A page of runs, newest first: the body of GET /reconciliations (and `invledger report reconciliations`)."""
-    found = runs.listing(ledger.engine, "reconcile", before=cursor or None, limit=limit)  # 0: the newest first
-    return {"items": [tabular.run_out(r) for r in found], "next_cursor": found[-1].id if len(found) == limit else None}
-
-
-def run_page(ledger: Ledger, run_id: int, result: str | None, cursor: str | None, limit: int) -> dict[str, Any]:
-    """A run with a page of its per-account results: the body of GET /reconciliations/{run_id}."""
-    run = runs.by_id(ledger.engine, run_id)
-    if run is None or run.job != "reconcile":
-        raise ApiError(404, "not_found", f"reconciliation run {run_id} does not exist")
-    if result is not None and result not in reconcile.RESULTS:
-        raise ApiError(422, "invalid", f"result must be one of {', '.join(reconcile.RESULTS)}")
-    lines = reconcile.results(ledger.engine, run_id, result=result, after=cursor, limit=limit)
-    return {**tabular.run_out(run), "results": [line.out() for line in lines],
-            "next_cursor": lines[-1].account_id if len(lines) == limit else None}
 
 
 class ReconciliationController(Controller):
@@ -76,13 +41,14 @@ class ReconciliationController(Controller):
     @get("/", sync_to_thread=True, summary="Reconciliation runs, newest first (JSON or CSV)")
     def list(self, request: Request, ledger: LedgerDep, cursor: IdCursorQuery = 0,
              limit: int = Parameter(default=RUNS_PAGE_DEFAULT, ge=1, le=100)) -> Response:
-        return respond(request, runs_page(ledger, cursor, limit), tabular.run_rows, headers=tabular.RUN_HEADERS,
-                       filename="reconciliations")
+        return respond(request, views.reconciliation_runs(ledger.engine, cursor=cursor, limit=limit), tabular.run_rows,
+                       headers=tabular.RUN_HEADERS, filename="reconciliations")
 
     @get("/{run_id:int}", sync_to_thread=True,
          summary="One run with its per-account results (result=matched|break|engine_unavailable|…; JSON or CSV)")
     def detail(self, request: Request, ledger: LedgerDep, run_id: FromPath[int], result: QueryText = None,
                cursor: AccountIdQuery = None, limit: int = Parameter(default=RESULTS_PAGE_DEFAULT, ge=1, le=1000),
                ) -> Response:
-        return respond(request, run_page(ledger, run_id, result, cursor, limit), tabular.result_rows,
+        body = views.reconciliation_run(ledger.engine, run_id, result=result, cursor=cursor, limit=limit)
+        return respond(request, body, tabular.result_rows,
                        headers=tabular.RESULT_HEADERS, filename=f"reconciliation-{run_id}")

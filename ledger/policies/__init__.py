@@ -1,6 +1,6 @@
 """The accounting policies: pure functions from the facts (and the balances they need) to entry drafts.
 
-No I/O here: the callers (`integration.booking`, `ledger.distribution`, `ledger.reports`) read what a policy needs,
+No I/O here: the callers (`integration.booking`, `ledger.distribution`, `readside.reports`) read what a policy needs,
 call it, and post what it returns. One module per rule:
 - `flows`: what counts as a flow (money moved by the investor) rather than a return;
 - `fee`: the monthly performance fee with the high-water mark;

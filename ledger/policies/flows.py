@@ -2,7 +2,7 @@
 
 Every rule that separates the two takes it from here: the performance fee (a flow moves the high-water mark,
 it is never profit: `ledger.policies.fee`, read by `ledger.distribution`) and the performance report (a flow
-is not a return: `ledger.reports.performance`).
+is not a return: `readside.reports.performance`).
 
 - deposits, withdrawals and transfers are flows;
 - trades, true-ups and adjustments are returns: what the engine's trading made or lost;

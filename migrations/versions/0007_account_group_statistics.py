@@ -2,13 +2,13 @@
 
 The balance sheet sums every ledger account's balance by currency, type and group (`assets:custody`,
 `liabilities:investors`, ...), the group being the first two parts of the account's name
-(`ledger.reports.ACCOUNT_GROUP`). With no statistics on that expression the planner expected as many groups
+(`readside.reports.ACCOUNT_GROUP`). With no statistics on that expression the planner expected as many groups
 as rows (100,000 for the function the balances come from) and sorted 200k rows by it, where hashing them
 into the handful there are is cheaper. Extended statistics on the expression (PostgreSQL 14 and later,
 built by ANALYZE, which autovacuum runs) give it the real count. Measured on 10M postings and 200k ledger
 accounts, as of a year ago: 314-354 against 347-389 ms.
 
-The planner matches the expression as written: `ledger.reports.ACCOUNT_GROUP` must stay the same
+The planner matches the expression as written: `readside.reports.ACCOUNT_GROUP` must stay the same
 expression (tests/ledger/test_reports.py checks that the planner knows its groups).
 
 Revision ID: 0007

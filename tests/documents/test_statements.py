@@ -15,11 +15,12 @@ import pytest
 import sqlalchemy as sa
 
 from documents import statements as issued
-from ledger import AccountSpec, Ledger, Money, reports, rules
+from ledger import AccountSpec, Ledger, Money, rules
 from ledger.db import create_engine
 from ledger.distribution import distribute_account
 from ledger.statements import month_bounds
 from ledger.verify import verify
+from readside import reports
 
 PDFTOTEXT = shutil.which("pdftotext")
 
@@ -94,8 +95,8 @@ def test_statement_figures_pdf_and_ledger_agree(books: Ledger, tmp_path: Path) -
     assert f["lines"][-1]["balance"] == f["closing_balance"] == str(books.balance("inv-1", as_of=month_end))
     # The returns are the performance report's for the same days (one computation, two doors).
     start, end = month_bounds(month)
-    perf = reports.performance(books, "inv-1", start.date(), end.date())
-    ytd = reports.performance(books, "inv-1", date(month.year, 1, 1), end.date())
+    perf = reports.performance(books.engine, "inv-1", start.date(), end.date())
+    ytd = reports.performance(books.engine, "inv-1", date(month.year, 1, 1), end.date())
     assert f["time_weighted_return_month"] == f"{perf.time_weighted_return:f}"
     assert f["max_drawdown_month"] == f"{perf.max_drawdown:f}"
     assert f["time_weighted_return_year_to_date"] == f"{ytd.time_weighted_return:f}"

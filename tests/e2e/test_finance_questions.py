@@ -29,6 +29,7 @@ from integration.notify import sender
 from ledger import AccountSpec, Ledger, beancount
 from simulator import Faults
 from tests.ledger.test_beancount import bean_check, beancount_sums
+from tests.readside.support import whole_trial_balance
 
 INVLEDGER = shutil.which("invledger", path=str(Path(sys.executable).parent)) or shutil.which("invledger")
 DRIFT = Decimal("12.34")
@@ -116,7 +117,7 @@ def test_finance_questions_from_the_cli(ledger: Ledger, engine: sa.Engine, engin
     exported = tmp_path / "books.beancount"
     cli("export", "beancount", "--output", str(exported))
     bean_check(exported)
-    names = beancount.account_names([r.account for r in ledger.trial_balance().rows])
+    names = beancount.account_names([r.account for r in whole_trial_balance(ledger.engine).rows])
     now_sums = beancount_sums(exported)
 
     def bean(ledger_name: str, sums: dict[str, Decimal] = now_sums) -> Decimal:

@@ -41,6 +41,7 @@ from ledger import (
 )
 from ledger.verify import verify
 from tests import strategies as s
+from tests.readside.support import whole_trial_balance
 
 ONE_MICROSECOND = timedelta(microseconds=1)
 ACCOUNTS_MAX = 4
@@ -383,7 +384,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def books_balance(self) -> None:
-        trial = self.ledger.trial_balance()
+        trial = whole_trial_balance(self.ledger.engine)
         assert trial.balanced, trial.totals
         totals: dict[str, int] = {}
         for row in trial.rows:

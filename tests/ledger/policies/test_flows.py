@@ -8,10 +8,11 @@ from typing import get_args
 
 import sqlalchemy as sa
 
-from ledger import Ledger, Money, reports, rules
+from ledger import Ledger, Money, rules
 from ledger.distribution import high_water_mark
 from ledger.model import EntryKind
 from ledger.policies.flows import flow_sql, is_flow
+from readside import reports
 
 KINDS = get_args(EntryKind)
 
@@ -52,6 +53,6 @@ def test_a_refunded_fee_is_a_flow_for_the_fee_and_for_the_report(ledger: Ledger,
     ledger.reverse(charged, reason="fee charged by mistake")
 
     assert str(high_water_mark(ledger, account_id)) == "1012.50"  # the refund lifts the mark by what it gives back
-    days = reports.performance(ledger, account_id, today - timedelta(days=2), today).days
+    days = reports.performance(ledger.engine, account_id, today - timedelta(days=2), today).days
     assert [(str(d.flows), str(d.profit)) for d in days] == [
         ("1000.00", "0.00"), ("0.00", "-12.50"), ("12.50", "0.00")]  # the fee a loss, its refund money in

@@ -6,6 +6,9 @@ account: from the nearest month-end balance checkpoint plus the postings in betw
 per account, whichever reads less; migrations 0004 and 0005) and `ledger_balance_as_of` (one account, a
 few index reads), so a report costs O(accounts) or O(days), never O(all postings).
 
+Every report takes the engine to read from (the primary's, or a read replica's): no global. The shapes
+the doors show (JSON bodies, CSV rows) are `readside.tabular`'s; the doors call `readside.views`.
+
 Returns and drawdowns are `Decimal`s computed at 28 significant digits and rounded half-even to
 `RETURN_PLACES` (8) decimal places only when they are reported; money stays integer minor units.
 """
@@ -15,20 +18,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 
 import msgspec
 import sqlalchemy as sa
 
 from ledger import chart
-from ledger.book import Ledger
 from ledger.errors import InvalidEntry, UnknownAccount
 from ledger.model import AccountType
 from ledger.money import Money
 from ledger.policies.flows import flow_sql
+from ledger.returns import RETURN_PLACES, rounded  # noqa: F401 — RETURN_PLACES: the reports' precision
 from ledger.times import end_of_day, just_before, start_of_day
 
-RETURN_PLACES = 8
 PAGE_LIMIT_MAX = 1000
 # Reports sort, hash and aggregate every ledger account: with the default 4MB they spill to disk at 100k
 # accounts (the as-of balances' own function asks for as much, migration 0005).
@@ -38,12 +40,6 @@ REPORT_WORK_MEM = "64MB"
 ACCOUNT_GROUP = "split_part(a.name, ':', 1) || ':' || split_part(a.name, ':', 2)"
 PERFORMANCE_DAYS_MAX = 1830  # five years of daily rows in one answer; longer periods are refused
 PERFORMANCE_DAYS_DEFAULT = 90
-_QUANTUM = Decimal(1).scaleb(-RETURN_PLACES)
-
-
-def rounded(value: Decimal) -> Decimal:
-    """A return or ratio as reported: half-even to RETURN_PLACES decimal places."""
-    return value.quantize(_QUANTUM, rounding=ROUND_HALF_EVEN)
 
 
 # ------------------------------------------------------------------------------------------- values
@@ -164,9 +160,9 @@ class Performance(msgspec.Struct, frozen=True, kw_only=True):
 # ------------------------------------------------------------------------------------------ reading
 
 @contextmanager
-def _snapshot(ledger: Ledger) -> Iterator[sa.Connection]:
+def _snapshot(engine: sa.Engine) -> Iterator[sa.Connection]:
     """One read-only REPEATABLE READ transaction: every query of a report sees the same books."""
-    with ledger.engine.connect() as connection:
+    with engine.connect() as connection:
         connection.execution_options(isolation_level="REPEATABLE READ")
         connection.exec_driver_sql("SET TRANSACTION READ ONLY")
         connection.exec_driver_sql(f"SET LOCAL work_mem = '{REPORT_WORK_MEM}'")
@@ -197,11 +193,11 @@ def _limit(limit: int) -> int:
     return max(1, min(int(limit), PAGE_LIMIT_MAX))
 
 
-def trial_balance(ledger: Ledger, as_of: datetime | None = None, *, after: str | None = None,
+def trial_balance(engine: sa.Engine, as_of: datetime | None = None, *, after: str | None = None,
                   limit: int = PAGE_LIMIT_MAX) -> TrialBalancePage:
     """Every ledger account's balance as a debit or a credit, by name, after the account name `after`."""
     at = _aware(as_of)
-    with _snapshot(ledger) as c:
+    with _snapshot(engine) as c:
         now = c.execute(sa.text("SELECT now()")).scalar_one()
         # The page's rows, then a total row per currency. As of a time, the balances are computed once
         # (the costly part); now, each part reads the cached balances itself (cheaper than keeping them).
@@ -234,10 +230,10 @@ def trial_balance(ledger: Ledger, as_of: datetime | None = None, *, after: str |
                             next_cursor=rows[-1].name if more else None)
 
 
-def balance_sheet(ledger: Ledger, as_of: datetime | None = None) -> BalanceSheet:
+def balance_sheet(engine: sa.Engine, as_of: datetime | None = None) -> BalanceSheet:
     """Assets = liabilities + equity per currency, equity including retained income − expenses."""
     at = _aware(as_of)
-    with _snapshot(ledger) as c:
+    with _snapshot(engine) as c:
         now = c.execute(sa.text("SELECT now()")).scalar_one()
         rows = c.execute(sa.text(f"""
             SELECT currency, type, grp, count(*) FILTER (WHERE b <> 0) AS accounts, COALESCE(sum(b), 0)::bigint AS minor
@@ -267,12 +263,12 @@ def balance_sheet(ledger: Ledger, as_of: datetime | None = None) -> BalanceSheet
     return BalanceSheet(as_of=at or now, currencies=tuple(sheets))
 
 
-def income_statement(ledger: Ledger, start: datetime | None, end: datetime | None) -> IncomeStatement:
+def income_statement(engine: sa.Engine, start: datetime | None, end: datetime | None) -> IncomeStatement:
     """Income and expenses booked with an effective time in [start, end] (None: open on that side)."""
     start, end = _aware(start), _aware(end)
     if start is not None and end is not None and end < start:
         raise InvalidEntry("the period ends before it starts")
-    with _snapshot(ledger) as c:
+    with _snapshot(engine) as c:
         now = c.execute(sa.text("SELECT now()")).scalar_one()
         end = end or now
         rows = c.execute(sa.text("""
@@ -301,14 +297,14 @@ def income_statement(ledger: Ledger, start: datetime | None, end: datetime | Non
     return IncomeStatement(start=start, end=end, currencies=tuple(out))
 
 
-def performance(ledger: Ledger, account_id: str, start: date | None = None, end: date | None = None) -> Performance:
+def performance(engine: sa.Engine, account_id: str, start: date | None = None, end: date | None = None) -> Performance:
     """Investor performance of A for the UTC days start..end (inclusive), from the ledger's own balances.
 
     Defaults: `end` today (a later `end` is cut to today), `start` PERFORMANCE_DAYS_DEFAULT − 1 days
     before it but not before A's first posting. Trades won and lost come from the engine's daily snapshot
     where there is one, else from the closed trades recorded for that day.
     """
-    with _snapshot(ledger) as c:
+    with _snapshot(engine) as c:
         head = c.execute(sa.text(f"""
             SELECT a.account_id, a.currency, l.id AS ledger_id, l.type,
                    (SELECT min(p.effective_at) FROM posting p WHERE p.ledger_account_id = l.id) AS first_at,

@@ -1,8 +1,9 @@
-"""Reports as JSON bodies and as rows (for CSV and terminal tables): the one place that shapes them.
+"""What the read side shows, as JSON bodies and as rows (for CSV and terminal tables): the one place that
+shapes them.
 
 The API, the pages and `invledger report` all use these, so a figure is the same string everywhere:
 money at the currency's scale, returns with `reports.RETURN_PLACES` decimals, times RFC 3339 UTC.
-Nothing here touches HTTP; `api/controllers/reports.py` chooses JSON or CSV from the Accept header.
+Nothing here touches HTTP; `api/formats.py` chooses JSON or CSV from the Accept header.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from decimal import Decimal
 from typing import Any
 
 from integration import reconcile
+from ledger.model import Entry, InvestmentAccount, Statement
 from ledger.money import Money
-from ledger.reports import BalanceSheet, IncomeStatement, Performance, SheetLine, TrialBalancePage
 from ledger.times import rfc3339
+from readside.reports import BalanceSheet, IncomeStatement, Performance, SheetLine, TrialBalancePage
 
 Row = dict[str, Any]
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -149,7 +151,38 @@ def balance_rows(body: Mapping[str, Any]) -> list[Row]:
     return [dict(body)]
 
 
+# ------------------------------------------------------------------------------- accounts, journal
+
+def account_out(account: InvestmentAccount) -> dict[str, Any]:
+    return {"account_id": account.account_id, "product_id": account.product_id, "agent_type": account.agent_type,
+            "currency": account.currency, "fee_rate": str(account.fee_rate), "status": account.status,
+            "balance": str(account.balance), "agent_config": account.agent_config,
+            "created_at": rfc3339(account.created_at), "updated_at": rfc3339(account.updated_at)}
+
+
+def entry_out(entry: Entry) -> dict[str, Any]:
+    return {"entry_id": entry.id, "kind": entry.kind, "account_id": entry.investment_account_id,
+            "effective_at": rfc3339(entry.effective_at), "recorded_at": rfc3339(entry.recorded_at),
+            "memo": entry.memo, "metadata": entry.metadata, "idempotency_key": entry.idempotency_key,
+            "reverses_entry_id": entry.reverses_entry_id, "reversed_by_entry_id": entry.reversed_by_entry_id,
+            "recorded_by": entry.recorded_by,
+            "postings": [{"account": p.account, "side": "debit" if p.side == "D" else "credit",
+                          "amount": str(p.amount), "currency": p.amount.currency} for p in entry.postings]}
+
+
 # ----------------------------------------------------------------------------------------- statement
+
+def statement_out(statement: Statement) -> dict[str, Any]:
+    return {"account": statement.account, "currency": statement.currency,
+            "from": rfc3339(statement.start) if statement.start else None, "to": rfc3339(statement.end),
+            "opening_balance": str(statement.opening_balance),
+            "lines": [{"entry_id": line.entry_id, "effective_at": rfc3339(line.effective_at),
+                       "recorded_at": rfc3339(line.recorded_at), "kind": line.kind, "memo": line.memo,
+                       "debit": str(line.amount) if line.side == "D" else None,
+                       "credit": str(line.amount) if line.side == "C" else None,
+                       "balance": str(line.balance), "recorded_by": line.recorded_by} for line in statement.lines],
+            "closing_balance": str(statement.closing_balance), "next_cursor": statement.next_cursor}
+
 
 STATEMENT_HEADERS = ["effective_at", "recorded_at", "entry_id", "kind", "memo", "debit", "credit", "balance",
                      "recorded_by"]
@@ -216,6 +249,11 @@ def alert_out(row: Mapping[str, Any]) -> dict[str, Any]:
             "created_at": rfc3339(row["created_at"]), "updated_at": rfc3339(row["updated_at"]),
             "acknowledged_at": rfc3339(row["acknowledged_at"]), "acknowledged_by": row["acknowledged_by"],
             "resolved_at": rfc3339(row["resolved_at"])}
+
+
+def outbox_out(row: Mapping[str, Any]) -> dict[str, Any]:
+    times = ("created_at", "next_attempt_at", "delivered_at")
+    return {**row, **{k: rfc3339(row[k]) if row[k] else None for k in times}}
 
 
 # ------------------------------------------------------------------------------------ reconciliation

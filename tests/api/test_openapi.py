@@ -15,6 +15,7 @@ import httpx
 
 from service import database
 from tests.processes import ctrl_c, free_port
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES_PER_OPERATION = 25
@@ -32,14 +33,11 @@ def test_schemathesis_with_every_check_finds_nothing(tmp_path: Path) -> None:
                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and server.poll() is None, "serve did not start"
-                time.sleep(0.2)
+
+        def up() -> bool:
+            assert server.poll() is None, "serve exited"
+            return httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200
+        wait_until(up, timeout_s=60, what="serve to answer /health", interval_s=0.2, ignoring=(httpx.TransportError,))
         run = subprocess.run(
             [str(Path(sys.executable).parent / "st"), "--config-file", str(ROOT / "schemathesis.toml"), "run",
              f"{base}/schema/openapi.json", "--checks", "all", "--header", f"Authorization: Bearer {key}",

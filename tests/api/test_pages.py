@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from integration import alerts
 from tests.api.conftest import auth
 from tests.api.test_webhooks import open_account, performance, send, trade
+from tests.waiting import wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 BROWSER_TIMEOUT_S = 20.0
@@ -126,19 +127,17 @@ class Browser:
              "--disable-dev-shm-usage", f"--user-data-dir={profile}", f"--remote-debugging-port={port}",
              "--window-size=1280,1400", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + BROWSER_TIMEOUT_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as answer:
-                    pages = [t for t in json.load(answer) if t["type"] == "page"]
-                if pages:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                self.close()
-                raise RuntimeError("chromium did not start its DevTools endpoint")
-            time.sleep(0.1)
+
+        def devtools_pages() -> list[dict[str, Any]]:
+            assert self.process.poll() is None, f"chromium exited with {self.process.returncode}"
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as answer:
+                return [t for t in json.load(answer) if t["type"] == "page"]
+        try:
+            pages = wait_until(devtools_pages, timeout_s=BROWSER_TIMEOUT_S, what="chromium's DevTools endpoint",
+                               interval_s=0.1, ignoring=(OSError,))
+        except BaseException:
+            self.close()
+            raise
         self._stack = ExitStack()
         self.socket = self._stack.enter_context(
             connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=BROWSER_TIMEOUT_S))
@@ -164,16 +163,11 @@ class Browser:
         return result["result"].get("value")
 
     def wait_loaded(self, path_prefix: str) -> None:
-        deadline = time.monotonic() + BROWSER_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                state = self.js("[document.readyState, location.pathname + location.search]")
-            except RuntimeError:  # the old page's context went away mid-navigation: ask again
-                state = ["loading", ""]
-            if state[0] == "complete" and state[1].startswith(path_prefix):
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"page {path_prefix} did not load; at {self.js('location.href')}")
+        def loaded() -> bool:
+            # A RuntimeError: the old page's context went away mid-navigation; ask again.
+            state = self.js("[document.readyState, location.pathname + location.search]")
+            return state[0] == "complete" and state[1].startswith(path_prefix)
+        wait_until(loaded, timeout_s=BROWSER_TIMEOUT_S, what=f"page {path_prefix} to load", ignoring=(RuntimeError,))
 
     def open(self, url: str, expect_path: str) -> None:
         self.call("Page.navigate", url=url)
@@ -229,10 +223,11 @@ def server(app) -> Iterator[str]:
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 15
-    while not uv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
+
+    def started() -> bool:
+        assert thread.is_alive(), "uvicorn stopped"
+        return uv.started
+    wait_until(started, timeout_s=15, what="uvicorn to start")
     yield f"http://127.0.0.1:{port}"
     uv.should_exit = True
     thread.join(timeout=15)

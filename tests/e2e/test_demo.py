@@ -15,6 +15,7 @@ import httpx
 
 from invledger.demo import DEMO_ACCOUNTS, DEMO_DRIFT
 from tests.processes import ctrl_c, free_port
+from tests.waiting import wait_until
 
 
 def test_the_demo_ends_with_a_reconciliation_that_shows_a_break(tmp_path: Path) -> None:
@@ -37,12 +38,12 @@ def test_the_demo_ends_with_a_reconciliation_that_shows_a_break(tmp_path: Path) 
         run_id = int(re.search(r"reconciliation run (\d+) started", ready).group(1))
         drifting = re.search(r"misreports (\S+) by", ready).group(1)
         headers = {"Authorization": f"Bearer {key}"}
-        while time.monotonic() < deadline:
+
+        def run_done() -> dict | None:
             run = httpx.get(f"{base}/reconciliations/{run_id}", headers=headers, timeout=10).json()
-            if run["status"] == "done":
-                break
-            time.sleep(0.2)
-        assert run["status"] == "done", run
+            return run if run["status"] == "done" else None
+        run = wait_until(run_done, timeout_s=max(deadline - time.monotonic(), 1), what=f"reconciliation run {run_id}",
+                         interval_s=0.2)
         results = {line["account_id"]: line for line in run["results"]}
         assert len(results) == len(DEMO_ACCOUNTS)
         assert results[drifting]["result"] == "break" and results[drifting]["difference"] == str(DEMO_DRIFT)

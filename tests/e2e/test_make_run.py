@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 
 from service import database
 from tests.processes import free_port
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,16 +26,11 @@ def _make_run(data_dir: Path, port: int) -> subprocess.Popen[str]:
 
 
 def _wait_healthy(process: subprocess.Popen[str], port: int, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def up() -> bool:
         assert process.poll() is None, process.stdout.read() if process.stdout else ""
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"make run did not answer on port {port} within {timeout_s} s")
+        return httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1).status_code == 200
+    wait_until(up, timeout_s=timeout_s, what=f"make run to answer on port {port}", interval_s=0.2,
+               ignoring=(httpx.TransportError,))
 
 
 def _ctrl_c(process: subprocess.Popen[str]) -> str:

@@ -190,7 +190,7 @@ def test_breaker_opens_then_closes_after_recovery(simulator: Simulator, make_cli
     assert simulator.state()["requests"]["health"] == 3  # the open circuit did not call
 
     simulator.set_faults(Faults())
-    time.sleep(0.35)
+    time.sleep(0.35)  # the point: the reset time (300 ms) runs out; the state reads "open" until the trial call
     assert client.health().status == "ok"  # the trial call
     assert client.breaker_state == "closed"
 
@@ -201,7 +201,7 @@ def test_breaker_reopens_when_the_trial_fails(simulator: Simulator, make_client:
     for _ in range(2):
         with pytest.raises(EngineUnavailable):
             client.health()
-    time.sleep(0.25)
+    time.sleep(0.25)  # the point: the reset time (200 ms) runs out, so the next call is the trial
     with pytest.raises(EngineUnavailable):
         client.health()
     assert client.breaker_state == "open"

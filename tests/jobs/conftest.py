@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
@@ -161,17 +160,6 @@ def jobs(_jobs: Jobs, runtime: Runtime) -> Iterator[Jobs]:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-def wait_for(check: Callable[[], Any], *, timeout_s: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
 
 def open_account(ledger: Ledger, account_id: str | None = None, capital: str = "1000.00",
                  fee_rate: str = "0.20") -> str:

@@ -18,7 +18,8 @@ from ledger import Money, rules
 from ledger.distribution import distributions
 from service.runtime import Runtime
 from simulator import Simulator
-from tests.jobs.conftest import SINCE, Db, Jobs, cli, engine_client, open_known_account, wait_for
+from tests.jobs.conftest import SINCE, Db, Jobs, cli, engine_client, open_known_account
+from tests.waiting import wait_until
 
 MARCH, APRIL, MAY = date(2025, 3, 1), date(2025, 4, 1), date(2025, 5, 1)
 LAST_DAY = {MARCH: date(2025, 3, 31), APRIL: date(2025, 4, 30), MAY: date(2025, 5, 31)}
@@ -102,7 +103,7 @@ def test_fee_above_the_high_water_mark_net_of_flows(db: Db, sim: Simulator, runt
         ("withdrawal", "20.00", "1080.00")]
     actors.deliver_outbox.send()
     jobs.drain()
-    wait_for(lambda: sim.state()["accounts"][gainer]["capital"] == Decimal("980.00"), what="the engine's capital")
+    wait_until(lambda: sim.state()["accounts"][gainer]["capital"] == Decimal("980.00"), what="the engine's capital")
 
     # April, a loss month: no fee, the mark stays. May, a recovery still below the mark: no fee.
     month_closes_at(db, gainer, APRIL, "1000.00")

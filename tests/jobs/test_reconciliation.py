@@ -28,8 +28,8 @@ from tests.jobs.conftest import (
     engine_client,
     open_account,
     open_known_account,
-    wait_for,
 )
+from tests.waiting import wait_until
 
 
 def set_faults(sim: Simulator, faults: Faults) -> None:
@@ -189,8 +189,8 @@ def test_what_is_in_flight_is_not_a_break_and_other_results(db: Db, sim: Simulat
 
     actors.deliver_outbox.send()  # the engine hears of the deposit, the pause and the creation
     jobs.drain()
-    wait_for(lambda: db.scalar("SELECT count(*) FROM outbox_event WHERE status <> 'delivered'") == 0,
-             what="the outbox to be delivered")
+    wait_until(lambda: db.scalar("SELECT count(*) FROM outbox_event WHERE status <> 'delivered'") == 0,
+               what="the outbox to be delivered")
     actors.reconcile.send(period="2026-01-02")
     jobs.drain()
     again = {line.account_id: line.result for line in reconcile.results(db.engine,
@@ -217,7 +217,7 @@ def test_an_engine_outage_is_one_problem_not_one_alert_per_account(db: Db, sim: 
     assert [(a.kind, a.status) for a in run_wide] == [("engine_unavailable", "open")]
 
     sim.set_faults(Faults())
-    time.sleep(0.05)
+    time.sleep(0.05)  # the point: the breaker's reset time (20 ms) runs out, so the next run calls the engine
     actors.reconcile.send(period="2026-02-03")
     jobs.drain()
     counts = runs.get(db.engine, "reconcile:2026-02-03").counts

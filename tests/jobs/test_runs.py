@@ -104,7 +104,7 @@ def test_engine_health_feeds_ready_and_alerts_after_repeated_failures(db: Db, si
         return answer.json()["checks"]
 
     def check(slot: str) -> None:
-        time.sleep(0.03)
+        time.sleep(0.03)  # the point: the breaker's reset time (20 ms) runs out, so each check really calls
         actors.check_engine_health.send(slot)
         jobs.drain()
 

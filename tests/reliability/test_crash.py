@@ -31,8 +31,9 @@ from api.auth import create_key
 from integration.signature import sign
 from simulator import Faults, Simulator, Target
 from tests.api.test_webhooks import trade
-from tests.jobs.conftest import API_KEY, SINCE, Db, engine_client, open_known_account, wait_for
+from tests.jobs.conftest import API_KEY, SINCE, Db, engine_client, open_known_account
 from tests.reliability.conftest import report_figures
+from tests.waiting import wait_until
 
 SECRET = "crash-test-webhook-secret-0123456"
 KILLS = 20
@@ -81,7 +82,7 @@ class Server:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "invledger.cli", "serve", "--port", str(self.port)],
                                             env=env, stdout=log, stderr=log)
-        wait_for(self._up, timeout_s=60, what="the server to answer /health")
+        wait_until(self._up, timeout_s=60, what="the server to answer /health")
 
     def _up(self) -> bool:
         assert self.process is not None and self.process.poll() is None, self.log_path.read_text()[-3000:]
@@ -193,7 +194,7 @@ def test_kill_9_under_load_loses_and_duplicates_nothing(db: Db, sim: Simulator, 
             threads = [threading.Thread(target=load, args=(stop,)) for _ in range(LOAD_THREADS)]
             for thread in threads:
                 thread.start()
-            time.sleep(rng.uniform(0.3, 1.5))
+            time.sleep(rng.uniform(0.3, 1.5))  # the point: kill -9 at a random moment of the load
             server.kill()
             kills += 1
             stop.set()
@@ -223,8 +224,8 @@ def test_kill_9_under_load_loses_and_duplicates_nothing(db: Db, sim: Simulator, 
         # The outbox delivers what it owed: the engine's capital is the initial capital plus every deposit,
         # each notification applied once (a resend after a kill reuses its Idempotency-Key).
         httpx.post(sim.url + "/admin/faults", content=msgspec.json.encode(Faults()), timeout=5).raise_for_status()
-        wait_for(lambda: db.scalar("SELECT count(*) FROM outbox_event WHERE status <> 'delivered'") == 0,
-                 timeout_s=60, what="the outbox to drain")
+        wait_until(lambda: db.scalar("SELECT count(*) FROM outbox_event WHERE status <> 'delivered'") == 0,
+                   timeout_s=60, what="the outbox to drain")
         capital = {a: Decimal("1000.00") + sum((r.amount for r in sent if r.account_id == a and r.kind == "deposit"),
                                                Decimal(0)) for a in accounts}
         state = sim.state()["accounts"]
@@ -259,13 +260,13 @@ def test_kill_9_mid_outbox_delivery_applies_each_notification_once(db: Db, sim: 
             answer = httpx.post(f"{server.url}/api/v1/accounts/{account_id}/deposits", json={"amount": "1.00"},
                                 headers={**operator, "Idempotency-Key": f"mid-{i}"}, timeout=10)
             assert answer.status_code == 201, answer.text
-            wait_for(lambda: sim.state()["requests"].get("capital", 0) > seen, timeout_s=30,  # noqa: B023
-                     what="the worker to start delivering")
+            wait_until(lambda: sim.state()["requests"].get("capital", 0) > seen, timeout_s=30,  # noqa: B023
+                       what="the worker to start delivering")
             server.kill()
             assert db.scalar("SELECT count(*) FROM outbox_event WHERE status <> 'delivered'") == 1
             server.start()
-            wait_for(lambda: db.scalar("SELECT count(*) FROM outbox_event WHERE status <> 'delivered'") == 0,
-                     timeout_s=60, what="the restarted worker to deliver")
+            wait_until(lambda: db.scalar("SELECT count(*) FROM outbox_event WHERE status <> 'delivered'") == 0,
+                       timeout_s=60, what="the restarted worker to deliver")
     finally:
         server.stop()
     state = sim.state()

@@ -27,8 +27,9 @@ from jobs import actors, context
 from service import config
 from simulator import Faults, Simulator, Target
 from tests.api.test_webhooks import trade
-from tests.jobs.conftest import API_KEY, SINCE, Db, Jobs, open_known_account, wait_for
+from tests.jobs.conftest import API_KEY, SINCE, Db, Jobs, open_known_account
 from tests.reliability.conftest import report_figures
+from tests.waiting import wait_until
 
 SECRET = "engine-faults-webhook-secret-0123"
 EVERYTHING = Target(routes=("*",))
@@ -127,9 +128,11 @@ def test_engine_faults_end_to_end(db: Db, sim: Simulator, runtime, jobs: Jobs, t
             current["client"] = healthy
             context.install(runtime, healthy)
             broken.shutdown() if broken is not healthy else None
+            # The point: let the breaker's reset time run out (its state reads "open" until the next call, the
+            # trial, so there is nothing to poll).
             time.sleep(BREAKER_RESET_MS / 1000 + 0.1)
             db.scalar("UPDATE outbox_event SET next_attempt_at = now() WHERE status = 'pending' RETURNING 1")
-            wait_for(lambda: (deliver(), pending() == 0)[1], timeout_s=30, what=f"outbox drained after {name}")
+            wait_until(lambda: (deliver(), pending() == 0)[1], timeout_s=30, what=f"outbox drained after {name}")
             figures["notifications_delivered"] += owed
             assert healthy.breaker_state == "closed"
             after = reconcile()

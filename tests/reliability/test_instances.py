@@ -39,6 +39,7 @@ from api.auth import create_key
 from integration.signature import sign
 from ledger.verify import verify
 from simulator import Simulator
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -106,25 +107,10 @@ class Processes:
 
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def up() -> bool:
         assert process.poll() is None, f"server exited with {process.returncode}"
-        try:
-            if httpx.get(url + "/api/v1/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"{url} did not come up in {timeout_s} s")
-
-
-def _wait_for(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        return httpx.get(url + "/api/v1/health", timeout=2).status_code == 200
+    wait_until(up, timeout_s=timeout_s, what=f"{url} to come up", interval_s=0.2, ignoring=(httpx.TransportError,))
 
 
 def test_two_servers_two_workers_two_schedulers(db, vhost_url: str, tmp_path: Path) -> None:
@@ -219,7 +205,7 @@ def test_two_servers_two_workers_two_schedulers(db, vhost_url: str, tmp_path: Pa
             with engine.connect() as c:
                 pending = sa.text("SELECT count(*) FROM outbox_event WHERE status <> 'delivered'")
                 return c.execute(pending).scalar_one() == 0
-        _wait_for(outbox_drained, 90, "the outbox to drain")
+        wait_until(outbox_drained, timeout_s=90, what="the outbox to drain", interval_s=0.5)
         state = sim.state()["accounts"]
         for account_id in account_ids:
             balance = httpx.get(f"{random.choice(urls)}/api/v1/accounts/{account_id}/balance", headers=headers,
@@ -238,7 +224,7 @@ def test_two_servers_two_workers_two_schedulers(db, vhost_url: str, tmp_path: Pa
             with engine.connect() as c:
                 return c.execute(sa.text("SELECT count(*) FROM job_run WHERE run_key = :k AND status = 'done'"),
                                  {"k": f"reconcile:{period}"}).scalar_one() == 1
-        _wait_for(reconciled, 120, "the reconciliation run")
+        wait_until(reconciled, timeout_s=120, what="the reconciliation run", interval_s=0.5)
         time.sleep(3)  # the second message, were it to start the work again, has had its chance
         with engine.connect() as c:
             runs = c.execute(sa.text("SELECT status, attempts FROM job_run WHERE run_key = :k"),
@@ -285,20 +271,21 @@ def test_kill_9_of_a_separate_worker_mid_delivery(db, vhost_url: str, tmp_path: 
             with db.engine.connect() as c:
                 return c.execute(sa.text("SELECT count(*) FROM outbox_event WHERE status <> 'delivered'")).scalar_one()
 
-        _wait_for(lambda: pending() == 0, 90, "the account's creation to reach the engine")
+        wait_until(lambda: pending() == 0, timeout_s=90, what="the account's creation to reach the engine",
+                   interval_s=0.5)
         sim.set_faults(Faults(slow=Target(routes=("capital",)), slow_s=1.0))
         for i in range(rounds):
             seen = sim.state()["requests"].get("capital", 0)
             answer = httpx.post(f"{url}/api/v1/accounts/{account_id}/deposits", json={"amount": "1.00"},
                                 headers={**headers, "Idempotency-Key": f"wk-{i}"}, timeout=30)
             assert answer.status_code == 201, answer.text
-            _wait_for(lambda: sim.state()["requests"].get("capital", 0) > seen, 60,  # noqa: B023
-                      "the worker to start delivering")
+            wait_until(lambda: sim.state()["requests"].get("capital", 0) > seen,  # noqa: B023
+                       timeout_s=60, what="the worker to start delivering", interval_s=0.5)
             worker.kill()
             worker.wait(timeout=10)
             assert pending() == 1
             worker = procs.start(f"worker-{i + 1}", "worker")
-            _wait_for(lambda: pending() == 0, 90, "a new worker to deliver")
+            wait_until(lambda: pending() == 0, timeout_s=90, what="a new worker to deliver", interval_s=0.5)
         state = sim.state()
         assert Decimal(str(state["accounts"][account_id]["capital"])) == Decimal("1000.00") + rounds
         assert state["requests"]["capital"] >= 2 * rounds  # each killed delivery was sent again

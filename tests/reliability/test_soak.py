@@ -30,6 +30,7 @@ from integration.signature import sign
 from ledger import AccountSpec, Ledger
 from ledger.verify import verify
 from simulator import Faults, Simulator
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.soak,
               pytest.mark.timeout(float(os.environ.get("SOAK_SECONDS", "600")) + 400)]
@@ -78,16 +79,10 @@ def test_soak(db, tmp_path: Path) -> None:
     server = subprocess.Popen([str(BIN / "invledger"), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
     stop = threading.Event()
     try:
-        deadline = time.monotonic() + 60
-        while True:
+        def up() -> bool:
             assert server.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(base + "/api/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "serve did not come up"
-            time.sleep(0.2)
+            return httpx.get(base + "/api/v1/health", timeout=2).status_code == 200
+        wait_until(up, timeout_s=60, what="serve to come up", interval_s=0.2, ignoring=(httpx.TransportError,))
 
         # Accounts funded before the first simulated day; the server's outbox tells the engine.
         value_date = datetime.combine(today - timedelta(days=steps + 5), datetime.min.time(), UTC)
@@ -97,11 +92,9 @@ def test_soak(db, tmp_path: Path) -> None:
                                             currency="USD", fee_rate=Decimal("0.2")))
             ledger.deposit(account_id, "25000.00", idempotency_key=f"{account_id}:seed", effective_at=value_date)
         traded, probe_account = account_ids[:-1], account_ids[-1]
-        deadline = time.monotonic() + 60
-        while not set(account_ids) <= set(sim.account_ids()) or any(
-                Decimal(str(sim.state()["accounts"][a]["capital"])) != Decimal("25000.00") for a in account_ids):
-            assert time.monotonic() < deadline, "the engine never heard of the accounts"
-            time.sleep(0.5)
+        wait_until(lambda: set(account_ids) <= set(sim.account_ids()) and all(
+            Decimal(str(sim.state()["accounts"][a]["capital"])) == Decimal("25000.00") for a in account_ids),
+            timeout_s=60, what="the engine to hear of the accounts", interval_s=0.5)
 
         latencies: list[tuple[float, float]] = []  # (seconds since start, latency)
         errors: list[str] = []
@@ -140,7 +133,7 @@ def test_soak(db, tmp_path: Path) -> None:
             if rss_start is None and time.monotonic() - started >= WARM_UP_S:
                 rss_start = _rss_mb(server.pid)
             assert server.poll() is None, "serve died"
-            time.sleep(max(0.0, STEP_EVERY_S - ((time.monotonic() - started) % STEP_EVERY_S)))
+            time.sleep(max(0.0, STEP_EVERY_S - ((time.monotonic() - started) % STEP_EVERY_S)))  # pacing: a day per step
         stop.set()
         prober.join()
         assert sim.flush(timeout_s=120), "the engine could not deliver every webhook"

@@ -18,11 +18,12 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import sqlalchemy as sa
+
+from tests.waiting import wait_until
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -192,26 +193,19 @@ class Cluster:
     def wait_streaming(self, timeout_s: float = REPLICATION_WAIT_S) -> None:
         assert self.standby is not None
         want = "sync" if self.synchronous else "async"
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            state = self.primary.scalar(
-                "SELECT state || '/' || sync_state FROM pg_stat_replication WHERE application_name = :n",
-                n=self.standby.name)
-            if state == f"streaming/{want}":
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.standby.name} is not a streaming {want} standby after {timeout_s} s")
+        name = self.standby.name
+        wait_until(lambda: self.primary.scalar(
+            "SELECT state || '/' || sync_state FROM pg_stat_replication WHERE application_name = :n",
+            n=name) == f"streaming/{want}", timeout_s=timeout_s, interval_s=0.1,
+            what=f"{name} to be a streaming {want} standby")
 
     def wait_replayed(self, timeout_s: float = REPLICATION_WAIT_S) -> None:
         """Until the standby has replayed everything the primary has written so far."""
         assert self.standby is not None
         target = self.primary.scalar("SELECT pg_current_wal_lsn()::text")
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.standby.scalar("SELECT pg_last_wal_replay_lsn() >= CAST(:t AS pg_lsn)", t=target):
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"the standby did not replay up to {target} in {timeout_s} s")
+        standby = self.standby
+        wait_until(lambda: standby.scalar("SELECT pg_last_wal_replay_lsn() >= CAST(:t AS pg_lsn)", t=target),
+                   timeout_s=timeout_s, what=f"the standby to replay up to {target}")
 
     def fail_over(self) -> Node:
         """kill -9 the primary, promote the standby; the dead node is kept aside (never started again)."""
@@ -268,15 +262,11 @@ pidfile = {self.dir / 'pgbouncer.pid'}
         # pgbouncer refuses to run as root; it runs as the server's user like the embedded PostgreSQL does.
         self.process = subprocess.Popen([binary, str(self.config)], user=SERVER_USER,
                                         stdout=subprocess.DEVNULL, stderr=open(self.dir / "stderr.log", "wb"))  # noqa: SIM115
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, (self.dir / "stderr.log").read_text()
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise TimeoutError("pgbouncer did not listen in 30 s")
+        def listening() -> bool:
+            assert self.process is not None and self.process.poll() is None, (self.dir / "stderr.log").read_text()
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        wait_until(listening, timeout_s=30, interval_s=0.1, what="pgbouncer to listen", ignoring=(OSError,))
 
     def url(self, user: str, database: str = "postgres") -> str:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"

@@ -44,6 +44,7 @@ from tests.api.test_webhooks import trade
 from tests.processes import free_port
 from tests.reliability.conftest import report_figures
 from tests.replication import Cluster
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -110,7 +111,7 @@ class Load:
                 status = send(client, request)
                 with self.lock:
                     self.statuses[status] += 1
-                time.sleep(0.005)
+                time.sleep(0.005)  # pacing: a steady load, not a spin
 
     def start(self) -> None:
         for thread in self.threads:
@@ -186,25 +187,20 @@ def run_failovers(tmp_path: Path, *, synchronous: bool, failovers: int) -> dict[
     rounds: list[dict[str, object]] = []
     load = Load(url, accounts, operator_key)
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def ready() -> bool:
             assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if httpx.get(url + "/api/v1/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "serve did not become ready"
-            time.sleep(0.2)
+            return httpx.get(url + "/api/v1/ready", timeout=2).status_code == 200
+        wait_until(ready, timeout_s=60, interval_s=0.2, what="serve to be ready", ignoring=(httpx.HTTPError,))
         load.start()
         rng = random.Random(18)
         lost_so_far: set[str] = set()
         for n in range(failovers):
-            time.sleep(rng.uniform(2.0, 4.0))
+            time.sleep(rng.uniform(2.0, 4.0))  # the point: the load runs a while before the primary dies
             stalled = n % 2 == 1
             if stalled:  # the standby lags: the primary's WAL sender stops for a second before the primary dies
                 os.kill(walsender_pid(cluster), signal.SIGSTOP)
-                time.sleep(STALL_S)
+                time.sleep(STALL_S)  # the point: the standby falls STALL_S behind
             acknowledged_before = len(load.acknowledged())
             killed_at = time.monotonic()
             dead_port = cluster.primary.port
@@ -216,10 +212,12 @@ def run_failovers(tmp_path: Path, *, synchronous: bool, failovers: int) -> dict[
             promoted_at = time.monotonic()
             cluster.make_standby(dead_port)
             standby_at = time.monotonic()
-            while (first := load.first_acknowledged_after(killed_at)) is None:
-                assert time.monotonic() - killed_at < RECOVERY_TIMEOUT_S, "the service did not recover by itself"
+
+            def recovered(killed_at: float = killed_at) -> float | None:
                 assert server.poll() is None, "serve died"
-                time.sleep(0.05)
+                return load.first_acknowledged_after(killed_at)
+            first = wait_until(recovered, timeout_s=RECOVERY_TIMEOUT_S - (time.monotonic() - killed_at),
+                               what="the service to recover by itself (an acknowledged request)")
             acknowledged = load.acknowledged()
             counts = booked(engine, [r.key for r in acknowledged])
             lost = {r.key for r in acknowledged if counts[r.key] == 0}
@@ -230,7 +228,7 @@ def run_failovers(tmp_path: Path, *, synchronous: bool, failovers: int) -> dict[
                            "acknowledged_and_lost": len(lost - lost_so_far),
                            "doubled": sum(1 for n in counts.values() if n > 1)})
             lost_so_far |= lost
-        time.sleep(1)
+        time.sleep(1)  # the point: a second of load after the last recovery
         load.finish()
         statuses = dict(load.statuses)
         assert set(statuses) <= {200, 201, 503}, f"an answer other than 2xx or 503 (or none at all): {statuses}"
@@ -245,7 +243,7 @@ def run_failovers(tmp_path: Path, *, synchronous: bool, failovers: int) -> dict[
                         send(client, request)
                         if request.acknowledged_at is not None:
                             break
-                        time.sleep(0.5)
+                        time.sleep(0.5)  # pacing: a client's resend, at most 20 of them
                     assert request.acknowledged_at is not None, f"{request.kind} never acknowledged on resend"
         counts = booked(engine, [r.key for r in load.requests])
         doubled = [k for k, n in counts.items() if n > 1]
@@ -328,16 +326,11 @@ def test_a_commit_no_standby_confirmed_is_answered_503_and_found_on_resend(tmp_p
     waiting = ("SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep' AND usename = :u "
                "AND application_name = 'invledger-serve'")
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def up() -> bool:
             assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if httpx.get(url + "/api/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+            return httpx.get(url + "/api/v1/health", timeout=2).status_code == 200
+        wait_until(up, timeout_s=60, interval_s=0.2, what="serve to come up", ignoring=(httpx.HTTPError,))
         assert cluster.standby is not None
         cluster.standby.stop()
         requests = [make_request(rng, [account_id], operator_key) for _ in range(8)]
@@ -354,7 +347,7 @@ def test_a_commit_no_standby_confirmed_is_answered_503_and_found_on_resend(tmp_p
                             assert time.monotonic() < deadline, "the request did not end"
                             for pid in c.execute(sa.text(waiting), {"u": database.APP_ROLE}).scalars().all():
                                 c.execute(sa.text("SELECT pg_cancel_backend(:p)"), {"p": pid})
-                            time.sleep(0.05)
+                            time.sleep(0.05)  # a bounded loop that cancels each new wait as it comes
                 finally:
                     probe.dispose()
                 sender.join(timeout=CLIENT_TIMEOUT_S + 5)

@@ -46,6 +46,7 @@ from simulator import Simulator
 from tests.processes import free_port
 from tests.reliability.conftest import report_figures
 from tests.replication import Cluster, PgBouncer
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -74,13 +75,6 @@ def rabbitmq_vhost() -> str | None:
     subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
                    check=True, capture_output=True, timeout=60)
     return vhost
-
-
-def wait_for(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
-        time.sleep(0.3)
 
 
 def test_two_servers_and_two_workers_behind_pgbouncer_keep_exact_totals(tmp_path: Path) -> None:
@@ -126,7 +120,7 @@ def test_two_servers_and_two_workers_behind_pgbouncer_keep_exact_totals(tmp_path
                     return httpx.get(url + "/api/v1/ready", timeout=2).status_code == 200
                 except httpx.HTTPError:
                     return False
-            wait_for(up, 60, f"{name} to be ready")
+            wait_until(up, timeout_s=60, what=f"{name} to be ready", interval_s=0.3)
         operator = {"Authorization": f"Bearer {create_key(direct, 'operator', 'pooler')}"}
         account_ids = [f"pool-{uuid.uuid4().hex[:8]}" for _ in range(ACCOUNTS)]
         for account_id in account_ids:
@@ -146,7 +140,7 @@ def test_two_servers_and_two_workers_behind_pgbouncer_keep_exact_totals(tmp_path
             while not done.is_set():
                 server_connections.append(int(cluster.primary.scalar(
                     "SELECT count(*) FROM pg_stat_activity WHERE usename = :u", u=database.APP_ROLE)))  # type: ignore[arg-type]
-                time.sleep(0.2)
+                time.sleep(0.2)  # sampling: a count every 0.2 s while the load runs
 
         def sender(n: int) -> None:
             rng = random.Random(n)
@@ -205,7 +199,7 @@ def test_two_servers_and_two_workers_behind_pgbouncer_keep_exact_totals(tmp_path
             with direct.connect() as c:
                 return c.execute(sa.text("SELECT count(*) FROM outbox_event WHERE status <> 'delivered'")
                                  ).scalar_one() == 0
-        wait_for(outbox_drained, 120, "the outbox to drain through the pooler")
+        wait_until(outbox_drained, timeout_s=120, what="the outbox to drain through the pooler", interval_s=0.3)
         finance = {"Authorization": f"Bearer {create_key(direct, 'finance', 'pooler')}"}
         state = sim.state()["accounts"]
         for account_id in account_ids:
@@ -224,7 +218,7 @@ def test_two_servers_and_two_workers_behind_pgbouncer_keep_exact_totals(tmp_path
 
                 def work(run: runs.Run, worked: Counter[str] = worked) -> tuple[str, dict[str, int]]:
                     worked[run.run_key] += 1
-                    time.sleep(1.0)
+                    time.sleep(1.0)  # the point: a run long enough for the second to try while it works
                     return "done", {"worked": 1}
 
                 with ThreadPoolExecutor(2) as pool:

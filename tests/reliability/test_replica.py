@@ -26,6 +26,7 @@ from service import database
 from tests.processes import free_port
 from tests.reliability.conftest import report_figures
 from tests.replication import Cluster
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -39,16 +40,12 @@ def start_serve(tmp_path: Path, name: str, env: dict[str, str]) -> tuple[str, su
     process = subprocess.Popen([str(BIN / "invledger"), "serve"], env={**env, "LEDGER_PORT": str(port)},
                                stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
+
+    def up() -> bool:
         assert process.poll() is None, (tmp_path / f"{name}.log").read_text()[-3000:]
-        try:
-            if httpx.get(url + "/api/v1/health", timeout=2).status_code == 200:
-                return url, process
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, f"{name} did not come up"
-        time.sleep(0.2)
+        return httpx.get(url + "/api/v1/health", timeout=2).status_code == 200
+    wait_until(up, timeout_s=60, what=f"{name} to come up", interval_s=0.2, ignoring=(httpx.HTTPError,))
+    return url, process
 
 
 def rfc3339(at: datetime) -> str:
@@ -100,7 +97,7 @@ def test_reports_read_on_the_replica_say_its_lag_and_match_the_primary_before_it
         paused = True
         for n in range(5, 10):
             deposit(n)
-        time.sleep(PAUSE_S)
+        time.sleep(PAUSE_S)  # the point: the replica falls PAUSE_S behind, and its lag must say so
         behind = get(on_replica, f"/api/v1/accounts/{account_id}/balance").json()
         assert behind["balance"] == "1050.00"  # what the replica has: the reply says how old it may be
         assert get(on_primary, f"/api/v1/accounts/{account_id}/balance").json()["balance"] == "1100.00"
@@ -159,10 +156,10 @@ def test_reports_read_on_the_replica_say_its_lag_and_match_the_primary_before_it
         cluster.standby.scalar("SELECT pg_wal_replay_resume()")
         paused = False
         cluster.wait_replayed()
-        deadline = time.monotonic() + 30
-        while (caught := get(on_replica, f"/api/v1/accounts/{account_id}/balance").json())["balance"] != "1100.00":
-            assert time.monotonic() < deadline, caught
-            time.sleep(0.1)
+        def caught_up_again() -> dict | None:
+            body = get(on_replica, f"/api/v1/accounts/{account_id}/balance").json()
+            return body if body["balance"] == "1100.00" else None
+        caught = wait_until(caught_up_again, timeout_s=30, interval_s=0.1, what="the replica to catch up (1100.00)")
         report_figures(tmp_path, "reports from a replica", {
             "lag_caught_up_ms": caught_up["replica_lag_ms"], "lag_paused_ms": behind["replica_lag_ms"],
             "paused_s": PAUSE_S, "as_of_reports_equal": compared, "lag_after_resume_ms": caught["replica_lag_ms"]})

@@ -13,6 +13,7 @@ from integration.signature import Verified, verify
 from simulator import Faults
 from tests.integration.support import SECRET, Receiver
 from tests.simulator.conftest import ServeSimulator, envelopes, open_accounts
+from tests.waiting import wait_until
 
 
 def test_webhooks_are_signed_over_the_exact_bytes(serve_simulator: ServeSimulator, receiver: Receiver) -> None:
@@ -103,10 +104,8 @@ def test_nothing_is_dropped_while_the_ledger_is_down(serve_simulator: ServeSimul
     sim = serve_simulator(seed=1, webhook_secret=SECRET, ledger_url="http://127.0.0.1:9/hook", trades_per_day=1)
     open_accounts(sim, "acc-down")
     sim.step(1)
-    deadline = time.monotonic() + 10
-    while sim.state()["counters"]["webhooks_failed"] < 1:  # a first attempt failed: it retries from now on
-        assert time.monotonic() < deadline, "no delivery attempt failed within 10 s"
-        time.sleep(0.01)
+    wait_until(lambda: sim.state()["counters"]["webhooks_failed"] >= 1, timeout_s=10, interval_s=0.01,
+               what="a first delivery attempt to fail (it retries from then on)")
     assert not sim.flush(0)  # still retrying
     counters = sim.state()["counters"]
     assert counters["webhooks_failed"] >= 1 and counters["webhooks_delivered"] == 0

@@ -73,6 +73,22 @@ def test_the_simulator_is_off_the_production_path() -> None:
     assert problems == []
 
 
+def test_the_shell_reads_through_the_read_side_not_the_api() -> None:
+    """`invledger` reads every report through `readside` (the API's controllers call the same functions); of `api`
+    it imports only the app, to serve it, and the key store, to make keys."""
+    allowed = {"api.app", "api.auth"}
+    problems = []
+    for path in sorted((ROOT / "invledger").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                       else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            if isinstance(node, ast.ImportFrom) and node.module == "api":
+                modules = [f"api.{alias.name}" for alias in node.names]
+            problems += [f"{path.relative_to(ROOT)} imports {m}" for m in modules
+                         if (m == "api" or m.startswith("api.")) and m not in allowed]
+    assert problems == []
+
+
 def test_integration_needs_no_web_framework() -> None:
     """The engine's language (client, webhooks, outbox) imports neither litestar nor uvicorn; the simulator does."""
     web = {"litestar", "uvicorn"}

@@ -20,7 +20,6 @@ from ledger import verify as verify_module
 from ledger.model import Statement
 from ledger.verify import verify
 from tests import strategies as s
-from tests.readside.support import sums_as_of, whole_trial_balance
 
 ONE_MICROSECOND = timedelta(microseconds=1)
 DB_SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -129,45 +128,6 @@ def test_a_statement_to_now_holds_only_lines_up_to_now(ledger: Ledger) -> None:
     statement = ledger.statement(f"liabilities:investors:{account_id}")
     assert all(line.effective_at <= statement.end for line in statement.lines)
     assert statement.closing_balance == ledger.balance(account_id, as_of=statement.end)
-
-
-# ----------------------------------------------------------------------------- trial balance
-
-@DB_SETTINGS
-@given(history=histories())
-def test_trial_balance_as_of_is_the_as_of_balances(ledger: Ledger, engine: sa.Engine,
-                                                   history: tuple[str, list[Any]]) -> None:
-    currency, changes = history
-    account_id = _open(ledger, currency)
-    _history(ledger, account_id, currency, changes)
-    times = sorted({at for _, at in changes})
-    probes = sorted({*times, *(t - ONE_MICROSECOND for t in times), *(a + (b - a) / 2 for a, b in pairwise(times))})
-    mine = {f"liabilities:investors:{account_id}", f"assets:custody:{account_id}"}
-    for at in probes:
-        trial = whole_trial_balance(engine, at)
-        oracle = sums_as_of(engine, at)
-        assert {row.account: row.debit.minor - row.credit.minor for row in trial.rows} == oracle
-        assert trial.balanced
-        for code, (debits, credits) in trial.totals.items():
-            rows = [row for row in trial.rows if row.currency == code]
-            assert debits.minor == sum(row.debit.minor for row in rows)
-            assert credits.minor == sum(row.credit.minor for row in rows)
-        for row in trial.rows:
-            if row.account in mine:
-                sign = 1 if row.type == "asset" else -1
-                assert ledger.ledger_account_balance(row.account, as_of=at).minor == sign * (
-                    row.debit.minor - row.credit.minor)
-
-
-def test_trial_balance_far_ahead_is_the_cached_one(ledger: Ledger) -> None:
-    account_id = _open(ledger)
-    ledger.deposit(account_id, "12.34", idempotency_key=f"{account_id}:d")
-    now = whole_trial_balance(ledger.engine)
-    ahead = whole_trial_balance(ledger.engine, datetime.now(UTC) + timedelta(days=1))
-    assert now.rows == ahead.rows and now.totals == ahead.totals and now.balanced
-    before_everything = whole_trial_balance(ledger.engine, datetime(2000, 1, 1, tzinfo=UTC))
-    assert all(row.debit.is_zero() and row.credit.is_zero() for row in before_everything.rows
-               if row.account.endswith(account_id))
 
 
 # ------------------------------------------------------------------------------------ verify

@@ -20,6 +20,20 @@ from tests.api.test_reports_api import CSV, get
 from tests.api.test_webhooks import open_account, send, trade
 
 
+def assert_same_as_the_api(client, keys, ledger: Ledger, args, url: str, fmt: str):
+    """`invledger report` with `args` prints what GET `url` answers: the same CSV text, the same JSON value."""
+    from invledger import cli, reporting
+
+    out = io.StringIO()
+    reporting.write_report(ledger, args, cli.emit_table, out)
+    answer = client.get(url, headers={**auth(keys["finance"]), **(CSV if fmt == "csv" else {})})
+    if fmt == "csv":
+        assert out.getvalue() == answer.text, url
+    else:
+        assert json.loads(out.getvalue()) == answer.json(), url
+    return answer
+
+
 def test_cli_reports_equal_the_api(client, keys, ledger: Ledger, tmp_path) -> None:
     from invledger import cli, reporting
 
@@ -44,14 +58,7 @@ def test_cli_reports_equal_the_api(client, keys, ledger: Ledger, tmp_path) -> No
             args = parser.parse_args(["report", *argv, "--format", fmt])
             if argv[0] == "balance-sheet":  # the API's as_of must be the same instant
                 args.as_of = cli.parse_time(today, end_of_day=True)
-            out = io.StringIO()
-            reporting.write_report(ledger, args, cli.emit_table, out)
-            headers = {**auth(keys["finance"]), **(CSV if fmt == "csv" else {})}
-            answer = client.get(url, headers=headers)
-            if fmt == "csv":
-                assert out.getvalue() == answer.text, argv
-            else:
-                assert json.loads(out.getvalue()) == answer.json(), argv
+            assert_same_as_the_api(client, keys, ledger, args, url, fmt)
         table = io.StringIO()
         reporting.write_report(ledger, parser.parse_args(["report", *argv]), cli.emit_table, table)
         assert "----" in table.getvalue(), argv
@@ -111,14 +118,9 @@ def test_reconciliation_runs_as_json_csv_and_from_the_cli(client, keys, ledger: 
     for argv, api_url in ((["reconciliations", str(run_id), "--result", "break"], url),
                           (["alerts", "--status", "open"], "/api/v1/alerts?status=open&limit=1000")):
         for fmt in ("json", "csv"):
-            out = io.StringIO()
-            reporting.write_report(ledger, parser.parse_args(["report", *argv, "--format", fmt]), cli.emit_table, out)
-            answer = client.get(api_url, headers={**auth(keys["finance"]), **(CSV if fmt == "csv" else {})})
+            answer = assert_same_as_the_api(client, keys, ledger, parser.parse_args(["report", *argv, "--format", fmt]),
+                                            api_url, fmt)
             assert answer.json()["next_cursor"] is None if fmt == "json" else "X-Next-Cursor" not in answer.headers
-            if fmt == "csv":
-                assert out.getvalue() == answer.text, argv
-            else:
-                assert json.loads(out.getvalue()) == answer.json(), argv
         table = io.StringIO()
         reporting.write_report(ledger, parser.parse_args(["report", *argv]), cli.emit_table, table)
         assert "----" in table.getvalue() and account_id in table.getvalue(), argv

@@ -272,6 +272,10 @@ def _late_share(engine: sa.Engine, ids: list[str]) -> dict[str, int]:
 
 # issue 6: 32 writers on 10,000 accounts >= 0.6 x pgbench journal tps; on 10 hot accounts >= 0.3 x.
 RATIO_TARGETS = {10_000: 0.6, 10: 0.3}
+# issue 19: one entry per transaction (Ledger.post), 8 threads on 10,000 accounts >= 0.35 x pgbench's 8 clients
+# on 10,000 accounts, measured in the same run.
+ONE_ENTRY_CASE = (8, 10_000)
+ONE_ENTRY_RATIO_TARGET = 0.35
 DEADLOCK_SQLSTATE = "40P01"
 
 
@@ -378,6 +382,16 @@ def run(url: str, engine: sa.Engine, *, duration_s: float, writers_set: tuple[in
             params={"best_of": [r.name for r in found], "mode": best.params["mode"], "ratio_to_pgbench": ratio,
                     "target_ratio": wanted, "pgbench_journal_tps": journal_tps, "latency": best.params["latency"],
                     "errors": best.params["errors"], "retries": best.params["retries"]}))
+    one_entry = next((r for r in runs if r.name == "post.threads.w{}.a{}".format(*ONE_ENTRY_CASE)), None)
+    pgbench_tps = reference_tps.get(ONE_ENTRY_CASE)
+    if one_entry is not None and pgbench_tps:
+        ratio = round(one_entry.value / pgbench_tps, 3)
+        results.append(Result(
+            name="post.one_entry.vs_pgbench", value=ratio, unit="x", target=ONE_ENTRY_RATIO_TARGET,
+            met=ratio >= ONE_ENTRY_RATIO_TARGET,
+            params={"what": f"{one_entry.name} / pgbench two-leg entry, {ONE_ENTRY_CASE[0]} clients, "
+                            f"{ONE_ENTRY_CASE[1]} accounts (same run)", "entries_per_s": one_entry.value,
+                    "pgbench_tps": pgbench_tps, "latency": one_entry.params["latency"]}))
     deadlocks = sum(count for r in runs for key, count in r.params["errors"].items() if key.endswith(DEADLOCK_SQLSTATE))
     results.append(Result(name="post.deadlocks_surfaced", value=deadlocks, unit="count", target=0,
                           met=deadlocks == 0, params={"what": "deadlocks (40P01) that reached a Ledger.post caller; "

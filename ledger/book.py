@@ -7,7 +7,7 @@ as an entry (webhook deliveries, run records) use `tx.connection`.
 The commands and reads live by job — the posting engine in `ledger.posting`, investment accounts and capital in
 `ledger.accounts`, reads in `ledger.reads` — each a function of a `Tx`, written once. `_Commands` lists them, and
 the same attribute is a method of both doors: on a `Tx` it runs in that unit of work, on the `Ledger` in a
-transaction of its own (a read in a read-only one).
+transaction of its own (a read in a read-only one; `post`, one statement, alone in autocommit).
 
 Locking, so concurrent writers neither lose updates nor deadlock: an operation that reads before it writes
 (status checks, true-ups) first locks its investment account row (`tx.lock_account`); the legs of an entry are
@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, overload
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -38,13 +38,16 @@ _LEDGER_ACCOUNTS_NAMED = sa.text("SELECT id, name, type, currency FROM ledger_ac
 _LEDGER_ACCOUNT_BY_ID = sa.text("SELECT id, name, type, currency FROM ledger_account WHERE id = :id")
 
 
+Unit = Literal["transaction", "statement", "read"]
+
+
 class _Exposed(Generic[P, T]):
     """A function of a unit of work, as a method of `Tx` (run in that transaction) and of `Ledger` (run in a
-    transaction of its own when it writes, in a read-only one when it reads)."""
+    `unit` of its own: a transaction; one idempotent statement in autocommit; a read-only connection)."""
 
-    def __init__(self, function: Callable[Concatenate[Tx, P], T], *, writes: bool) -> None:
+    def __init__(self, function: Callable[Concatenate[Tx, P], T], unit: Unit) -> None:
         self.function = function
-        self.writes = writes
+        self.unit = unit
         functools.update_wrapper(self, function)
 
     @overload
@@ -54,15 +57,20 @@ class _Exposed(Generic[P, T]):
     def __get__(self, door: Tx | Ledger | None, owner: type) -> _Exposed[P, T] | Callable[P, T]:
         if door is None:
             return self
-        return door._bind(self.function, self.writes)
+        return door._bind(self.function, self.unit)
 
 
 def command(function: Callable[Concatenate[Tx, P], T]) -> _Exposed[P, T]:
-    return _Exposed(function, writes=True)
+    return _Exposed(function, "transaction")
+
+
+def statement(function: Callable[Concatenate[Tx, P], T]) -> _Exposed[P, T]:
+    """A command that is one idempotent statement (and reads it may need first): the Ledger sends it alone."""
+    return _Exposed(function, "statement")
 
 
 def read(function: Callable[Concatenate[Tx, P], T]) -> _Exposed[P, T]:
-    return _Exposed(function, writes=False)
+    return _Exposed(function, "read")
 
 
 def _resolve(tx: Tx, names: Iterable[str]) -> dict[str, LedgerAccount]:
@@ -84,7 +92,7 @@ class _Commands:
     """Every command and read, once; `Tx` and `Ledger` both have them (see the module docstring)."""
 
     # the posting engine
-    post = command(posting.post)
+    post = statement(posting.post)  # one entry, one round trip (migration 0016)
     post_many = command(posting.post_many)
     # investment accounts and capital
     open_account = command(investment_accounts.open_account)
@@ -103,7 +111,7 @@ class _Commands:
     statement = read(reads.statement)
     resolve = read(_resolve)
 
-    def _bind(self, function: Callable[..., T], writes: bool) -> Callable[..., T]:
+    def _bind(self, function: Callable[..., T], unit: Unit) -> Callable[..., T]:
         raise NotImplementedError
 
 
@@ -121,7 +129,7 @@ class Tx(_Commands):
         self.connection = connection
         self._created: dict[str, LedgerAccount] = {}  # made in this transaction: not cached until commit
 
-    def _bind(self, function: Callable[..., T], writes: bool) -> Callable[..., T]:
+    def _bind(self, function: Callable[..., T], unit: Unit) -> Callable[..., T]:
         return functools.partial(function, self)
 
     def account_by_id(self, ledger_account_id: int) -> LedgerAccount:
@@ -162,8 +170,16 @@ class Ledger(_Commands):
             connection.rollback()
             return result
 
-    def _bind(self, function: Callable[..., T], writes: bool) -> Callable[..., T]:
-        run = self.transact if writes else self.read_only
+    def one_statement(self, work: Callable[[Tx], T]) -> T:
+        """Run `work(tx)` in autocommit: for work whose one write is one idempotent statement (a transaction of
+        its own: no BEGIN, no COMMIT), retried on transient conflicts and once on a connection lost under it."""
+        try:
+            return run_with_retry(self.engine, lambda connection: work(Tx(self, connection)), autocommit=True)
+        except IntegrityError as error:  # the deferred balance check runs at the statement's end
+            raise posting.integrity_error(error) from error
+
+    def _bind(self, function: Callable[..., T], unit: Unit) -> Callable[..., T]:
+        run = {"transaction": self.transact, "statement": self.one_statement, "read": self.read_only}[unit]
 
         @functools.wraps(function)
         def in_a_unit_of_its_own(*args: Any, **kwargs: Any) -> T:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 import random
+import select
 import time
 import weakref
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -85,7 +86,6 @@ def create_engine(url: str, *, pool_size: int = 10, statement_timeout_ms: int = 
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_timeout=10,
-        pool_pre_ping=True,
         pool_recycle=1800,
         connect_args=connect_args,
     )
@@ -98,8 +98,29 @@ def create_engine(url: str, *, pool_size: int = 10, statement_timeout_ms: int = 
             # execute would begin again, recursively).
             with connection.connection.dbapi_connection.cursor() as cursor:
                 cursor.execute(set_local)
+        _TRANSACTION_POOLED.add(engine)
     _refuse_unreplicated_commits(engine)
+    sa.event.listen(engine.pool, "checkout", _refuse_closed)
     return engine
+
+
+# Engines behind a pooler in transaction mode: their settings are SET LOCAL in each transaction, so a statement
+# sent alone in autocommit would run without its timeouts — run_with_retry runs such work in a transaction there.
+_TRANSACTION_POOLED: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
+
+
+def _refuse_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """The pool's check that a connection it hands out is alive, without a round trip (it replaces the pre-ping,
+    a `SELECT 1` before every unit of work). An idle connection has nothing to read unless the server said
+    goodbye: a restart or a terminated backend sends its FATAL message and closes the socket. Then every pooled
+    connection older than it is replaced (as the pre-ping did), and the pool hands out a fresh one. What neither
+    check sees — a connection lost after it is handed out — fails that unit of work (503), or is retried where
+    that is safe (run_with_retry)."""
+    if dbapi_connection.closed or dbapi_connection.broken:
+        raise sa.exc.InvalidatePoolError("the connection is closed")
+    readable, _, _ = select.select([dbapi_connection.fileno()], [], [], 0)
+    if readable:
+        raise sa.exc.InvalidatePoolError("the server closed the connection (restart or terminated backend)")
 
 
 def sqlstate(error: BaseException) -> str | None:
@@ -121,18 +142,41 @@ def is_unavailable(error: BaseException) -> bool:
     return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
 
 
-def run_with_retry(engine: sa.Engine, work: Callable[[sa.Connection], T]) -> T:
-    """Run `work` in one transaction; commit, or roll back and retry the whole unit on a transient error."""
+def run_with_retry(engine: sa.Engine, work: Callable[[sa.Connection], T], *, autocommit: bool = False) -> T:
+    """Run `work` in one transaction; commit, or roll back and retry the whole unit on a transient error.
+
+    With `autocommit`, each statement of `work` is a transaction of its own (no BEGIN, no COMMIT): for work whose
+    statements are idempotent (a post under its key), so a connection lost under it is retried once too — the
+    statement either committed (then it answers a replay) or did not. Behind a pooler in transaction mode the work
+    runs in a transaction instead (its settings are set per transaction)."""
+    autocommit = autocommit and engine not in _TRANSACTION_POOLED
     attempt = 0
     while True:
         attempt += 1
         try:
+            if autocommit:
+                return _autocommit(engine, work)
             with engine.begin() as connection:
                 return work(connection)
         except DBAPIError as error:
-            if not is_transient(error) or attempt >= RETRY_ATTEMPTS_MAX:
+            lost = autocommit and attempt == 1 and error.connection_invalidated
+            if not (lost or is_transient(error)) or attempt >= RETRY_ATTEMPTS_MAX:
                 raise
             backoff_ms = min(RETRY_BACKOFF_CAP_MS, RETRY_BACKOFF_BASE_MS * 2 ** attempt)
             log.info("transient database conflict, retrying",
                      extra={"sqlstate": sqlstate(error), "attempt": attempt})
             time.sleep(random.uniform(0, backoff_ms) / 1000)
+
+
+def _autocommit(engine: sa.Engine, work: Callable[[sa.Connection], T]) -> T:
+    """`work` in autocommit. Each statement commits as it ends, so a cancelled wait for the synchronous standby
+    comes as the statement's notice, not the COMMIT's: checked here as do_commit checks it."""
+    with engine.connect() as connection:
+        raw = connection.connection.dbapi_connection
+        raw.info_invledger_unreplicated = False  # type: ignore[union-attr]
+        result = work(connection.execution_options(isolation_level="AUTOCOMMIT"))
+        if raw.info_invledger_unreplicated:  # type: ignore[union-attr]
+            raw.info_invledger_unreplicated = False  # type: ignore[union-attr]
+            log.warning("a commit is on the primary only: its wait for the synchronous standby was cancelled")
+            raise CommitNotReplicated("the commit was not confirmed by the synchronous standby")
+        return result

@@ -8,7 +8,7 @@ lock order — and the posting trigger stamps each with its sequence, running ba
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -40,27 +40,17 @@ EFFECTIVE_SKEW_MAX = timedelta(minutes=5)
 EFFECTIVE_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 _json = msgspec.json.Encoder(order="deterministic")
 
-_POST = sa.text("""
-WITH locked AS (
-    -- Lock the legs' accounts first, in id order (the global lock order), and only then take the time:
-    -- a defaulted effective time is then monotone per account, so only back-dated entries are "late".
-    SELECT id FROM ledger_account WHERE id = ANY(CAST(:accounts AS bigint[])) ORDER BY id FOR NO KEY UPDATE),
-e AS (
-    INSERT INTO journal_entry (idempotency_key, content_hash, kind, investment_account_id, effective_at,
-                               recorded_at, memo, metadata, reverses_entry_id, recorded_by)
-    SELECT :key, :hash, :kind, :account_id, COALESCE(CAST(:effective_at AS timestamptz), held.at), held.at,
-           :memo, CAST(:metadata AS jsonb), :reverses, :by
-      FROM (SELECT clock_timestamp() AS at, count(*) FROM locked) AS held
-    ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING id, effective_at, recorded_at)
-INSERT INTO posting (ledger_account_id, entry_id, side, amount_minor, currency,
-                     seq, effective_at, balance_after_minor, late)
-SELECT l.account, e.id, l.side, l.amount, l.currency, 0, e.effective_at, 0, false
-  FROM e CROSS JOIN unnest(CAST(:accounts AS bigint[]), CAST(:sides AS text[]), CAST(:amounts AS bigint[]),
-                           CAST(:currencies AS text[])) WITH ORDINALITY AS l(account, side, amount, currency, ord)
- ORDER BY l.ord
-RETURNING entry_id, ledger_account_id, balance_after_minor, effective_at, (SELECT recorded_at FROM e) AS recorded_at
-""")
+# One entry, one call (migration 0016): locks the legs' accounts in id order, answers a replay or a no-overdraft
+# refusal without writing, else inserts the entry and its legs (the posting triggers stamp and chain them).
+# Sent as the driver's own statement (no SQL compilation per call); the arrays travel as array literals of ids,
+# amounts, sides and currency codes — text the driver passes through, where dumping each list cost more.
+_POST_ENTRY = """
+SELECT entry_id, replayed, refused, content_hash, effective_at, recorded_at, ledger_account_id, balance_after_minor
+  FROM ledger_post_entry(%(key)s::text, %(hash)s::bytea, %(kind)s::text, %(account_id)s::text,
+                         %(effective_at)s::timestamptz, %(memo)s::text, %(metadata)s::jsonb, %(reverses)s::bigint,
+                         %(by)s::text, %(accounts)s::bigint[], %(sides)s::text[], %(amounts)s::bigint[],
+                         %(currencies)s::text[], %(guarded)s::bigint[], %(signs)s::int[])
+"""
 
 # Many entries at once (post_many): one call of ledger_post_entries (migration 0006) locks every leg account in id
 # order, inserts the entries, stamps all their legs set-based and answers each new entry's legs. Entries and legs
@@ -82,38 +72,36 @@ SELECT DISTINCT ON (p.ledger_account_id) p.ledger_account_id, p.balance_after_mi
 
 
 def post(tx: Tx, draft: EntryDraft) -> Posted:
-    """Book `draft` (or return the entry already booked under its key). See EntryDraft."""
-    accounts = tx.resolve(leg.account for leg in draft.legs)
+    """Book `draft` (or return the entry already booked under its key). See EntryDraft.
+
+    One statement (`ledger_post_entry`): in autocommit it is a transaction of its own (`Ledger.post`); a refusal
+    writes nothing, so inside a caller's transaction it needs no savepoint either."""
+    accounts = tx.resolve([*(leg.account for leg in draft.legs), *draft.no_overdraft])
     validate(draft, accounts)
     content_hash = content_hash_of(draft)
     legs = _in_lock_order(draft, accounts)
-    params = {
-        "key": draft.idempotency_key, "hash": content_hash, "kind": draft.kind,
-        "account_id": draft.investment_account_id, "effective_at": draft.effective_at,
-        "memo": draft.memo, "metadata": _json.encode(draft.metadata).decode(),
-        "reverses": draft.reverses_entry_id, "by": PRINCIPAL.get(),
-        "accounts": [accounts[leg.account].id for leg in legs], "sides": [leg.side for leg in legs],
-        "amounts": [leg.amount.minor for leg in legs], "currencies": [leg.amount.currency for leg in legs],
-    }
-    connection = tx.connection
+    guarded = [accounts[name] for name in draft.no_overdraft]
     with write_errors():
-        if draft.no_overdraft:  # a refusal must leave nothing behind in the caller's transaction
-            with connection.begin_nested() as savepoint:
-                rows = connection.execute(_POST, params).all()
-                refusal = _overdraft(draft, rows, accounts)
-                if refusal is not None:
-                    savepoint.rollback()
-                    raise refusal
-        else:
-            rows = connection.execute(_POST, params).all()
-    if not rows:
-        replay = existing(tx, draft, content_hash)
-        if replay is None:  # the conflicting writer rolled back between our insert and our read
-            return post(tx, draft)
-        return replay
+        rows = tx.connection.exec_driver_sql(_POST_ENTRY, {
+            "key": draft.idempotency_key, "hash": content_hash, "kind": draft.kind,
+            "account_id": draft.investment_account_id, "effective_at": draft.effective_at,
+            "memo": draft.memo, "metadata": _json.encode(draft.metadata).decode(),
+            "reverses": draft.reverses_entry_id, "by": PRINCIPAL.get(),
+            "accounts": _array(accounts[leg.account].id for leg in legs), "sides": _array(leg.side for leg in legs),
+            "amounts": _array(leg.amount.minor for leg in legs),
+            "currencies": _array(leg.amount.currency for leg in legs),
+            "guarded": _array(account.id for account in guarded),
+            "signs": _array(chart.normal_sign(account.type) for account in guarded)}).all()
     first = rows[0]
-    return Posted(entry_id=first.entry_id, replayed=False, effective_at=first.effective_at,
-                  recorded_at=first.recorded_at, balances_after=_balances_after(rows, accounts))
+    if first.refused:
+        account = tx.account_by_id(first.ledger_account_id)
+        balance = chart.normal_balance(first.balance_after_minor, account)
+        raise InsufficientFunds(f"{account.name} would fall to {balance}; the balance may not go below zero")
+    if first.replayed and bytes(first.content_hash) != content_hash:
+        raise DuplicateConflict(
+            f"idempotency key {draft.idempotency_key!r} was used for entry {first.entry_id} with other content")
+    return Posted(entry_id=first.entry_id, replayed=first.replayed, effective_at=first.effective_at,
+                  recorded_at=first.recorded_at, balances_after=_balances_after(tx, rows))
 
 
 def post_many(tx: Tx, drafts: Sequence[EntryDraft]) -> list[Posted]:
@@ -123,7 +111,7 @@ def post_many(tx: Tx, drafts: Sequence[EntryDraft]) -> list[Posted]:
     idempotency key (a key seen before — in the books or earlier in `drafts` — is a replay if the
     content is the same, DuplicateConflict if not), legs stamped in order — set-based by
     `ledger_post_entries`, exactly as the posting trigger stamps them one by one (migration 0006).
-    Drafts with a no-overdraft rule need a savepoint each, so a list holding one is posted one by one;
+    Drafts with a no-overdraft rule are checked one by one, so a list holding one is posted one by one (`post`);
     so is a list of one (`post` books it with a cheaper statement).
     """
     if len(drafts) == 1 or any(draft.no_overdraft for draft in drafts):
@@ -166,7 +154,7 @@ def post_many(tx: Tx, drafts: Sequence[EntryDraft]) -> list[Posted]:
             posted[key] = existing(tx, drafts[i], hashes[i]) or post(tx, drafts[i])
         else:
             posted[key] = Posted(entry_id=legs[0].entry_id, replayed=False, effective_at=legs[0].effective_at,
-                                 recorded_at=legs[0].recorded_at, balances_after=_balances_after(legs, accounts))
+                                 recorded_at=legs[0].recorded_at, balances_after=_balances_after(tx, legs))
     return [posted[draft.idempotency_key] if first_of[draft.idempotency_key] == i
             else msgspec.structs.replace(posted[draft.idempotency_key], replayed=True)
             for i, draft in enumerate(drafts)]
@@ -245,26 +233,20 @@ def integrity_error(error: IntegrityError) -> Exception:
     return IntegrityViolation(f"the database refused the write: {message}")
 
 
+def _array(values: Iterable[object]) -> str:
+    """A PostgreSQL array literal of integers, sides or currency codes (none holds a comma, quote or brace)."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
 def _in_lock_order(draft: EntryDraft, accounts: dict[str, LedgerAccount]) -> list[Leg]:
     """The draft's legs by ledger account id: the global lock order, and the order their postings are stamped."""
     return sorted(draft.legs, key=lambda leg: accounts[leg.account].id)
 
 
-def _balances_after(rows: Sequence[Any], accounts: dict[str, LedgerAccount]) -> dict[str, Money]:
+def _balances_after(tx: Tx, rows: Sequence[Any]) -> dict[str, Money]:
     """Each leg account's balance after the entry (rows come in insertion order: the last one wins)."""
-    by_id = {a.id: a for a in accounts.values()}
     balances = {}
     for row in rows:
-        account = by_id[row.ledger_account_id]
+        account = tx.account_by_id(row.ledger_account_id)
         balances[account.name] = chart.normal_balance(row.balance_after_minor, account)
     return balances
-
-
-def _overdraft(draft: EntryDraft, rows: Sequence[Any], accounts: dict[str, LedgerAccount]) -> Exception | None:
-    if not rows:
-        return None
-    balances = _balances_after(rows, accounts)
-    for name in draft.no_overdraft:
-        if balances[name].minor < 0:
-            return InsufficientFunds(f"{name} would fall to {balances[name]}; the balance may not go below zero")
-    return None

@@ -37,8 +37,8 @@ import sqlalchemy as sa
 
 from api.auth import create_key
 from integration.signature import sign
-from ledger import AccountSpec, Ledger, Money
-from ledger.db import create_engine
+from ledger import AccountSpec, Ledger, Money, rules
+from ledger.db import CommitNotReplicated, create_engine
 from service import database
 from tests.api.test_webhooks import trade
 from tests.processes import free_port
@@ -373,5 +373,53 @@ def test_a_commit_no_standby_confirmed_is_answered_503_and_found_on_resend(tmp_p
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+        engine.dispose()
+        cluster.stop()
+
+
+def test_one_entry_in_autocommit_is_not_acknowledged_without_the_standby(tmp_path: Path) -> None:
+    """`Ledger.post` commits as its one statement ends (autocommit, no COMMIT of ours): a cancelled wait for the
+    synchronous standby comes as that statement's warning, and is CommitNotReplicated as for a COMMIT; the post
+    again, once the standby is back, finds the entry — booked once."""
+    cluster = Cluster(tmp_path / "cluster", synchronous=True)
+    owner_url = cluster.url("postgres", driver=True)
+    database.migrate(owner_url, app_role=database.APP_ROLE, create_role=True)
+    engine = create_engine(owner_url, pool_size=2, application_name="one-entry-sync")
+    ledger = Ledger(engine)
+    account_id = f"oe-{uuid.uuid4().hex[:6]}"
+    ledger.open_account(AccountSpec(account_id=account_id, product_id="p", agent_type="swing", currency="USD",
+                                    fee_rate=Decimal("0.2"), initial_capital=Money.from_decimal("1000.00", "USD")))
+    draft = rules.deposit(account_id, Money.from_decimal("5.00", "USD"), idempotency_key=f"{account_id}:once")
+    outcome: dict[str, object] = {}
+
+    def post() -> None:
+        try:
+            outcome["posted"] = ledger.post(draft)
+        except Exception as error:  # noqa: BLE001 — the outcome is asserted below
+            outcome["error"] = error
+
+    probe = sa.create_engine(cluster.primary.url(), poolclass=sa.pool.NullPool)
+    try:
+        assert cluster.standby is not None
+        cluster.standby.stop()
+        poster = threading.Thread(target=post)
+        poster.start()
+        with probe.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+            deadline = time.monotonic() + 20
+            while poster.is_alive():
+                assert time.monotonic() < deadline, "the post did not end"
+                for pid in c.execute(sa.text("SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep' "
+                                             "AND application_name = 'one-entry-sync'")).scalars().all():
+                    c.execute(sa.text("SELECT pg_cancel_backend(:p)"), {"p": pid})
+                time.sleep(0.05)
+        poster.join()
+        assert isinstance(outcome.get("error"), CommitNotReplicated), outcome
+        cluster.standby.start()
+        cluster.wait_streaming()
+        again = ledger.post(draft)
+        assert again.replayed  # kept on the primary alone, not acknowledged; found by the same key
+        assert ledger.balance(account_id) == Money.from_decimal("1005.00", "USD")
+    finally:
+        probe.dispose()
         engine.dispose()
         cluster.stop()

@@ -46,7 +46,12 @@ FORBIDDEN = {
     "change the schema version": "UPDATE alembic_version SET version_num = 'x'",
     "edit an issued statement": "UPDATE investor_statement SET pdf = pdf",
     "delete an issued statement": "DELETE FROM investor_statement",
+    "replace the posting function": "CREATE OR REPLACE FUNCTION ledger_post_entry(text, bytea, text, text, "
+                                    "timestamptz, text, jsonb, bigint, text, bigint[], text[], bigint[], text[], "
+                                    "bigint[], int[]) RETURNS void LANGUAGE sql AS $$ SELECT $$",
 }
+POST_ENTRY = ("ledger_post_entry(text, bytea, text, text, timestamptz, text, jsonb, bigint, text, bigint[], text[], "
+              "bigint[], text[], bigint[], int[])")
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +76,25 @@ def test_the_application_role_cannot(app_runtime: runtime.Runtime, what: str) ->
     with app_runtime.engine.connect() as c, pytest.raises(DBAPIError) as refused:
         c.execute(sa.text(FORBIDDEN[what]))
     assert isinstance(refused.value.orig, psycopg.errors.InsufficientPrivilege), (what, refused.value.orig)
+
+
+def test_the_posting_function_grants_nothing_more(app_runtime: runtime.Runtime) -> None:
+    """ledger_post_entry (migration 0016) runs as its caller (SECURITY INVOKER: the role's own INSERTs, and every
+    guard); the application role may execute it, a role it was not granted to may not (no EXECUTE for PUBLIC)."""
+    owner = app_runtime.owner_engine()
+    try:
+        with owner.begin() as c:
+            c.exec_driver_sql("DROP ROLE IF EXISTS invledger_nobody")
+            c.exec_driver_sql("CREATE ROLE invledger_nobody NOLOGIN")
+            definer, app, nobody = c.execute(sa.text(
+                "SELECT p.prosecdef, has_function_privilege(:app, CAST(:f AS regprocedure), 'EXECUTE'),"
+                "       has_function_privilege('invledger_nobody', CAST(:f AS regprocedure), 'EXECUTE')"
+                "  FROM pg_proc p WHERE p.oid = CAST(:f AS regprocedure)"),
+                {"app": database.APP_ROLE, "f": POST_ENTRY}).one()
+            c.exec_driver_sql("DROP ROLE invledger_nobody")
+    finally:
+        owner.dispose()
+    assert (definer, app, nobody) == (False, True, False)
 
 
 def test_the_application_role_does_its_work(app_runtime: runtime.Runtime) -> None:

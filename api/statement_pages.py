@@ -1,6 +1,6 @@
 """Pages for the monthly investor statement and the open positions: the API's strings, in HTML (and the PDF).
 
-They read what the API reads (documents.statements, ledger.positions) and show it as `api.pages` shows the
+They read what the API reads (readside.statements, readside.views.positions) and show it as `api.pages` shows the
 other reports: same guard, same session, same headers. A month not issued yet shows what it would say now, marked
 as a draft (not stored, not signed).
 """
@@ -16,9 +16,10 @@ from litestar.response import Template
 from api.errors import ApiError
 from api.pages import SECURITY_HEADERS, _page, balance_chart, page_guard
 from api.params import LedgerDep, QueryInt
-from documents import statements as issued
-from ledger import positions as open_positions
 from ledger.statements import month_bounds, month_key, parse_month
+from readside import positions as open_positions
+from readside import statements as issued
+from readside import views
 
 
 class StatementPagesController(Controller):
@@ -56,6 +57,6 @@ class StatementPagesController(Controller):
     @get("/{account_id:str}/positions", sync_to_thread=True)
     def positions(self, request: Request, ledger: LedgerDep, account_id: FromPath[str],
                   days: QueryInt = None) -> Template:
-        found = open_positions.positions(ledger, account_id, days=days or open_positions.DAYS_DEFAULT)
+        report = views.positions(ledger, account_id, days=days or open_positions.DAYS_DEFAULT)
         return _page(request, "positions.html", title=f"Positions {account_id}", account_id=account_id,
-                     report=open_positions.positions_out(found))
+                     report=report)

@@ -1,4 +1,4 @@
-"""Issuing monthly investor statements and reading the issued ones (the `investor_statement` table, migration 0015).
+"""Issuing monthly investor statements (table `investor_statement`, migration 0015; reads: readside/statements.py).
 
 A statement for account A and month M is issued once M's distribution of A is booked (the fee and the high-water
 mark are part of it). Issuing computes the figures (ledger.statements), renders the PDF (documents.pdf) and stores
@@ -19,7 +19,6 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
-from typing import Any
 
 import msgspec
 import sqlalchemy as sa
@@ -31,6 +30,8 @@ from ledger.errors import InvalidEntry, UnknownAccount
 from ledger.principal import PRINCIPAL, as_caller
 from ledger.statements import (
     CHAIN_START,
+    STORED_COLUMNS,
+    Stored,
     compute,
     differences,
     document,
@@ -38,25 +39,12 @@ from ledger.statements import (
     month_bounds,
     month_key,
     read_inputs,
+    stored,
 )
 
 log = logging.getLogger("documents.statements")
 CONCURRENCY_MAX = 3  # issuing threads: measured in bench/statements.py
 Progress = Callable[[int, int], None]
-
-
-class Stored(msgspec.Struct, frozen=True, kw_only=True):
-    """An issued statement: its id, the document (issue and figures, as JSON), the PDF and the digest."""
-
-    id: int
-    account_id: str
-    month: date
-    version: int
-    issued_at: datetime
-    body: dict[str, Any]
-    pdf: bytes
-    digest: bytes
-    superseded_by: int | None = None
 
 
 class NotIssued(msgspec.Struct, frozen=True, kw_only=True):
@@ -124,9 +112,9 @@ def issue(ledger: Ledger, account_id: str, month: date, *,
             VALUES (:a, :m, :v, :corrects, :at, :by, :doc, :pdf, :prev, :digest) RETURNING id"""),
             {"a": account_id, "m": month, "v": version, "corrects": corrects, "at": issued_at,
              "by": PRINCIPAL.get(), "doc": data, "pdf": rendered, "prev": previous, "digest": digest}).scalar_one()
-    stored = Stored(id=statement_id, account_id=account_id, month=month, version=version, issued_at=issued_at,
-                    body=body, pdf=rendered, digest=digest)
-    return stored, ("issued" if last is None else "corrected")
+    made = Stored(id=statement_id, account_id=account_id, month=month, version=version, issued_at=issued_at,
+                  body=body, pdf=rendered, digest=digest)
+    return made, ("issued" if last is None else "corrected")
 
 
 def issue_month(ledger: Ledger, month: date, *, progress: Progress | None = None,
@@ -198,56 +186,8 @@ def issue_corrections(ledger: Ledger, *, progress: Progress | None = None) -> Is
 
 # ------------------------------------------------------------------------------------------ reads
 
-_COLUMNS = "id, account_id, month, version, issued_at, document, pdf, digest"
-
-
-def _stored(row: Any, superseded_by: int | None = None) -> Stored:
-    return Stored(id=row.id, account_id=row.account_id, month=row.month, version=row.version,
-                  issued_at=row.issued_at, body=msgspec.json.decode(bytes(row.document)), pdf=bytes(row.pdf),
-                  digest=bytes(row.digest), superseded_by=superseded_by)
-
-
 def _latest(c: sa.Connection, account_id: str, month: date) -> Stored | None:
     row = c.execute(sa.text(f"""
-        SELECT {_COLUMNS} FROM investor_statement WHERE account_id = :a AND month = :m
+        SELECT {STORED_COLUMNS} FROM investor_statement WHERE account_id = :a AND month = :m
          ORDER BY version DESC LIMIT 1"""), {"a": account_id, "m": month}).first()  # noqa: S608 — constants
-    return _stored(row) if row is not None else None
-
-
-def statement(ledger: Ledger, account_id: str, month: date, *, version: int | None = None) -> Stored | None:
-    """A's issued statement for M: the latest version, or the one asked for (None: not issued)."""
-    with ledger.engine.connect() as c:
-        if c.execute(sa.text("SELECT 1 FROM investment_account WHERE account_id = :a"),
-                     {"a": account_id}).first() is None:
-            raise UnknownAccount(f"investment account {account_id!r} does not exist")
-        rows = c.execute(sa.text(f"""
-            SELECT {_COLUMNS} FROM investor_statement WHERE account_id = :a AND month = :m
-             ORDER BY version"""), {"a": account_id, "m": month.replace(day=1)}).all()  # noqa: S608 — constants
-    if not rows:
-        return None
-    if version is None:
-        return _stored(rows[-1])
-    for i, row in enumerate(rows):
-        if row.version == version:
-            return _stored(row, rows[i + 1].id if i + 1 < len(rows) else None)
-    return None
-
-
-def versions(ledger: Ledger, account_id: str, month: date) -> list[dict[str, Any]]:
-    """Every issued version of A's statement for M, oldest first: id, version, issued_at, digest, corrects."""
-    with ledger.engine.connect() as c:
-        rows = c.execute(sa.text("""
-            SELECT id, version, issued_at, issued_by, corrects_id, encode(digest, 'hex') AS digest
-              FROM investor_statement WHERE account_id = :a AND month = :m ORDER BY version"""),
-            {"a": account_id, "m": month.replace(day=1)}).mappings().all()
-    return [dict(r) for r in rows]
-
-
-def draft(ledger: Ledger, account_id: str, month: date) -> dict[str, Any]:
-    """What A's statement for M would say now, not issued (version 0): for a month not distributed yet."""
-    with ledger.engine.connect() as c:
-        c.execution_options(isolation_level="REPEATABLE READ")
-        at = c.execute(sa.text("SELECT now()")).scalar_one()
-        figures = compute(read_inputs(c, account_id, month.replace(day=1)))
-        c.rollback()
-    return document(figures, version=0, issued_at=at, issued_by="")
+    return stored(row) if row is not None else None

@@ -309,6 +309,7 @@ def cmd_distribute(args: argparse.Namespace) -> int:
 def cmd_statements(args: argparse.Namespace) -> int:
     from documents import statements
     from ledger.statements import month_bounds, month_key, parse_month
+    from readside import statements as issued
 
     try:
         month = parse_month(args.month)
@@ -330,7 +331,7 @@ def cmd_statements(args: argparse.Namespace) -> int:
                     SELECT DISTINCT ON (account_id) account_id FROM investor_statement WHERE month = :m
                      ORDER BY account_id, version DESC"""), {"m": month}).scalars())
             for account_id in ids if not args.account else [a for a in ids if a in args.account]:
-                stored = statements.statement(rt.ledger, account_id, month)
+                stored = issued.statement(rt.ledger, account_id, month)
                 if stored is None:  # pragma: no cover — listed just above
                     continue
                 stem = f"statement-{account_id}-{month_key(month)}-v{stored.version}"

@@ -331,6 +331,31 @@ def encode(body: dict[str, Any]) -> bytes:
     return msgspec.json.encode(body, order="sorted")
 
 
+class Stored(msgspec.Struct, frozen=True, kw_only=True):
+    """An issued statement as stored: its id, the document (issue and figures, as JSON), the PDF and the digest;
+    `superseded_by` the id of the version that corrected it, when read with its versions."""
+
+    id: int
+    account_id: str
+    month: date
+    version: int
+    issued_at: datetime
+    body: dict[str, Any]
+    pdf: bytes
+    digest: bytes
+    superseded_by: int | None = None
+
+
+STORED_COLUMNS = "id, account_id, month, version, issued_at, document, pdf, digest"
+
+
+def stored(row: Any, superseded_by: int | None = None) -> Stored:
+    """A row of `investor_statement` (its STORED_COLUMNS) as a Stored."""
+    return Stored(id=row.id, account_id=row.account_id, month=row.month, version=row.version,
+                  issued_at=row.issued_at, body=msgspec.json.decode(bytes(row.document)), pdf=bytes(row.pdf),
+                  digest=bytes(row.digest), superseded_by=superseded_by)
+
+
 def statements_match(c: sa.Connection, limit: int = 20) -> list[str]:
     """`invledger verify`: every stored statement's digest covers its document and PDF, links the account's
     statement before it, and its figures are those of the books as they were recorded when it was issued."""

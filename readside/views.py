@@ -18,9 +18,9 @@ import sqlalchemy as sa
 
 from integration import outbox, reconcile, runs
 from ledger import Ledger, chart
-from ledger import positions as open_positions
 from ledger.model import ACCOUNT_STATUSES
 from ledger.reads import decode_cursor, encode_cursor
+from readside import positions as open_positions
 from readside import reports, tabular
 from readside.errors import InvalidQuery, NotFound
 

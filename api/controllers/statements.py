@@ -1,6 +1,6 @@
 """Monthly investor statements (PDF with `Accept: application/pdf`, JSON otherwise) and open positions; role finance.
 
-A statement is read as issued (documents.statements): the latest version, or `?version=N`; never recomputed here.
+A statement is read as issued (readside.statements): the latest version, or `?version=N`; never recomputed here.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from litestar.params import FromPath, Parameter
 from api.auth import require_role
 from api.errors import ApiError
 from api.params import LedgerDep
-from documents import statements as issued
-from ledger import positions as open_positions
-from ledger.statements import parse_month
+from ledger.statements import Stored, parse_month
 from ledger.times import rfc3339
+from readside import positions as open_positions
+from readside import statements as issued
+from readside import views
 
 PDF = "application/pdf"
 JSON = "application/json"
@@ -28,7 +29,7 @@ def wants_pdf(request: Request) -> bool:
     return request.accept.best_match([JSON, PDF], default=JSON) == PDF
 
 
-def statement_out(stored: issued.Stored, versions: list[dict[str, Any]]) -> dict[str, Any]:
+def statement_out(stored: Stored, versions: list[dict[str, Any]]) -> dict[str, Any]:
     """The issued document as stored, with its id, digest, whether it was superseded, and every version."""
     return {"id": stored.id, **stored.body, "digest": stored.digest.hex(), "superseded_by": stored.superseded_by,
             "versions": [{"id": v["id"], "version": v["version"], "issued_at": rfc3339(v["issued_at"]),
@@ -65,4 +66,4 @@ class StatementController(Controller):
     def positions(self, ledger: LedgerDep, account_id: FromPath[str],
                   days: Annotated[int, Parameter(ge=1, le=open_positions.DAYS_MAX)] = open_positions.DAYS_DEFAULT,
                   ) -> dict[str, Any]:
-        return open_positions.positions_out(open_positions.positions(ledger, account_id, days=days))
+        return views.positions(ledger, account_id, days=days)

@@ -20,6 +20,7 @@ from documents import statements as issued
 from ledger import AccountSpec, Ledger, Money, rules
 from ledger.distribution import distribute_account
 from ledger.statements import month_bounds, month_key
+from readside import statements as reads
 from tests.api.conftest import auth
 from tests.api.test_pages import login
 from tests.api.test_webhooks import open_account, performance, send, trade
@@ -194,7 +195,7 @@ def test_cli_statements_issues_and_writes(ledger: Ledger, tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     assert "0 issued, 0 corrected, 1 unchanged" in done.stdout and "1 written" in done.stdout
     written = tmp_path / "out" / f"statement-{account_id}-{month_key(month)}-v1.pdf"
-    stored = issued.statement(ledger, account_id, month)
+    stored = reads.statement(ledger, account_id, month)
     assert stored is not None and written.read_bytes() == stored.pdf
     assert json.loads(written.with_suffix(".json").read_text())["digest"] == stored.digest.hex()
     future = subprocess.run([sys.executable, "-m", "invledger.cli", "statements", "--month", "2999-01"], env=env,

@@ -21,6 +21,7 @@ from documents import statements as issued
 from ledger import AccountSpec, Ledger, Money, acting_as, rules
 from ledger.distribution import distribute_account
 from ledger.statements import month_bounds, month_key
+from readside import statements as reads
 from tests.api.test_pages import Browser, api, browser, server  # noqa: F401 — the fixtures
 from tests.api.test_statements_api import last_month
 from tests.api.test_webhooks import performance, send, trade
@@ -110,7 +111,7 @@ def test_statement_and_positions_in_a_real_browser(client, keys, ledger: Ledger,
     assert browser.text("[data-testid=version]") == "version 1"
     browser.screenshot(shots / "statement-page.png")
 
-    stored = issued.statement(ledger, account_id, last_month())
+    stored = reads.statement(ledger, account_id, last_month())
     assert stored is not None and PDFTOPPM, "pdftoppm is not installed (make install: poppler-utils)"
     (tmp_path / "statement.pdf").write_bytes(stored.pdf)
     subprocess.run([PDFTOPPM, "-r", "110", "-f", "1", "-l", "1", "-png", "-singlefile", str(tmp_path / "statement.pdf"),

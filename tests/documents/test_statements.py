@@ -21,6 +21,7 @@ from ledger.distribution import distribute_account
 from ledger.statements import month_bounds
 from ledger.verify import verify
 from readside import reports
+from readside import statements as reads
 
 PDFTOTEXT = shutil.which("pdftotext")
 
@@ -80,7 +81,7 @@ def test_statement_figures_pdf_and_ledger_agree(books: Ledger, tmp_path: Path) -
     month = last_month()
     open_plain(books, "inv-1")
     month_of_history(books, "inv-1", month)
-    assert issued.statement(books, "inv-1", month) is None
+    assert reads.statement(books, "inv-1", month) is None
     stored, outcome = issued.issue(books, "inv-1", month)
     assert outcome == "issued" and stored.version == 1
     f = stored.body["figures"]
@@ -133,7 +134,7 @@ def test_a_back_dated_trade_issues_a_corrected_statement_never_a_changed_one(boo
     assert issued.corrections_due(books) == [("inv-2", month)]
     counts = issued.issue_corrections(books)
     assert (counts.corrected, counts.issued, counts.failed) == (1, 0, 0)
-    second = issued.statement(books, "inv-2", month)
+    second = reads.statement(books, "inv-2", month)
     assert second is not None and second.version == 2
     assert second.body["statement"]["corrects"] == first.id
     assert "realised trading result was 90.25, now 100.25" in second.body["statement"]["correction"]
@@ -141,10 +142,10 @@ def test_a_back_dated_trade_issues_a_corrected_statement_never_a_changed_one(boo
     text = pdf_text(second.pdf, tmp_path)
     assert "CORRECTED STATEMENT" in text and "replaces version 1" in text and "100.25" in text
     # The first version is kept exactly as issued, and says it was superseded when asked for.
-    kept = issued.statement(books, "inv-2", month, version=1)
+    kept = reads.statement(books, "inv-2", month, version=1)
     assert kept is not None and kept.digest == first.digest and kept.pdf == first.pdf
     assert kept.superseded_by == second.id
-    assert [v["version"] for v in issued.versions(books, "inv-2", month)] == [1, 2]
+    assert [v["version"] for v in reads.versions(books, "inv-2", month)] == [1, 2]
     assert issued.corrections_due(books) == []
     report = verify(books.engine)
     assert report.ok, report.findings

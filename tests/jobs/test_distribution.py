@@ -9,13 +9,13 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
-from documents import statements
 from integration import runs
 from integration.booking import Bookkeeper
 from integration.events import PerformanceData
 from jobs import actors
 from ledger import Money, rules
 from ledger.distribution import distributions
+from readside import statements as issued
 from service.runtime import Runtime
 from simulator import Simulator
 from tests.jobs.conftest import SINCE, Db, Jobs, cli, engine_client, open_known_account
@@ -83,7 +83,7 @@ def test_fee_above_the_high_water_mark_net_of_flows(db: Db, sim: Simulator, runt
     assert db.ledger.balance(gainer) == usd("1080.00")
     assert db.ledger.ledger_account_balance("income:performance-fees:USD") == usd("50.00")
     # The distribution sent the month's statements (issue_statements, drained with it): the fee and the mark.
-    march = statements.statement(db.ledger, gainer, MARCH)
+    march = issued.statement(db.ledger, gainer, MARCH)
     assert march is not None and march.version == 1
     assert {k: march.body["figures"][k] for k in ("opening_balance", "performance_fee", "high_water_mark_before",
                                                   "high_water_mark_after", "closing_balance")} == {

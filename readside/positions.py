@@ -24,8 +24,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 import msgspec
 import sqlalchemy as sa
 
-from ledger import chart
-from ledger.book import Ledger
+from ledger import Ledger, chart
 from ledger.errors import InvalidEntry, UnknownAccount
 from ledger.money import Money
 from ledger.policies.flows import flow_sql

@@ -1,0 +1,56 @@
+"""The issued monthly investor statements, as the doors show them (issuing is documents/statements.py).
+
+A statement is read as it was issued and stored (migration 0015): the latest version of an account's month, or
+the one asked for, with the id of the version that corrected it; never recomputed here. A month not issued yet can
+be shown as a draft: what the books say now, computed by the same function, marked version 0 and not stored.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import sqlalchemy as sa
+
+from ledger import Ledger
+from ledger.errors import UnknownAccount
+from ledger.statements import STORED_COLUMNS, Stored, compute, document, read_inputs, stored
+
+
+def statement(ledger: Ledger, account_id: str, month: date, *, version: int | None = None) -> Stored | None:
+    """A's issued statement for M: the latest version, or the one asked for (None: not issued)."""
+    with ledger.engine.connect() as c:
+        if c.execute(sa.text("SELECT 1 FROM investment_account WHERE account_id = :a"),
+                     {"a": account_id}).first() is None:
+            raise UnknownAccount(f"investment account {account_id!r} does not exist")
+        rows = c.execute(sa.text(f"""
+            SELECT {STORED_COLUMNS} FROM investor_statement WHERE account_id = :a AND month = :m
+             ORDER BY version"""), {"a": account_id, "m": month.replace(day=1)}).all()  # noqa: S608 — constants
+    if not rows:
+        return None
+    if version is None:
+        return stored(rows[-1])
+    for i, row in enumerate(rows):
+        if row.version == version:
+            return stored(row, rows[i + 1].id if i + 1 < len(rows) else None)
+    return None
+
+
+def versions(ledger: Ledger, account_id: str, month: date) -> list[dict[str, Any]]:
+    """Every issued version of A's statement for M, oldest first: id, version, issued_at, digest, corrects."""
+    with ledger.engine.connect() as c:
+        rows = c.execute(sa.text("""
+            SELECT id, version, issued_at, issued_by, corrects_id, encode(digest, 'hex') AS digest
+              FROM investor_statement WHERE account_id = :a AND month = :m ORDER BY version"""),
+            {"a": account_id, "m": month.replace(day=1)}).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def draft(ledger: Ledger, account_id: str, month: date) -> dict[str, Any]:
+    """What A's statement for M would say now, not issued (version 0): for a month not distributed yet."""
+    with ledger.engine.connect() as c:
+        c.execution_options(isolation_level="REPEATABLE READ")
+        at = c.execute(sa.text("SELECT now()")).scalar_one()
+        figures = compute(read_inputs(c, account_id, month.replace(day=1)))
+        c.rollback()
+    return document(figures, version=0, issued_at=at, issued_by="")

@@ -117,33 +117,32 @@ def change_status(tx: Tx, account_id: str, action: str, *, reason: str = "", sou
 
 def deposit(tx: Tx, account_id: str, amount: object, *, idempotency_key: str, reference: str = "",
             source: str = "api", effective_at: datetime | None = None) -> Posted:
-    """`effective_at`: the value date when it is not now (a wire booked after it arrived)."""
-    account = lock_account(tx, account_id)
-    draft = rules.deposit(account_id, parse_amount(amount, account.currency),
-                          idempotency_key=idempotency_key, memo=reference, effective_at=effective_at,
-                          metadata=_capital_metadata(reference, source))
-    replay = tx.existing(draft)
-    if replay is not None:
-        return replay
-    if account.status == "closed":
-        raise AccountStateConflict(f"account {account_id!r} is closed; deposits are refused")
-    posted = tx.post(draft)
-    _capital_changed(tx, account_id, "deposit", draft.legs[0].amount, posted)
-    return posted
+    """`effective_at`: the value date when it is not now (a wire booked after it arrived). A closed account
+    refuses deposits (a replay of one booked before it closed is still answered)."""
+    return _move_capital(tx, "deposit", account_id, amount, idempotency_key=idempotency_key, reference=reference,
+                         source=source, effective_at=effective_at)
 
 
 def withdraw(tx: Tx, account_id: str, amount: object, *, idempotency_key: str, reference: str = "",
              source: str = "api", effective_at: datetime | None = None) -> Posted:
     """`effective_at`: the value date when it is not now (a wire booked after it arrived)."""
+    return _move_capital(tx, "withdrawal", account_id, amount, idempotency_key=idempotency_key, reference=reference,
+                         source=source, effective_at=effective_at)
+
+
+def _move_capital(tx: Tx, operation: str, account_id: str, amount: object, *, idempotency_key: str, reference: str,
+                  source: str, effective_at: datetime | None) -> Posted:
     account = lock_account(tx, account_id)
-    draft = rules.withdrawal(account_id, parse_amount(amount, account.currency),
-                             idempotency_key=idempotency_key, memo=reference, effective_at=effective_at,
-                             metadata=_capital_metadata(reference, source))
+    rule = rules.deposit if operation == "deposit" else rules.withdrawal
+    draft = rule(account_id, parse_amount(amount, account.currency), idempotency_key=idempotency_key,
+                 memo=reference, effective_at=effective_at, metadata=_capital_metadata(reference, source))
     replay = tx.existing(draft)
     if replay is not None:
         return replay
+    if operation == "deposit" and account.status == "closed":
+        raise AccountStateConflict(f"account {account_id!r} is closed; deposits are refused")
     posted = tx.post(draft)
-    _capital_changed(tx, account_id, "withdrawal", draft.legs[0].amount, posted)
+    _capital_changed(tx, account_id, operation, draft.legs[0].amount, posted)
     return posted
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,7 +41,10 @@ from integration import reconcile
 from ledger import times
 from ledger.errors import LedgerError
 from ledger.principal import PRINCIPAL
+from ledger.statements import month_bounds, month_key, parse_month
 from ledger.times import rfc3339
+from readside import positions as open_positions
+from readside import statements as issued
 from readside import views
 
 HERE = Path(__file__).parent
@@ -320,7 +323,50 @@ class PagesController(Controller):
         return Redirect(path=f"/alerts?acknowledged={alert_id}", status_code=303, headers=SECURITY_HEADERS)
 
 
-from api.statement_pages import StatementPagesController  # noqa: E402 — it builds on the helpers above
+# ------------------------------------------------------------------- monthly statements and positions
+
+# The monthly investor statement (as issued; a month not issued yet as a marked draft) and its PDF, and the open
+# positions: what the API reads (readside.statements, readside.views.positions), in HTML.
+class StatementPagesController(Controller):
+    path = "/accounts"
+    guards = [page_guard]
+    include_in_schema = False
+
+    @get("/{account_id:str}/statements/{month:str}", sync_to_thread=True)
+    def statement(self, request: Request, ledger: LedgerDep, account_id: FromPath[str], month: FromPath[str],
+                  version: QueryInt = None) -> Template:
+        target = parse_month(month)
+        account = ledger.account(account_id)
+        stored = issued.statement(ledger, account_id, target, version=version)
+        body = stored.body if stored is not None else issued.draft(ledger, account_id, target)
+        over = month_bounds(target)[1] <= datetime.now(UTC)
+        f = body["figures"]
+        chart = balance_chart([{"date": d["date"], "closing_balance": d["balance"]} for d in f["daily_balances"]],
+                              account.currency)
+        return _page(request, "statement.html", title=f"Statement {account_id} {month_key(target)}",
+                     account_id=account_id, month=month_key(target), statement=body, figures=f, chart=chart,
+                     stored=stored, digest=stored.digest.hex() if stored else None,
+                     versions=issued.versions(ledger, account_id, target), over=over)
+
+    @get("/{account_id:str}/statements/{month:str}/pdf", sync_to_thread=True)
+    def statement_pdf(self, ledger: LedgerDep, account_id: FromPath[str], month: FromPath[str],
+                      version: QueryInt = None) -> Response:
+        target = parse_month(month)
+        stored = issued.statement(ledger, account_id, target, version=version)
+        if stored is None:
+            raise ApiError(404, "not_issued", f"the statement of {account_id} for {month} is not issued")
+        return Response(stored.pdf, media_type="application/pdf", headers={
+            **SECURITY_HEADERS, "Content-Disposition":
+                f'inline; filename="statement-{account_id}-{month_key(target)}-v{stored.version}.pdf"'})
+
+    @get("/{account_id:str}/positions", sync_to_thread=True)
+    def positions(self, request: Request, ledger: LedgerDep, account_id: FromPath[str],
+                  days: QueryInt = None) -> Template:
+        report = views.positions(ledger, account_id, days=days or open_positions.DAYS_DEFAULT)
+        return _page(request, "positions.html", title=f"Positions {account_id}", account_id=account_id,
+                     report=report)
+
+
 
 ROUTER = Router(
     path="/", route_handlers=[login_form, login, logout, PagesController, StatementPagesController,

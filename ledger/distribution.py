@@ -28,7 +28,7 @@ from typing import Any, Literal
 import msgspec
 import sqlalchemy as sa
 
-from ledger import chart
+from ledger import chart, holds
 from ledger.book import Ledger, Tx
 from ledger.errors import InvalidEntry
 from ledger.money import Money
@@ -147,7 +147,9 @@ def distribute_account(tx: Tx, account_id: str, month: date, *, require_snapshot
     computed = fee.compute_fee(fee.FeeInputs(currency=account.currency, opening_balance_minor=opening.minor,
                                              closing_balance_minor=closing.minor, net_flows_minor=flows,
                                              opening_hwm_minor=opening_hwm, rate=account.fee_rate))
-    fee_minor = fee.charged_fee_minor(computed.computed_fee_minor, tx.balance(account_id).minor)
+    # At most what is available: open holds (ledger.holds) reserve part of the balance for withdrawals.
+    available = holds.balances(tx, [account_id])[account_id].available
+    fee_minor = fee.charged_fee_minor(computed.computed_fee_minor, available.minor)
     inputs = {"month": month_key(month), "opening_balance": str(opening), "closing_balance": str(closing),
               "net_flows": _text(flows, account.currency), "profit": _text(computed.profit_minor, account.currency),
               "opening_hwm": _text(opening_hwm, account.currency),

@@ -57,3 +57,13 @@ class IntegrityViolation(LedgerError):
     """The database refused a write that would break an invariant. A bug, not a user error."""
 
     code = "integrity_violation"
+
+
+class UnknownHold(UnknownEntry):
+    code = "unknown_hold"
+
+
+class HoldStateConflict(AccountStateConflict):
+    """The hold is already resolved otherwise (posting a voided hold, voiding a posted one)."""
+
+    code = "hold_state_conflict"

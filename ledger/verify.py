@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 import msgspec
 import sqlalchemy as sa
 
-from ledger import chain, chart, statements
+from ledger import chain, chart, holds, statements
 
 FINDINGS_PER_CHECK_MAX = 20
 
@@ -173,6 +173,7 @@ GUARD_TRIGGERS = {
     "ledger_anchor_head": ("ledger_anchor_head_append_only", "ledger_anchor_head_no_truncate"),
     "investor_statement": ("investor_statement_check", "investor_statement_append_only",
                            "investor_statement_no_truncate"),
+    **holds.GUARD_TRIGGERS,
 }
 
 
@@ -194,7 +195,7 @@ def guards_enabled(c: sa.Connection) -> list[str]:
 CHECKS: tuple[Callable[[sa.Connection], list[str]], ...] = (
     entries_balance, entries_have_two_legs, no_orphan_legs, cached_balances_match, running_balances_match,
     lateness_bounds_match, checkpoints_match, custody_equals_investors, books_balance, reversals_mirror,
-    as_of_matches_recomputation, guards_enabled, statements.statements_match,
+    as_of_matches_recomputation, guards_enabled, statements.statements_match, *holds.CHECKS,
 )
 
 

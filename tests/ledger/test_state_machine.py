@@ -3,6 +3,7 @@ pure-Python model of what the balances must be (now, as of any time, and line by
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -39,6 +40,8 @@ from ledger import (
     Posted,
     rules,
 )
+from ledger import holds as h
+from ledger.errors import HoldStateConflict
 from ledger.verify import verify
 from tests import strategies as s
 from tests.readside.support import whole_trial_balance
@@ -65,10 +68,16 @@ class ModelAccount:
     account_id: str
     currency: str
     entries: list[ModelEntry] = field(default_factory=list)
+    holds: dict[int, int] = field(default_factory=dict)  # open hold id -> amount
+    resolved: dict[int, str] = field(default_factory=dict)  # hold id -> posted | voided | expired
 
     @property
     def balance_minor(self) -> int:
         return sum(e.change_minor for e in self.entries)
+
+    @property
+    def available_minor(self) -> int:
+        return self.balance_minor - sum(self.holds.values())
 
     def balance_as_of(self, at: datetime) -> int:
         return sum(e.change_minor for e in self.entries if e.effective_at <= at)
@@ -203,11 +212,12 @@ class LedgerMachine(RuleBasedStateMachine):
         # around the balance: exactly it, a little less or more, and anything up to twice it
         minor = data.draw(st.one_of(
             st.integers(min_value=1, max_value=max(1, 2 * balance)),
-            st.sampled_from(sorted({max(1, balance), max(1, balance - 1), max(1, balance + 1)}))),
+            st.sampled_from(sorted({max(1, balance), max(1, balance - 1), max(1, balance + 1),
+                                    max(1, account.available_minor), max(1, account.available_minor + 1)}))),
             label="withdrawal")
         key = self._key("withdrawal")
         amount = self._amount_form(data, account.currency, minor)
-        if minor > balance:
+        if minor > account.available_minor:  # open holds reserve part of the balance
             try:
                 self.ledger.withdraw(account_id, amount, idempotency_key=key)
             except InsufficientFunds:
@@ -282,7 +292,7 @@ class LedgerMachine(RuleBasedStateMachine):
         account = self.model[original.account_id]
         key = self._key("reversal")
         # a reversal that debits the investor may not overdraw (one that credits is never refused)
-        if original.change_minor > 0 and account.balance_minor - original.change_minor < 0:
+        if original.change_minor > 0 and account.available_minor - original.change_minor < 0:
             with pytest.raises(InsufficientFunds):
                 self.ledger.reverse(original.entry_id, reason=reason, idempotency_key=key)
             self._unchanged(original.account_id, key)
@@ -337,6 +347,138 @@ class LedgerMachine(RuleBasedStateMachine):
         assert command.reverses is not None
         return self.ledger.reverse(command.reverses, reason=command.reason if reason is None else reason,
                                    idempotency_key=command.key)
+
+    # ------------------------------------------------------------------------ holds (two-phase)
+
+    @rule(account_id=accounts, data=st.data())
+    def place_hold(self, account_id: str, data: st.DataObject) -> None:
+        account = self.model[account_id]
+        free = account.available_minor
+        minor = data.draw(st.one_of(st.integers(min_value=1, max_value=max(1, 2 * free)),
+                                    st.sampled_from(sorted({max(1, free), max(1, free + 1)}))), label="hold")
+        key = self._key("hold")
+        if minor > free:
+            with pytest.raises(InsufficientFunds):
+                h.place_hold(self.ledger, account_id, s.decimal_of(minor, account.currency), idempotency_key=key)
+            self.seen["hold refused"] += 1
+            return
+        hold = h.place_hold(self.ledger, account_id, self._amount_form(data, account.currency, minor),
+                            idempotency_key=key)
+        assert hold.status == "open" and hold.amount.minor == minor and not hold.replayed
+        again = h.place_hold(self.ledger, account_id, s.decimal_of(minor, account.currency), idempotency_key=key)
+        assert again.replayed and again.hold_id == hold.hold_id
+        account.holds[hold.hold_id] = minor
+        self.seen["hold"] += 1
+
+    def _open_holds(self) -> list[tuple[str, int]]:
+        return [(a, hold_id) for a, account in self.model.items() for hold_id in account.holds]
+
+    @precondition(lambda self: bool(self._open_holds()))
+    @rule(data=st.data())
+    def post_hold(self, data: st.DataObject) -> None:
+        account_id, hold_id = data.draw(st.sampled_from(self._open_holds()), label="hold to post")
+        account = self.model[account_id]
+        minor = account.holds[hold_id]
+        if account.balance_minor < minor:  # losses took the balance below the hold: refused, the hold stays
+            with pytest.raises(InsufficientFunds):
+                h.post_hold(self.ledger, hold_id, account_id=account_id)
+            self.seen["hold post refused"] += 1
+            return
+        before = account.available_minor
+        hold, posted = h.post_hold(self.ledger, hold_id, account_id=account_id)
+        assert hold.status == "posted" and hold.entry_id == posted.entry_id
+        del account.holds[hold_id]
+        account.resolved[hold_id] = "posted"
+        self._record(account_id, "withdrawal", posted, -minor)
+        assert account.available_minor == before  # posting moves the balance, not what is available
+        self.seen["hold posted"] += 1
+
+    @precondition(lambda self: bool(self._open_holds()))
+    @rule(data=st.data(), expire=st.booleans())
+    def void_hold(self, data: st.DataObject, expire: bool) -> None:
+        account_id, hold_id = data.draw(st.sampled_from(self._open_holds()), label="hold to void")
+        account = self.model[account_id]
+        if expire:  # its time is up: the expiry job's work, for this account
+            expired = h.expire_due(self.ledger, now=datetime.now(UTC) + timedelta(days=2), account_id=account_id)
+            assert sorted(x.hold_id for x in expired) == sorted(account.holds)
+            for x in expired:
+                account.resolved[x.hold_id] = "expired"
+            account.holds.clear()
+            self.seen["hold expired"] += 1
+            return
+        hold = h.void_hold(self.ledger, hold_id, reason="cancelled", account_id=account_id)
+        assert hold.status == "voided"
+        del account.holds[hold_id]
+        account.resolved[hold_id] = "voided"
+        self.seen["hold voided"] += 1
+
+    @precondition(lambda self: any(account.resolved for account in self.model.values()))
+    @rule(data=st.data(), post=st.booleans())
+    def resolve_again(self, data: st.DataObject, post: bool) -> None:
+        """Posting a posted hold returns its entry; voiding a voided one changes nothing; any other second
+        resolution is refused. The balances do not move (the invariants check it)."""
+        account_id, hold_id, status = data.draw(st.sampled_from(sorted(
+            (a, hold_id, status) for a, account in self.model.items() for hold_id, status in account.resolved.items())))
+        if post and status == "posted":
+            hold, posted = h.post_hold(self.ledger, hold_id)
+            assert hold.replayed and posted.replayed and posted.entry_id == hold.entry_id
+        elif not post and status != "posted":
+            assert h.void_hold(self.ledger, hold_id).replayed
+        else:
+            with pytest.raises(HoldStateConflict):
+                (h.post_hold if post else h.void_hold)(self.ledger, hold_id)
+        self.seen["hold resolved again"] += 1
+
+    @rule(account_id=accounts, data=st.data(), workers=st.integers(min_value=2, max_value=8))
+    def holds_and_withdrawals_at_once(self, account_id: str, data: st.DataObject, workers: int) -> None:
+        """Several threads place holds and withdraw the same amount at once: exactly as many succeed as the
+        available balance allows, whatever the interleaving."""
+        account = self.model[account_id]
+        minor = data.draw(st.integers(min_value=1, max_value=max(1, account.available_minor // 2 + 1)), label="each")
+        kinds = data.draw(st.lists(st.booleans(), min_size=workers, max_size=workers), label="hold or withdrawal")
+        keys = [self._key("at-once") for _ in range(workers)]
+        barrier = threading.Barrier(workers, timeout=30)
+        results: list[Any] = [None] * workers
+
+        def work(i: int) -> None:
+            barrier.wait()
+            try:
+                if kinds[i]:
+                    results[i] = h.place_hold(self.ledger, account_id, s.decimal_of(minor, account.currency),
+                                              idempotency_key=keys[i])
+                else:
+                    results[i] = self.ledger.withdraw(account_id, s.decimal_of(minor, account.currency),
+                                                      idempotency_key=keys[i])
+            except Exception as error:  # noqa: BLE001 — kept and checked below
+                results[i] = error
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        expected = min(workers, max(0, account.available_minor) // minor)
+        assert all(r is not None and not isinstance(r, Exception) or isinstance(r, InsufficientFunds)
+                   for r in results), results
+        done = [(i, r) for i, r in enumerate(results) if not isinstance(r, InsufficientFunds)]
+        assert len(done) == expected, (results, account.available_minor, minor)
+        for i, result in done:
+            if kinds[i]:
+                account.holds[result.hold_id] = minor
+        # The withdrawals in the order the database booked them (entry ids ascend with it, under the account lock).
+        for _, result in sorted(((r.entry_id, r) for i, r in done if not kinds[i]), key=lambda pair: pair[0]):
+            self._record_unordered(account_id, result, -minor)
+        self.seen["at once"] += 1
+
+    def _record_unordered(self, account_id: str, posted: Posted, change_minor: int) -> None:
+        """A withdrawal booked concurrently: its balance after depends on the interleaving, so only the entry is
+        recorded, in the order the database booked it (the statements' order among equal times)."""
+        self.order += 1
+        entry = ModelEntry(entry_id=posted.entry_id, account_id=account_id, kind="withdrawal",
+                           effective_at=posted.effective_at, change_minor=change_minor, order=self.order)
+        self.model[account_id].entries.append(entry)
+        self.entries[posted.entry_id] = entry
+        assert posted.balances_after[_investors(account_id)].minor >= 0
 
     @rule(command=commands, data=st.data())
     def replay(self, command: Command, data: st.DataObject) -> None:
@@ -418,6 +560,18 @@ class LedgerMachine(RuleBasedStateMachine):
         assert not overdrawn
 
     @invariant()
+    def available_matches_the_model(self) -> None:
+        """available = balance − open holds, and the open holds are the model's."""
+        got = h.account_balances(self.ledger, list(self.model))
+        for account_id, account in self.model.items():
+            b = got[account_id]
+            assert (b.balance.minor, b.held.minor, b.available.minor, b.open_holds) == (
+                account.balance_minor, sum(account.holds.values()), account.available_minor, len(account.holds))
+        open_ids = h.read(self.ledger, lambda tx: [
+            x.hold_id for a in self.model for x in h.listing(tx, account_id=a, status="open", limit=1000)])
+        assert sorted(open_ids) == sorted(i for account in self.model.values() for i in account.holds)
+
+    @invariant()
     def balances_as_of_match_the_model(self) -> None:
         """Every entry's time, just before it, and between entries: one SQL round trip per account for all
         of them, and `Ledger.balance(as_of=…)` itself for a few that change from step to step."""
@@ -481,7 +635,8 @@ def test_ledger_state_machine(ledger: Ledger, engine: sa.Engine) -> None:
     assert report.ok, report.findings
     seen = LedgerMachine.seen
     exercised = ("late trade", "overdraft refused", "conflict", "reversal", "second reversal refused",
-                 "batch", "batch replay")
+                 "batch", "batch replay", "hold", "hold refused", "hold posted", "hold voided", "hold expired",
+                 "hold resolved again", "at once")
     assert all(seen[what] for what in exercised), seen
     assert sum(n for what, n in seen.items() if what.endswith("replayed")), seen
 

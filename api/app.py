@@ -20,6 +20,7 @@ from api import pages, ratelimit
 from api.auth import KeyStore
 from api.controllers.accounts import AccountController
 from api.controllers.alerts import AlertController
+from api.controllers.holds import HoldController
 from api.controllers.journal import JournalController
 from api.controllers.outbox import OutboxController
 from api.controllers.reconciliations import ReconciliationController
@@ -167,7 +168,8 @@ def create_app(ledger: Ledger, settings: Settings, *, readiness: dict[str, Calla
     app = Litestar(
         route_handlers=[health, ready, prometheus_metrics, prometheus_metrics_v1, ml_engine_webhook,
                         AccountController, JournalController, OutboxController, ReportController, AlertController,
-                        ReconciliationController, StatementController, pages.ROUTER, *(route_handlers or [])],
+                        ReconciliationController, StatementController, HoldController, pages.ROUTER,
+                        *(route_handlers or [])],
         dependencies={"ledger": constant(ledger), "reports_ledger": reports_ledger, "settings": constant(settings)},
         state=State({"key_store": KeyStore(ledger.engine), "readiness": readiness or {}, "settings": settings,
                      "jobs": jobs, "webhooks": webhooks,

@@ -21,6 +21,7 @@ from api.params import BIGINT_MAX
 from integration import outbox
 from integration.reconcile import RESULTS
 from ledger.chart import LEDGER_ACCOUNT_PATTERN
+from ledger.holds import HOLD_STATUSES
 from ledger.model import ACCOUNT_ID_PATTERN, ACCOUNT_STATUSES
 from ledger.money import AMOUNT_MINOR_MAX, currencies
 from readside import views
@@ -43,6 +44,7 @@ _STATUSES = {
     "/api/v1/accounts": list(ACCOUNT_STATUSES),
     "/api/v1/alerts": list(views.ALERT_STATUSES),
     "/api/v1/outbox": list(outbox.STATUSES),
+    "/api/v1/accounts/{account_id}/holds": list(HOLD_STATUSES),
 }
 _CURSORS = {
     "/api/v1/accounts": _ACCOUNT_ID,
@@ -57,7 +59,7 @@ _CURSORS = {
 _EMPTY_IS_ABSENT = {"as_of", "from", "to"}
 _EMPTY_CURSOR_IS_ABSENT = {"/api/v1/accounts/{account_id}/statement", "/api/v1/journal"}
 _OPTIONAL_BODIES = {"/api/v1/accounts/{account_id}/pause", "/api/v1/accounts/{account_id}/resume",
-                    "/api/v1/accounts/{account_id}/close"}
+                    "/api/v1/accounts/{account_id}/close", "/api/v1/accounts/{account_id}/holds/{hold_id}/void"}
 _KEY_REQUIRED = {"/api/v1/accounts/{account_id}/deposits", "/api/v1/accounts/{account_id}/withdrawals"}
 _PERIOD_RULE = "`from` must not be after `to` (422)."
 _CROSS_FIELD = {
@@ -69,7 +71,10 @@ _CROSS_FIELD = {
     ("post", "/api/v1/accounts/{account_id}/deposits"):
         "`amount` must be positive and have at most the account currency's places (USD 2, JPY 0, BTC 8; 422).",
     ("post", "/api/v1/accounts/{account_id}/withdrawals"):
-        "`amount` must be positive and have at most the account currency's places (USD 2, JPY 0, BTC 8; 422).",
+        "`amount` must be positive and have at most the account currency's places (USD 2, JPY 0, BTC 8; 422). "
+        "`expires_in_s` is for `\"mode\": \"hold\"` only (422). With `\"mode\": \"hold\"` the answer is the hold "
+        "(201: `hold_id`, `status` open, `expires_at`, `balance`, `available`), refused (409) when larger than the "
+        "available balance; see docs/holds.md.",
     ("post", "/api/v1/accounts"):
         "`initial_capital` must have at most the currency's places; `fee_rate` at most 6 places (422).",
 }
@@ -110,11 +115,13 @@ def state_the_rules(openapi: dict[str, Any]) -> dict[str, Any]:
                 ok["description"] = "the statement as issued: JSON, or the PDF with Accept: application/pdf"
                 ok.setdefault("content", {})["application/pdf"] = {"schema": {"type": "string", "format": "binary"}}
     schemas = openapi.get("components", {}).get("schemas", {})
-    for name in ("CreateAccount", "MoneyMovement", "ReversalRequest", "StatusChange"):
+    for name in ("CreateAccount", "MoneyMovement", "ReversalRequest", "StatusChange", "WithdrawalRequest",
+                 "VoidRequest"):
         if name in schemas:
             _strict(schemas[name])
-    if "MoneyMovement" in schemas:
-        schemas["MoneyMovement"]["properties"]["amount"] = _amount(positive=True)
+    for name in ("MoneyMovement", "WithdrawalRequest"):
+        if name in schemas:
+            schemas[name]["properties"]["amount"] = _amount(positive=True)
     if "CreateAccount" in schemas:
         fields = schemas["CreateAccount"]["properties"]
         fields["initial_capital"] = _amount(positive=False, nullable=True)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar.params import HeaderParameter, QueryParameter
 
 from api.errors import ApiError
 from ledger import chart, times
+from ledger.holds import HOLD_EXPIRY_SECONDS_MAX
 from ledger.model import ACCOUNT_ID_PATTERN, AGENT_TYPE_LENGTH_MAX, MEMO_LENGTH_MAX, PRODUCT_ID_LENGTH_MAX, Posted
 from ledger.money import Money
 from ledger.times import rfc3339
@@ -39,6 +40,20 @@ class CreateAccount(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 class MoneyMovement(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     amount: Decimal
     reference: Reference = ""
+
+
+class WithdrawalRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A withdrawal: booked at once (`immediate`, the contract's), or a two-phase `hold` (ledger.holds) that the
+    engine's confirmation posts and a cancel or `expires_in_s` (default HOLD_EXPIRY_SECONDS) voids."""
+
+    amount: Decimal
+    reference: Reference = ""
+    mode: Literal["immediate", "hold"] = "immediate"
+    expires_in_s: Annotated[int, msgspec.Meta(ge=1, le=HOLD_EXPIRY_SECONDS_MAX)] | None = None
+
+
+class VoidRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    reason: Reference = ""
 
 
 class ReversalRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

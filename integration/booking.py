@@ -37,9 +37,10 @@ from integration.events import (
     PerformanceData,
     TradeData,
     TradeExecuted,
+    WithdrawalConfirmed,
 )
-from ledger import EntryDraft, Ledger, Money, Tx
-from ledger.errors import InvalidEntry, LedgerError
+from ledger import EntryDraft, Ledger, Money, Tx, holds
+from ledger.errors import InsufficientFunds, InvalidEntry, LedgerError, UnknownHold
 from ledger.policies import balance_update, true_up
 from ledger.policies.trades import RecordedTrade, TradeConflict, book_trade, trade_key
 from ledger.policies.true_up import RecordedSnapshot
@@ -109,7 +110,32 @@ class Bookkeeper:
             return self._performance(tx, event.data, currency)
         if isinstance(event, BalanceUpdated):
             return self._balance_updated(tx, event, key, currency)
+        if isinstance(event, WithdrawalConfirmed):
+            return self._withdrawal_confirmed(tx, event, currency)
         return self._account_error(tx, event, key)
+
+    @staticmethod
+    def _withdrawal_confirmed(tx: Tx, event: WithdrawalConfirmed, currency: str) -> Booked:
+        """The engine freed the capital: post the hold (once; docs/holds.md). What cannot be posted is kept for
+        review: an unknown hold, another amount, a hold already voided or expired, a balance losses took below it."""
+        data = event.data
+        try:
+            hold = holds.get(tx, data.hold_id)
+            if hold.account_id != data.account_id:
+                raise UnknownHold(f"hold {data.hold_id} is not on account {data.account_id!r}")
+        except UnknownHold as error:
+            raise Review(error.detail, "hold_unknown") from None
+        if Money.from_decimal(data.amount, currency) != hold.amount:
+            raise Review(f"hold {hold.hold_id} is for {hold.amount}, the engine confirmed {data.amount}",
+                         "hold_mismatch")
+        if hold.status in ("voided", "expired"):
+            raise Review(f"the engine confirmed hold {hold.hold_id}, which was {hold.status} "
+                         f"({hold.reason or hold.status}); the freed capital is not withdrawn", "hold_not_open")
+        try:
+            hold, posted = holds.post(tx, hold.hold_id, account_id=data.account_id)
+        except InsufficientFunds as error:
+            raise Review(f"hold {data.hold_id} cannot post: {error.detail}", "hold_refused") from None
+        return (posted.entry_id,), posted.replayed
 
     def _trade(self, tx: Tx, trade: TradeData, currency: str, *, source: str = "webhook") -> Booked:
         answer = self.trades(tx, {trade.account_id: currency}, [trade], source=source)[0]

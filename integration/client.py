@@ -47,6 +47,7 @@ from integration.engine_api import (
     Trade,
     TradesPage,
     TradeStatus,
+    WithdrawalRequest,
 )
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,15 @@ class EngineClient:
     def update_capital(self, account_id: str, update: CapitalUpdate, *, idempotency_key: str) -> AccountAck:
         return self._command("POST", f"{_account_path(account_id)}/capital", update, idempotency_key,
                              account_id)
+
+    def request_withdrawal(self, account_id: str, request: WithdrawalRequest, *, idempotency_key: str) -> AccountAck:
+        """Ask the engine to free capital for a withdrawal hold (ledger.holds); it confirms by webhook."""
+        return self._command("POST", f"{_account_path(account_id)}/withdrawal-requests", request, idempotency_key,
+                             account_id)
+
+    def cancel_withdrawal(self, account_id: str, hold_id: int, *, idempotency_key: str) -> AccountAck:
+        return self._command("POST", f"{_account_path(account_id)}/withdrawal-requests/{int(hold_id)}/cancel", None,
+                             idempotency_key, account_id)
 
     def pause(self, account_id: str, *, idempotency_key: str) -> AccountAck:
         return self._command("POST", f"{_account_path(account_id)}/pause", None, idempotency_key, account_id)

@@ -40,7 +40,8 @@ AccountState = Literal["active", "paused", "closed"]
 CapitalOperation = Literal["deposit", "withdrawal"]
 Side = Literal["buy", "sell"]
 TradeStatus = Literal["open", "closed"]
-EventType = Literal["trade.executed", "daily.performance", "account.balance_updated", "account.error"]
+EventType = Literal["trade.executed", "daily.performance", "account.balance_updated", "account.error",
+                    "withdrawal.confirmed"]
 
 
 def check_decimal(name: str, value: Decimal | None, *, sign: Literal["any", ">=0", ">0"] = "any") -> None:
@@ -77,6 +78,27 @@ class CreateAccountRequest(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         check_decimal("initial_capital", self.initial_capital, sign=">=0")
+
+
+class WithdrawalRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Ours (docs/holds.md): `POST /trading/accounts/{id}/withdrawal-requests` — free `amount` of capital for the
+    ledger's hold `hold_id` before `expires_at`, then confirm with the webhook `withdrawal.confirmed`.
+    `POST …/withdrawal-requests/{hold_id}/cancel` (no body) withdraws the request (voided or expired)."""
+
+    hold_id: Annotated[int, msgspec.Meta(ge=1)]
+    amount: Decimal
+    expires_at: UtcTime
+
+    def __post_init__(self) -> None:
+        check_decimal("amount", self.amount, sign=">0")
+
+
+class WithdrawalConfirmedEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """Webhook `withdrawal.confirmed` (ours): the capital of hold `hold_id` is free; the ledger posts the hold."""
+
+    account_id: AccountId
+    hold_id: Annotated[int, msgspec.Meta(ge=1)]
+    amount: Decimal
 
 
 class CapitalUpdate(msgspec.Struct, frozen=True, kw_only=True):
@@ -217,6 +239,7 @@ EVENT_DATA_TYPES: Final[dict[str, type]] = {
     "daily.performance": Performance,
     "account.balance_updated": BalanceUpdated,
     "account.error": AccountErrorEvent,
+    "withdrawal.confirmed": WithdrawalConfirmedEvent,
 }
 
 T = TypeVar("T")

@@ -42,6 +42,17 @@ class AccountErrorData(msgspec.Struct, frozen=True, kw_only=True):
     error_message: Text
 
 
+class WithdrawalConfirmedData(msgspec.Struct, frozen=True, kw_only=True):
+    """Ours (docs/holds.md): the engine freed the capital a withdrawal hold asked for; the ledger posts the hold."""
+
+    account_id: AccountId
+    hold_id: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+    amount: Decimal
+
+    def __post_init__(self) -> None:
+        check_decimal("amount", self.amount, sign=">0")
+
+
 class _Envelope(msgspec.Struct, frozen=True, kw_only=True, tag_field="event_type"):
     event_id: Id | None = None
     occurred_at: UtcTime | None = None
@@ -63,7 +74,11 @@ class AccountError(_Envelope, frozen=True, kw_only=True, tag="account.error"):
     data: AccountErrorData
 
 
-Event = TradeExecuted | DailyPerformance | BalanceUpdated | AccountError
+class WithdrawalConfirmed(_Envelope, frozen=True, kw_only=True, tag="withdrawal.confirmed"):
+    data: WithdrawalConfirmedData
+
+
+Event = TradeExecuted | DailyPerformance | BalanceUpdated | AccountError | WithdrawalConfirmed
 _decoder = msgspec.json.Decoder(Event)
 
 
@@ -93,4 +108,6 @@ def dedup_key(event: Event, body: bytes, webhook_id: str | None = None) -> str:
         return f"trade:{event.data.trade_id}:{event.data.status}"
     if isinstance(event, DailyPerformance):
         return f"performance:{event.data.account_id}:{event.data.date.isoformat()}"
+    if isinstance(event, WithdrawalConfirmed):
+        return f"withdrawal:{event.data.account_id}:{event.data.hold_id}"
     return f"sha256:{hashlib.sha256(body).hexdigest()}"

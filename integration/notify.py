@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 
 from integration.outbox import OutboxEvent, Sender
@@ -23,6 +24,12 @@ def sender(client) -> Sender:
             client.update_capital(p["account_id"], engine_api.CapitalUpdate(
                 operation=p["operation"], amount=Decimal(p["amount"]),
                 new_total_capital=Decimal(p["new_total_capital"])), idempotency_key=key)
+        elif event.topic == "account.withdrawal_requested":
+            client.request_withdrawal(p["account_id"], engine_api.WithdrawalRequest(
+                hold_id=p["hold_id"], amount=Decimal(p["amount"]),
+                expires_at=datetime.fromisoformat(p["expires_at"])), idempotency_key=key)
+        elif event.topic == "account.withdrawal_cancelled":
+            client.cancel_withdrawal(p["account_id"], p["hold_id"], idempotency_key=key)
         elif event.topic == "account.paused":
             client.pause(p["account_id"], idempotency_key=key)
         elif event.topic == "account.resumed":

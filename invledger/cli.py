@@ -206,6 +206,34 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_holds(args: argparse.Namespace) -> int:
+    from ledger import holds
+
+    rt = _runtime(args)
+    try:
+        if args.action == "list":
+            rows = holds.read(rt.ledger, lambda tx: holds.listing(
+                tx, account_id=args.account, status=None if args.status == "all" else args.status, limit=args.limit))
+            emit_table([{"hold_id": h.hold_id, "account": h.account_id, "amount": str(h.amount), "status": h.status,
+                         "placed_at": rfc3339(h.placed_at), "expires_at": rfc3339(h.expires_at),
+                         "placed_by": h.placed_by, "resolved_by": h.resolved_by or "", "entry_id": h.entry_id or "",
+                         "reference": h.reference} for h in rows], args.format)
+        elif args.action == "expire":
+            print(f"{len(holds.expire_due(rt.ledger))} holds expired")
+        else:
+            if args.id is None:
+                raise SystemExit(f"invledger holds {args.action}: give the hold with --id")
+            if args.action == "post":
+                hold, posted = holds.post_hold(rt.ledger, args.id)
+                print(f"hold {hold.hold_id} posted: entry {posted.entry_id}" + (" (already)" if hold.replayed else ""))
+            else:
+                hold = holds.void_hold(rt.ledger, args.id, reason=args.reason)
+                print(f"hold {hold.hold_id} {hold.status}" + (" (already)" if hold.replayed else ""))
+    finally:
+        rt.close()
+    return 0
+
+
 class _Progress:
     """Progress on stderr ("reconciled 1200/10000 accounts"), at most once a second and at the end."""
 
@@ -679,6 +707,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", choices=("pending", "delivered", "dead", "all"), default="dead",
                    help="for list (default dead)")
     p.add_argument("--id", type=int, help="for retry: one notification (default: every dead one)")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    p = add("holds", cmd_holds, "Withdrawal holds: list them, post or void one, expire those past due.")
+    p.add_argument("action", choices=("list", "post", "void", "expire"))
+    p.add_argument("--account", help="for list: one investment account")
+    p.add_argument("--status", choices=("open", "posted", "voided", "expired", "all"), default="all",
+                   help="for list (default all)")
+    p.add_argument("--id", type=int, help="for post and void: the hold")
+    p.add_argument("--reason", default="", help="for void")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
 

@@ -168,8 +168,18 @@ def anchor_books() -> None:
                    made_by="job:anchor_books")
 
 
+@dramatiq.actor(queue_name="ledger", max_retries=0, time_limit=5 * 60 * 1000)
+def expire_holds() -> None:
+    """Void every withdrawal hold past its expiry (ledger/holds.py), releasing its funds; idempotent per hold."""
+    from ledger import holds
+
+    expired = holds.expire_due(context.runtime().ledger)
+    if expired:
+        log.info("withdrawal holds expired", extra={"holds": [h.hold_id for h in expired]})
+
+
 ALL = [deliver_outbox, sync_performance, reconcile, check_engine_health, distribute, issue_statements,
-       checkpoint_balances, notify_alerts, anchor_books]
+       checkpoint_balances, notify_alerts, anchor_books, expire_holds]
 
 
 def enqueue(actor_name: str, **kwargs) -> None:

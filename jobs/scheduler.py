@@ -35,6 +35,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 log = logging.getLogger("jobs.scheduler")
 OUTBOX_INTERVAL_S = 5
 ALERTS_INTERVAL_S = 30
+HOLDS_INTERVAL_S = 30
 MISFIRE_GRACE_S = 10 * 60
 
 
@@ -75,6 +76,8 @@ def add_jobs(scheduler: BackgroundScheduler | BlockingScheduler) -> None:
                       id="deliver_outbox", max_instances=1, coalesce=True)
     scheduler.add_job(_enqueue, "interval", seconds=ALERTS_INTERVAL_S, args=["notify_alerts"],
                       id="notify_alerts", max_instances=1, coalesce=True)
+    scheduler.add_job(_enqueue, "interval", seconds=HOLDS_INTERVAL_S, args=["expire_holds"],
+                      id="expire_holds", max_instances=1, coalesce=True)
     periodic = {"max_instances": 1, "coalesce": True, "misfire_grace_time": MISFIRE_GRACE_S}
     scheduler.add_job(enqueue_sync, "cron", hour=0, minute=30, id="sync_performance", **periodic)
     scheduler.add_job(enqueue_reconcile, "cron", hour=1, minute=0, id="reconcile", **periodic)

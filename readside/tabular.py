@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from integration import reconcile
+from ledger.holds import Balances, Hold
 from ledger.model import Entry, InvestmentAccount, Statement
 from ledger.money import Money
 from ledger.times import rfc3339
@@ -153,11 +154,28 @@ def balance_rows(body: Mapping[str, Any]) -> list[Row]:
 
 # ------------------------------------------------------------------------------- accounts, journal
 
-def account_out(account: InvestmentAccount) -> dict[str, Any]:
+def account_out(account: InvestmentAccount, balances: Balances | None = None) -> dict[str, Any]:
+    """`balance` is the ledger balance; `available` what may still be withdrawn (balance − open holds,
+    ledger/holds.py)."""
     return {"account_id": account.account_id, "product_id": account.product_id, "agent_type": account.agent_type,
             "currency": account.currency, "fee_rate": str(account.fee_rate), "status": account.status,
-            "balance": str(account.balance), "agent_config": account.agent_config,
+            "balance": str(account.balance),
+            "available": str(balances.available if balances is not None else account.balance),
+            "agent_config": account.agent_config,
             "created_at": rfc3339(account.created_at), "updated_at": rfc3339(account.updated_at)}
+
+
+def hold_out(hold: Hold, balances: Balances | None = None) -> dict[str, Any]:
+    """A withdrawal hold; with the account's `balance` (ledger) and `available` (balance − open holds) when given."""
+    out: dict[str, Any] = {
+        "hold_id": hold.hold_id, "account_id": hold.account_id, "amount": str(hold.amount),
+        "currency": hold.amount.currency, "status": hold.status, "reference": hold.reference,
+        "placed_at": rfc3339(hold.placed_at), "expires_at": rfc3339(hold.expires_at), "placed_by": hold.placed_by,
+        "resolved_at": rfc3339(hold.resolved_at), "resolved_by": hold.resolved_by, "entry_id": hold.entry_id,
+        "reason": hold.reason}
+    if balances is not None:
+        out["balance"], out["available"] = str(balances.balance), str(balances.available)
+    return out
 
 
 def entry_out(entry: Entry) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import msgspec
 import sqlalchemy as sa
 
 from integration import outbox, reconcile, runs
-from ledger import Ledger, chart
+from ledger import Ledger, chart, holds
 from ledger.model import ACCOUNT_STATUSES
 from ledger.reads import decode_cursor, encode_cursor
 from readside import positions as open_positions
@@ -58,11 +58,32 @@ def accounts(ledger: Ledger, *, status: str | None = None, cursor: str | None = 
     if status is not None and status not in ACCOUNT_STATUSES:
         raise InvalidQuery("status must be active, paused or closed")
     found = ledger.accounts(status=status, after=cursor, limit=limit)
-    return _page([tabular.account_out(a) for a in found], found[-1].account_id if len(found) == limit else None)
+    available = holds.account_balances(ledger, [a.account_id for a in found])
+    return _page([tabular.account_out(a, available.get(a.account_id)) for a in found],
+                 found[-1].account_id if len(found) == limit else None)
 
 
 def account(ledger: Ledger, account_id: str) -> dict[str, Any]:
-    return tabular.account_out(ledger.account(account_id))
+    account = ledger.account(account_id)
+    return tabular.account_out(account, holds.account_balances(ledger, [account_id]).get(account_id))
+
+
+def account_holds(ledger: Ledger, account_id: str, *, status: str | None = None, cursor: int | None = None,
+                  limit: int = 100) -> dict[str, Any]:
+    """An account's withdrawal holds by id, `limit` at a time after the hold id `cursor`."""
+    if status is not None and status not in holds.HOLD_STATUSES:
+        raise InvalidQuery("status must be open, posted, voided or expired")
+    ledger.account(account_id)  # UnknownAccount for an unknown account
+    found = holds.read(ledger, lambda tx: holds.listing(tx, account_id=account_id, status=status, after=cursor,
+                                                        limit=limit))
+    return _page([tabular.hold_out(h) for h in found], found[-1].hold_id if len(found) == limit else None)
+
+
+def account_hold(ledger: Ledger, account_id: str, hold_id: int) -> dict[str, Any]:
+    hold = holds.read(ledger, lambda tx: holds.get(tx, hold_id))
+    if hold.account_id != account_id:
+        raise holds.UnknownHold(f"hold {hold_id} does not exist on account {account_id!r}")
+    return tabular.hold_out(hold, holds.account_balances(ledger, [account_id])[account_id])
 
 
 def balance(ledger: Ledger, account_id: str, as_of: datetime | None = None) -> dict[str, Any]:

@@ -53,6 +53,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit_per_address: str
     rate_limit_auth_failures: str
     rate_limit_sign_in: str
+    hold_expiry_seconds: int = 86_400  # a withdrawal hold is voided this long after it is placed (ledger.holds)
 
     def __repr__(self) -> str:  # never print secrets
         return (f"Settings(database_url={'set' if self.database_url else 'embedded'}, "
@@ -196,6 +197,7 @@ _SPEC: dict[str, tuple[str, Callable[[str], Any], str | None]] = {
     "RATE_LIMIT_PER_ADDRESS": ("rate_limit_per_address", _rate, "2000/second"),
     "RATE_LIMIT_AUTH_FAILURES": ("rate_limit_auth_failures", _rate, "30/minute"),
     "RATE_LIMIT_SIGN_IN": ("rate_limit_sign_in", _rate, "10/minute"),
+    "HOLD_EXPIRY_SECONDS": ("hold_expiry_seconds", _int(1, 90 * 86_400), "86400"),
 }
 _EMPTY_MEANS_UNSET = {"DATABASE_URL", "MIGRATION_DATABASE_URL", "REPORTS_DATABASE_URL", "LEDGER_BACKUP_DIR",
                       "BROKER_URL",

@@ -32,6 +32,7 @@ from integration.engine_api import (
     CreateAccountRequest,
     PerformancePage,
     TradesPage,
+    WithdrawalRequest,
 )
 from simulator.faults import COMMAND_ROUTES, Faults, Seconds
 from simulator.model import STEP_DAYS_MAX, Refused
@@ -118,6 +119,19 @@ def build_app(sim: Simulator) -> Litestar:
     @post(f"{API_PREFIX}/trading/accounts/{{account_id:str}}/capital", opt=engine("capital"))
     async def update_capital(account_id: FromPath[str], request: Request) -> Response[bytes]:
         return answer(model.update_capital, account_id, await read(request, CapitalUpdate))
+
+    @post(f"{API_PREFIX}/trading/accounts/{{account_id:str}}/withdrawal-requests", opt=engine("withdrawal_request"))
+    async def withdrawal_request(account_id: FromPath[str], request: Request) -> Response[bytes]:
+        body = await read(request, WithdrawalRequest)
+        with sim.lock:
+            ack, bodies = model.request_withdrawal(account_id, body)
+        sim.publish(bodies)
+        return _json(ack, 201)
+
+    @post(f"{API_PREFIX}/trading/accounts/{{account_id:str}}/withdrawal-requests/{{hold_id:int}}/cancel",
+          opt=engine("withdrawal_cancel"))
+    async def withdrawal_cancel(account_id: FromPath[str], hold_id: FromPath[int]) -> Response[bytes]:
+        return answer(model.cancel_withdrawal, account_id, hold_id)
 
     def transition(account_id: str, target: str) -> Response[bytes]:
         with sim.lock:
@@ -224,7 +238,8 @@ def build_app(sim: Simulator) -> Litestar:
         return _error(error.status, error.code, error.detail)
 
     return Litestar(
-        route_handlers=[create_account, update_capital, pause, resume, close, status, trades, performance,
+        route_handlers=[create_account, update_capital, withdrawal_request, withdrawal_cancel, pause, resume, close,
+                        status, trades, performance,
                         get_agent_config, put_agent_config, health, admin_step, admin_flush,
                         admin_get_faults, admin_set_faults, admin_state, admin_balance, admin_error],
         middleware=[DefineMiddleware(_EngineMiddleware, simulator=sim)],

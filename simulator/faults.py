@@ -9,9 +9,9 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 ROUTES: Final[tuple[str, ...]] = ("create", "capital", "pause", "resume", "close", "status", "trades",
-                                  "performance", "agent_config", "health")
+                                  "performance", "agent_config", "health", "withdrawal_request", "withdrawal_cancel")
 COMMAND_ROUTES: Final[frozenset[str]] = frozenset({"create", "capital", "pause", "resume", "close",
-                                                   "agent_config"})
+                                                   "agent_config", "withdrawal_request", "withdrawal_cancel"})
 
 Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=3600)]

@@ -29,6 +29,8 @@ from integration.engine_api import (
     CreateAccountRequest,
     Performance,
     Trade,
+    WithdrawalConfirmedEvent,
+    WithdrawalRequest,
 )
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ class Account:
     trades: dict[str, Trade] = field(default_factory=dict)  # latest state per trade id
     performance: dict[date, Performance] = field(default_factory=dict)
     capital_mismatches: int = 0
+    withdrawal_requests: dict[int, str] = field(default_factory=dict)  # hold id -> confirmed | cancelled
 
 
 def cents(value: Decimal) -> Decimal:
@@ -140,6 +143,24 @@ class Model:
             account.capital_mismatches += 1
             log.info("capital of %s is %s after %s; the ledger says %s", account_id, account.capital,
                      body.operation, body.new_total_capital)
+        return AccountAck(account_id=account_id, status=account.status, capital=account.capital)  # type: ignore[arg-type]
+
+    def request_withdrawal(self, account_id: str, body: WithdrawalRequest) -> tuple[AccountAck, list[bytes]]:
+        """Free the capital at once and confirm with `withdrawal.confirmed` (a real engine would close positions
+        first); a repeated request is confirmed again (the ledger posts a hold once). Returns the event to send."""
+        account = self.known(account_id)
+        if body.amount > account.capital:
+            raise Refused(409, "insufficient_capital", f"withdrawal of {body.amount} exceeds capital {account.capital}")
+        if account.withdrawal_requests.get(body.hold_id) == "cancelled":
+            raise Refused(409, "withdrawal_cancelled", f"withdrawal request {body.hold_id} was cancelled")
+        account.withdrawal_requests[body.hold_id] = "confirmed"
+        event = self.event(f"withdrawal/{account_id}/{body.hold_id}", self.now(), "withdrawal.confirmed",
+                           WithdrawalConfirmedEvent(account_id=account_id, hold_id=body.hold_id, amount=body.amount))
+        return AccountAck(account_id=account_id, status=account.status, capital=account.capital), [event]  # type: ignore[arg-type]
+
+    def cancel_withdrawal(self, account_id: str, hold_id: int) -> AccountAck:
+        account = self.known(account_id)
+        account.withdrawal_requests.setdefault(hold_id, "cancelled")
         return AccountAck(account_id=account_id, status=account.status, capital=account.capital)  # type: ignore[arg-type]
 
     def transition(self, account_id: str, target: str) -> tuple[AccountAck, list[bytes]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -19,13 +20,14 @@ from api.schemas import (
     MoneyMovement,
     PeriodStart,
     StatusChange,
+    WithdrawalRequest,
     parse_time,
     posted_out,
 )
-from ledger import AccountSpec, Ledger, Money
+from ledger import AccountSpec, Ledger, Money, holds
 from ledger.money import parse_amount
 from readside import tabular, views
-from readside.tabular import account_out
+from readside.tabular import account_out, hold_out
 
 LIMIT_DEFAULT = 100
 
@@ -56,7 +58,8 @@ class AccountController(Controller):
              limit: int = Parameter(default=LIMIT_DEFAULT, ge=1, le=1000)) -> dict[str, Any]:
         return views.accounts(ledger, status=status, cursor=cursor, limit=limit)
 
-    @get("/{account_id:str}", sync_to_thread=True, summary="One account: status, balance, currency")
+    @get("/{account_id:str}", sync_to_thread=True,
+         summary="One account: status, balance (ledger), available (balance − open holds), currency")
     def read(self, account_id: FromPath[str], ledger: LedgerDep) -> dict[str, Any]:
         return views.account(ledger, account_id)
 
@@ -84,14 +87,32 @@ class AccountController(Controller):
         return self._move(ledger, account_id, data, idempotency_key, "deposit")
 
     @post("/{account_id:str}/withdrawals", opt={"role": "operator"}, sync_to_thread=True,
-          summary="Withdraw (Idempotency-Key required; 409 if it would overdraw)")
-    def withdraw(self, account_id: FromPath[str], data: JSONBody[MoneyMovement], ledger: LedgerDep,
-                 idempotency_key: IdempotencyKey = None,
+          summary="Withdraw (Idempotency-Key required; 409 if it would overdraw the available balance); "
+                  "\"mode\": \"hold\" places a hold instead (two-phase: posted or voided later)")
+    def withdraw(self, account_id: FromPath[str], data: JSONBody[WithdrawalRequest], ledger: LedgerDep,
+                 settings: SettingsDep, idempotency_key: IdempotencyKey = None,
                  ) -> Response[dict[str, Any]]:
-        return self._move(ledger, account_id, data, idempotency_key, "withdrawal")
+        if data.mode == "immediate":
+            if data.expires_in_s is not None:
+                raise ApiError(422, "invalid", "expires_in_s is for \"mode\": \"hold\" only")
+            return self._move(ledger, account_id, MoneyMovement(amount=data.amount, reference=data.reference),
+                              idempotency_key, "withdrawal")
+        key = idempotency.require_key(idempotency_key)
+        amount = parse_amount(data.amount, ledger.account(account_id).currency)
+        expires_in_s = data.expires_in_s or settings.hold_expiry_seconds
+
+        def work(tx) -> tuple[int, dict[str, Any]]:
+            hold = holds.place(tx, account_id, amount.to_decimal(), idempotency_key=f"api:hold:{account_id}:{key}",
+                               reference=data.reference, expires_in=timedelta(seconds=expires_in_s))
+            return 201, hold_out(hold, holds.balances(tx, [account_id])[account_id])
+
+        status, body = idempotency.once(ledger, f"withdrawal:{account_id}", key, {
+            "amount": str(amount), "reference": data.reference, "mode": "hold", "expires_in_s": expires_in_s}, work)
+        return Response(body, status_code=status)
 
     def _status(self, ledger: Ledger, account_id: str, action: str, data: StatusChange | None) -> dict[str, Any]:
-        return account_out(ledger.change_status(account_id, action, reason=data.reason if data else ""))
+        account = ledger.change_status(account_id, action, reason=data.reason if data else "")
+        return account_out(account, holds.account_balances(ledger, [account_id]).get(account_id))
 
     @post("/{account_id:str}/pause", opt={"role": "operator"}, sync_to_thread=True, status_code=200)
     def pause(self, account_id: FromPath[str], ledger: LedgerDep,

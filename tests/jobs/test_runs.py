@@ -86,7 +86,7 @@ def test_timetable_matches_the_issue() -> None:
     assert sorted(j.id for j in jobs.get_jobs()) == sorted([
         "deliver_outbox", "notify_alerts", "sync_performance", "reconcile", "check_engine_health", "distribute",
         "checkpoint_balances", "anchor_books", "issue_statements", "sync_performance_catch_up", "reconcile_catch_up",
-        "distribute_catch_up"])
+        "distribute_catch_up", "expire_holds"])
 
 
 def test_engine_health_feeds_ready_and_alerts_after_repeated_failures(db: Db, sim: Simulator, runtime: Runtime,

@@ -277,6 +277,7 @@ def test_pages_in_a_real_browser(client, keys, ledger, engine: sa.Engine, server
     account = api(server, finance, f"/api/v1/accounts/{account_id}")
     assert browser.text("[data-testid=balance]") == account["balance"] == "1010.25"
     assert browser.text("[data-testid=status]") == account["status"]
+    assert browser.text("[data-testid=available]") == account["available"]
     assert browser.js("document.querySelector('[data-testid=balance-chart] polyline').getAttribute('points')")
     perf = api(server, finance, f"/api/v1/accounts/{account_id}/performance")
     for field in ("opening_balance", "net_flows", "profit", "closing_balance", "time_weighted_return",

@@ -25,7 +25,7 @@ def test_hold_confirmed_by_the_engine(ledger, engine, simulator, make_client) ->
                      and json.loads(body)["data"]["account_id"] == account_id]
     assert len(confirmations) == 1
     outcome = WebhookProcessor(ledger).receive(confirmations[0], Verified(scheme="ml"))
-    assert outcome.status_code == 200 and len(outcome.entry_ids) == 1
+    assert outcome.result == "applied" and not outcome.duplicate and len(outcome.entry_ids) == 1
     assert holds.read(ledger, lambda tx: holds.get(tx, hold.hold_id)).status == "posted"
     assert ledger.balance(account_id).to_decimal() == Decimal("750.00")
     assert outbox.deliver_pending(engine, sender(client), account_ids=[account_id]).delivered == 1

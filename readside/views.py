@@ -87,8 +87,12 @@ def account_hold(ledger: Ledger, account_id: str, hold_id: int) -> dict[str, Any
 
 
 def balance(ledger: Ledger, account_id: str, as_of: datetime | None = None) -> dict[str, Any]:
-    """What A's investor is owed, now or as of an effective time."""
-    return tabular.balance_out(account_id, ledger.balance(account_id, as_of=as_of), as_of)
+    """What A's investor is owed, now or as of an effective time; now, also what is `available` (the balance less
+    what open withdrawal holds reserve: holds have no as-of)."""
+    body = tabular.balance_out(account_id, ledger.balance(account_id, as_of=as_of), as_of)
+    if as_of is None:
+        body["available"] = str(holds.account_balances(ledger, [account_id])[account_id].available)
+    return body
 
 
 def statement(ledger: Ledger, account_id: str, *, start: datetime | None = None, end: datetime | None = None,

@@ -91,3 +91,12 @@ def test_the_engine_confirms_a_hold_by_webhook(client, keys) -> None:
     assert late.status_code == 202
     assert account(client, keys, a)["balance"] == "70.00" and account(client, keys, a)["available"] == "70.00"
     assert send(client, "withdrawal.confirmed", {**data, "amount": "-1"}).status_code == 422
+
+
+def test_the_balance_report_shows_what_is_available(client, keys) -> None:
+    a = open_account(client, keys, "100.00")
+    place(client, keys, a, "25.00", "h1")
+    now = client.get(f"/api/v1/accounts/{a}/balance", headers=auth(keys["finance"])).json()
+    assert (now["balance"], now["available"]) == ("100.00", "75.00")
+    as_of = client.get(f"/api/v1/accounts/{a}/balance?as_of=2001-01-01", headers=auth(keys["finance"]))
+    assert as_of.status_code == 200 and as_of.json()["balance"] == "0.00" and "available" not in as_of.json()

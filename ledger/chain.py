@@ -35,6 +35,7 @@ from ledger.times import rfc3339
 CHAIN_START = bytes(32)
 FINDINGS_MAX = 20
 _SIGNED_PREFIX = b"invledger-anchor-v1\n"
+HOLD_CHAIN_PREFIX = "hold:"  # the key under which an anchor signs a ledger account's hold chain (migration 0017)
 
 # The digests, as migration 0010's ledger_entry_digest and ledger_posting_digest compute them.
 _EPOCH_US = "(extract(epoch FROM {}) * 1000000)::bigint"
@@ -135,6 +136,10 @@ def make_anchor(engine: sa.Engine, key: Ed25519PrivateKey, made_by: str) -> Anch
             "SELECT id, posting_count, chain_head FROM ledger_account WHERE posting_count > 0"))}
         webhooks = {r.chain_key: (r.event_count, bytes(r.head)) for r in c.execute(sa.text(
             "SELECT chain_key, event_count, head FROM webhook_chain_head"))}
+        # The withdrawal holds' chains (ledger/holds.py) are signed as chains of their own beside the deliveries',
+        # under keys no delivery chain can have (an investment account id has no colon).
+        webhooks |= {f"{HOLD_CHAIN_PREFIX}{r.ledger_account_id}": (r.event_count, bytes(r.head)) for r in c.execute(
+            sa.text("SELECT ledger_account_id, event_count, head FROM hold_state WHERE event_count > 0"))}
         anchored, anchored_webhooks = _anchored_state(c)
         changed = {a: v for a, v in current.items() if anchored.get(a) != v}
         changed_webhooks = {k: v for k, v in webhooks.items() if anchored_webhooks.get(k) != v}
@@ -201,7 +206,13 @@ def check(c: sa.Connection, *, public_key: bytes | None = None,
     wanted_webhooks = {(key, count) for rows in webhook_heads_by_anchor.values() for key, count, _ in rows}
     names = dict(c.execute(sa.text("SELECT id, name FROM ledger_account")).all())
     link_ends = _check_chains(c, names, wanted, findings)
-    webhook_ends = _check_webhook_chains(c, wanted_webhooks, findings)
+    webhook_ends = _check_webhook_chains(c, {w for w in wanted_webhooks if not w[0].startswith(HOLD_CHAIN_PREFIX)},
+                                         findings)
+    from ledger import holds  # holds builds on this module
+
+    hold_ends = holds.chain_ends(c, {(int(key.removeprefix(HOLD_CHAIN_PREFIX)), count)
+                                     for key, count in wanted_webhooks if key.startswith(HOLD_CHAIN_PREFIX)})
+    webhook_ends |= {(f"{HOLD_CHAIN_PREFIX}{account}", count): head for (account, count), head in hold_ends.items()}
 
     state: dict[int, tuple[int, bytes]] = {}
     webhook_state: dict[str, tuple[int, bytes]] = {}
@@ -224,7 +235,11 @@ def check(c: sa.Connection, *, public_key: bytes | None = None,
                 findings.append(f"{names.get(account, account)}: the postings up to #{count} are not the ones "
                                 f"{when} signed — history before that anchor was changed")
         for key, count, head in webhook_heads_by_anchor.get(anchor.id, []):
-            if webhook_ends.get((key, count)) != head:
+            if webhook_ends.get((key, count)) != head and key.startswith(HOLD_CHAIN_PREFIX):
+                account = int(key.removeprefix(HOLD_CHAIN_PREFIX))
+                findings.append(f"{names.get(account, account)}: the hold events up to #{count} are not the ones "
+                                f"{when} signed — withdrawal holds before that anchor were changed")
+            elif webhook_ends.get((key, count)) != head:
                 findings.append(f"webhook chain {key or '(unknown accounts)'}: the deliveries up to #{count} are not "
                                 f"the ones {when} signed — stored deliveries before that anchor were changed")
     if stored and signer is None:

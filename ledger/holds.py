@@ -418,6 +418,28 @@ def hold_chains_match(c: sa.Connection) -> list[str]:
     return findings[:FINDINGS_MAX]
 
 
+def chain_ends(c: sa.Connection, wanted: set[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+    """The recomputed link of each (ledger account, event count) in `wanted` (what anchors signed), from the events
+    themselves; a (account, count) the events no longer reach is absent."""
+    if not wanted:
+        return {}
+    accounts = sorted({account for account, _ in wanted})
+    rows = c.execute(sa.text(f"""
+        SELECT h.ledger_account_id, {HOLD_DIGEST} AS digest
+          FROM hold_event h WHERE h.ledger_account_id = ANY(:a)
+         ORDER BY h.ledger_account_id, h.chain_seq"""), {"a": accounts})  # noqa: S608 — module constants
+    ends: dict[tuple[int, int], bytes] = {}
+    current, previous, count = None, CHAIN_START, 0
+    for r in rows:
+        if r.ledger_account_id != current:
+            current, previous, count = r.ledger_account_id, CHAIN_START, 0
+        count += 1
+        previous = hashlib.sha256(previous + bytes(r.digest)).digest()
+        if (current, count) in wanted:
+            ends[(current, count)] = previous
+    return ends
+
+
 CHECKS = (hold_totals_match, posted_holds_match_entries, hold_chains_match)
 GUARD_TRIGGERS = {
     "hold_event": ("hold_event_apply", "hold_event_append_only", "hold_event_no_truncate"),

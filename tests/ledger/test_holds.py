@@ -210,3 +210,39 @@ def test_verify_finds_a_changed_hold(fresh_database: Callable[..., tuple[str, Ca
     finally:
         engine.dispose()
         drop()
+
+
+def test_an_anchor_signs_the_hold_chains(fresh_database: Callable[..., tuple[str, Callable[[], None]]]) -> None:
+    """An insider rewrites a hold event and recomputes its chain, head and totals (so every hold check passes):
+    the anchor made before catches it."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from ledger import AccountSpec, chain
+    from ledger.db import create_engine
+
+    url, drop = fresh_database()
+    engine = create_engine(url)
+    try:
+        ledger = Ledger(engine)
+        ledger.open_account(AccountSpec(account_id="an1", product_id="p", agent_type="swing", currency="USD",
+                                        fee_rate=Decimal("0.2"), initial_capital=usd("100.00")))
+        hold = h.place_hold(ledger, "an1", "10.00", idempotency_key="an1:k")
+        key = Ed25519PrivateKey.generate()
+        chain.make_anchor(engine, key, "test")
+        public = chain.public_key_bytes(key)
+        assert verify(engine, public_key=public).ok
+        with engine.begin() as c:
+            c.exec_driver_sql("SET session_replication_role = replica")
+            c.execute(sa.text("UPDATE hold_event SET amount_minor = 500 WHERE id = :id"), {"id": hold.hold_id})
+            c.execute(sa.text("UPDATE hold_event h SET chain_hash ="
+                              " sha256(ledger_chain_start() || hold_event_digest(h)) WHERE id = :id"),
+                      {"id": hold.hold_id})
+            c.execute(sa.text("UPDATE hold_state s SET held_minor = 500, head = h.chain_hash FROM hold_event h"
+                              " WHERE h.id = :id AND s.ledger_account_id = h.ledger_account_id"), {"id": hold.hold_id})
+        report = verify(engine, public_key=public)
+        failed = {f.check for f in report.findings}
+        assert failed == {"hash_chains_and_anchors"}, report.findings
+        assert any("hold events up to #1" in f.detail for f in report.findings)
+    finally:
+        engine.dispose()
+        drop()

@@ -61,8 +61,8 @@ test: $(STAMP) browser pdftools  ## the suite without the slow suites, on a real
 test-slow: $(STAMP) browser pdftools  ## the slow suites alone: kill -9, database and engine faults, several instances, CLI finance questions, a 5-minute soak
 	SOAK_SECONDS=$${SOAK_SECONDS:-300} $(BIN)/python -m pytest -m 'slow and not cluster and not restore' --durations=15 $(PYTEST_ARGS)
 
-test-all: $(STAMP) browser pdftools  ## test and test-slow in one run (what .ci/run proves; the cluster tests are test-cluster's)
-	SOAK_SECONDS=$${SOAK_SECONDS:-300} $(BIN)/python -m pytest -m 'not cluster' --durations=15 $(PYTEST_ARGS)
+test-all: $(STAMP) browser pdftools  ## test and test-slow in one run (the cluster and restore suites are test-cluster's and test-restore's)
+	SOAK_SECONDS=$${SOAK_SECONDS:-300} $(BIN)/python -m pytest -m 'not cluster and not restore' --durations=15 $(PYTEST_ARGS)
 
 test-cluster: $(STAMP) pgbouncer  ## primary + standby: failover under load (sync and async), reports from a replica, PgBouncer; about 5 min
 	$(BIN)/python -m pytest -m cluster -s --durations=15 $(PYTEST_ARGS)

@@ -21,3 +21,16 @@ def ctrl_c(process: subprocess.Popen, timeout_s: float = 60) -> None:
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
+
+
+def stop(*processes: subprocess.Popen, timeout_s: float = 20) -> None:
+    """SIGTERM to every process at once, then wait for each; SIGKILL one that has not ended within `timeout_s`."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

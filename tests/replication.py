@@ -23,6 +23,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from tests.processes import stop
 from tests.waiting import wait_until
 
 with warnings.catch_warnings():
@@ -272,8 +273,4 @@ pidfile = {self.dir / 'pgbouncer.pid'}
         return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop(self.process)

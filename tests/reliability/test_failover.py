@@ -41,7 +41,7 @@ from ledger import AccountSpec, Ledger, Money, rules
 from ledger.db import CommitNotReplicated, create_engine
 from service import database
 from tests.api.test_webhooks import trade
-from tests.processes import free_port
+from tests.processes import free_port, stop
 from tests.reliability.conftest import report_figures
 from tests.replication import Cluster
 from tests.waiting import wait_until
@@ -273,11 +273,7 @@ def run_failovers(tmp_path: Path, *, synchronous: bool, failovers: int) -> dict[
                 "unavailable_s_mean": round(sum(unavailable) / len(unavailable), 2), "rounds": rounds}
     finally:
         load.stop.set()
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
         log.close()
         engine.dispose()
         cluster.stop()
@@ -367,11 +363,7 @@ def test_a_commit_no_standby_confirmed_is_answered_503_and_found_on_resend(tmp_p
             "requests": len(requests), "answered_503": len(requests), "kept_on_the_primary_alone": sum(kept.values()),
             "booked_once_after_resend": len(after)})
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
         log.close()
         engine.dispose()
         cluster.stop()

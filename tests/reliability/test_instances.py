@@ -24,9 +24,8 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -36,9 +35,10 @@ import pytest
 import sqlalchemy as sa
 
 from api.auth import create_key
-from integration.signature import sign
 from ledger.verify import verify
 from simulator import Simulator
+from tests.load import MixedLoad
+from tests.processes import stop
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
@@ -94,13 +94,7 @@ class Processes:
         return process
 
     def stop_all(self) -> None:
-        for _, process in self.running:
-            process.terminate()
-        for _, process in self.running:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(*(process for _, process in self.running))
 
     def log_text(self) -> str:
         return "".join((self.logs / f"{name}.log").read_text(errors="replace") for name, _ in self.running)
@@ -144,55 +138,11 @@ def test_two_servers_two_workers_two_schedulers(db, vhost_url: str, tmp_path: Pa
                 "initial_capital": str(INITIAL)})
             assert answer.status_code == 201, answer.text
 
-        expected = {a: INITIAL for a in account_ids}       # ledger balance the 2xx answers promise
-        capital = {a: INITIAL for a in account_ids}        # what the engine must end with
-        statuses: Counter[int] = Counter()
-        lock = threading.Lock()
+        load = MixedLoad(urls, account_ids, INITIAL, headers=headers, secret=SECRET,
+                         requests_per_sender=REQUESTS_PER_SENDER, trade_share=0.65, trade_prefix="t")
+        statuses, expected, capital = load.statuses, load.expected, load.capital
 
-        def sender(n: int) -> None:
-            rng = random.Random(n)
-            sent: list[tuple[str, bytes | dict, dict[str, str]]] = []
-            with httpx.Client(timeout=30) as http:
-                for i in range(REQUESTS_PER_SENDER):
-                    account_id = rng.choice(account_ids)
-                    roll = rng.random()
-                    if sent and roll < 0.15:  # a redelivery or a replayed idempotency key: changes nothing
-                        kind, payload, extra = rng.choice(sent)
-                        effect = Decimal(0)
-                    elif roll < 0.65:
-                        pnl = Decimal(rng.randint(-500, 900)) / 100 or Decimal("0.01")
-                        data = {"trade_id": f"t-{n}-{i}-{uuid.uuid4().hex[:6]}", "account_id": account_id,
-                                "symbol": "EURUSD", "side": "buy", "quantity": 1000, "entry_price": "1.0841",
-                                "exit_price": "1.0853", "status": "closed", "profit_loss": str(pnl),
-                                "executed_at": (datetime.now(UTC) - timedelta(seconds=rng.randint(1, 3600)))
-                                .isoformat().replace("+00:00", "Z")}
-                        body = json.dumps({"event_type": "trade.executed", "data": data}).encode()
-                        kind, payload, extra = "webhook", body, {"X-ML-Signature": sign(SECRET, body),
-                                                                 "content-type": "application/json"}
-                        effect = pnl
-                    else:
-                        amount = Decimal(rng.randint(1, 2000)) / 100
-                        operation = "deposits" if roll < 0.85 else "withdrawals"
-                        kind = f"/api/v1/accounts/{account_id}/{operation}"
-                        payload = {"amount": str(amount), "reference": f"r-{n}-{i}"}
-                        extra = {**headers, "Idempotency-Key": uuid.uuid4().hex}
-                        effect = amount if operation == "deposits" else -amount
-                    base = rng.choice(urls)
-                    if kind == "webhook":
-                        answer = http.post(base + "/api/v1/webhooks/ml-engine", content=payload, headers=extra)
-                    else:
-                        answer = http.post(base + kind, json=payload, headers=extra)
-                    with lock:
-                        statuses[answer.status_code] += 1
-                        if answer.status_code in (200, 201) and effect:
-                            target = kind.split("/")[4] if kind != "webhook" else account_id
-                            expected[target] += effect
-                            if kind != "webhook":
-                                capital[target] += effect
-                    if answer.status_code in (200, 201):
-                        sent.append((kind, payload, extra))
-
-        threads = [threading.Thread(target=sender, args=(n,)) for n in range(SENDERS)]
+        threads = [threading.Thread(target=load.sender, args=(n,)) for n in range(SENDERS)]
         for t in threads:
             t.start()
         for t in threads:

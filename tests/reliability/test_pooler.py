@@ -17,7 +17,6 @@ pooler runs once.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -29,7 +28,7 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -39,11 +38,11 @@ import sqlalchemy as sa
 
 from api.auth import create_key
 from integration import runs
-from integration.signature import sign
 from ledger.db import create_engine
 from service import database
 from simulator import Simulator
-from tests.processes import free_port
+from tests.load import MixedLoad
+from tests.processes import free_port, stop
 from tests.reliability.conftest import report_figures
 from tests.replication import Cluster, PgBouncer
 from tests.waiting import wait_until
@@ -129,11 +128,10 @@ def test_two_servers_and_two_workers_behind_pgbouncer_keep_exact_totals(tmp_path
                 "initial_capital": str(INITIAL)})
             assert answer.status_code == 201, answer.text
 
-        expected = dict.fromkeys(account_ids, INITIAL)  # the ledger balance the 2xx answers promise
-        capital = dict.fromkeys(account_ids, INITIAL)  # what the engine must end with
-        statuses: Counter[int] = Counter()
+        load = MixedLoad(urls, account_ids, INITIAL, headers=operator, secret=SECRET,
+                         requests_per_sender=REQUESTS_PER_SENDER, trade_share=0.6, trade_prefix="p")
+        statuses, expected, capital = load.statuses, load.expected, load.capital
         server_connections: list[int] = []
-        lock = threading.Lock()
         done = threading.Event()
 
         def watch() -> None:  # how many server connections the application really had, sampled
@@ -142,54 +140,11 @@ def test_two_servers_and_two_workers_behind_pgbouncer_keep_exact_totals(tmp_path
                     "SELECT count(*) FROM pg_stat_activity WHERE usename = :u", u=database.APP_ROLE)))  # type: ignore[arg-type]
                 time.sleep(0.2)  # sampling: a count every 0.2 s while the load runs
 
-        def sender(n: int) -> None:
-            rng = random.Random(n)
-            sent: list[tuple[str, bytes | dict, dict[str, str]]] = []
-            with httpx.Client(timeout=30) as http:
-                for i in range(REQUESTS_PER_SENDER):
-                    account_id = rng.choice(account_ids)
-                    roll = rng.random()
-                    if sent and roll < 0.15:  # a redelivery or a replayed idempotency key: changes nothing
-                        kind, payload, extra = rng.choice(sent)
-                        effect = Decimal(0)
-                    elif roll < 0.6:
-                        pnl = Decimal(rng.randint(-500, 900)) / 100 or Decimal("0.01")
-                        data = {"trade_id": f"p-{n}-{i}-{uuid.uuid4().hex[:6]}", "account_id": account_id,
-                                "symbol": "EURUSD", "side": "buy", "quantity": 1000, "entry_price": "1.0841",
-                                "exit_price": "1.0853", "status": "closed", "profit_loss": str(pnl),
-                                "executed_at": (datetime.now(UTC) - timedelta(seconds=rng.randint(1, 3600)))
-                                .isoformat().replace("+00:00", "Z")}
-                        body = json.dumps({"event_type": "trade.executed", "data": data}).encode()
-                        kind, payload, extra = "webhook", body, {"X-ML-Signature": sign(SECRET, body),
-                                                                 "content-type": "application/json"}
-                        effect = pnl
-                    else:
-                        amount = Decimal(rng.randint(1, 2000)) / 100
-                        operation = "deposits" if roll < 0.85 else "withdrawals"
-                        kind = f"/api/v1/accounts/{account_id}/{operation}"
-                        payload = {"amount": str(amount), "reference": f"r-{n}-{i}"}
-                        extra = {**operator, "Idempotency-Key": uuid.uuid4().hex}
-                        effect = amount if operation == "deposits" else -amount
-                    base = rng.choice(urls)
-                    if kind == "webhook":
-                        answer = http.post(base + "/api/v1/webhooks/ml-engine", content=payload, headers=extra)
-                    else:
-                        answer = http.post(base + kind, json=payload, headers=extra)
-                    with lock:
-                        statuses[answer.status_code] += 1
-                        if answer.status_code in (200, 201) and effect:
-                            target = kind.split("/")[4] if kind != "webhook" else account_id
-                            expected[target] += effect
-                            if kind != "webhook":
-                                capital[target] += effect
-                    if answer.status_code in (200, 201):
-                        sent.append((kind, payload, extra))
-
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         started = time.perf_counter()
         with ThreadPoolExecutor(SENDERS) as pool:
-            list(pool.map(sender, range(SENDERS)))
+            list(pool.map(load.sender, range(SENDERS)))
         elapsed_s = time.perf_counter() - started
         done.set()
         watcher.join()
@@ -241,13 +196,7 @@ def test_two_servers_and_two_workers_behind_pgbouncer_keep_exact_totals(tmp_path
             "server_connections_max": max(server_connections), "server_pool_size": SERVER_POOL_SIZE})
         assert max(server_connections) <= SERVER_POOL_SIZE  # the watcher counts as postgres, not the application
     finally:
-        for _, process in processes:
-            process.terminate()
-        for _, process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(*(process for _, process in processes))
         sim.stop()
         direct.dispose()
         bouncer.stop()

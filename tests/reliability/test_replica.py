@@ -23,7 +23,7 @@ from api.auth import create_key
 from ledger import AccountSpec, Ledger, Money
 from ledger.db import create_engine
 from service import database
-from tests.processes import free_port
+from tests.processes import free_port, stop
 from tests.reliability.conftest import report_figures
 from tests.replication import Cluster
 from tests.waiting import wait_until
@@ -166,11 +166,6 @@ def test_reports_read_on_the_replica_say_its_lag_and_match_the_primary_before_it
     finally:
         if paused:
             cluster.standby.scalar("SELECT pg_wal_replay_resume()")
-        for process in (replica_serve, primary_serve):
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(replica_serve, primary_serve)
         primary.dispose()
         cluster.stop()

@@ -30,6 +30,7 @@ from integration.signature import sign
 from ledger import AccountSpec, Ledger
 from ledger.verify import verify
 from simulator import Faults, Simulator
+from tests import processes
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.soak,
@@ -167,10 +168,6 @@ def test_soak(db, tmp_path: Path) -> None:
         assert rss_end <= rss_start * RSS_GROWTH_MAX, figures
     finally:
         stop.set()
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        processes.stop(server)
         log.close()
         sim.stop()

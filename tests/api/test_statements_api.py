@@ -119,6 +119,7 @@ def test_statement_and_positions_pages(client, keys, ledger: Ledger) -> None:
     for figure in SUMMARY:
         assert f'data-field="{figure}">{body["figures"][figure]}<' in page.text, figure
     assert body["digest"][:16] in page.text
+    assert 'data-testid="balance-chart"' in page.text and "<title>Balance at each day" in page.text
     pdf = client.get(f"/accounts/{account_id}/statements/{month_key(month)}/pdf")
     assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF-")
     draft = client.get(f"/accounts/{account_id}/statements/{month_key(datetime.now(UTC).date())}")

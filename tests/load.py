@@ -78,3 +78,15 @@ class MixedLoad:
     @property
     def acknowledged(self) -> int:
         return sum(self.statuses[status] for status in ACKNOWLEDGED)
+
+
+def open_accounts(urls: Sequence[str], headers: dict[str, str], prefix: str, count: int,
+                  initial: Decimal) -> list[str]:
+    """`count` USD investment accounts opened through the API (each at one of the URLs), `initial` capital each."""
+    account_ids = [f"{prefix}-{uuid.uuid4().hex[:8]}" for _ in range(count)]
+    for account_id in account_ids:
+        answer = httpx.post(random.choice(urls) + "/api/v1/accounts", headers=headers, timeout=30, json={
+            "account_id": account_id, "product_id": "p", "agent_type": "swing", "currency": "USD",
+            "initial_capital": str(initial)})
+        assert answer.status_code == 201, answer.text
+    return account_ids

@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from api.auth import create_key
 from ledger.verify import verify
 from simulator import Simulator
-from tests.load import MixedLoad
+from tests.load import MixedLoad, open_accounts
 from tests.processes import stop
 from tests.waiting import wait_until
 
@@ -131,12 +131,7 @@ def test_two_servers_two_workers_two_schedulers(db, vhost_url: str, tmp_path: Pa
         operator = create_key(engine, "operator", "instances-test")
         headers = {"Authorization": f"Bearer {operator}"}
 
-        account_ids = [f"inst-{uuid.uuid4().hex[:8]}" for _ in range(ACCOUNTS)]
-        for account_id in account_ids:
-            answer = httpx.post(random.choice(urls) + "/api/v1/accounts", headers=headers, timeout=30, json={
-                "account_id": account_id, "product_id": "p", "agent_type": "swing", "currency": "USD",
-                "initial_capital": str(INITIAL)})
-            assert answer.status_code == 201, answer.text
+        account_ids = open_accounts(urls, headers, "inst", ACCOUNTS, INITIAL)
 
         load = MixedLoad(urls, account_ids, INITIAL, headers=headers, secret=SECRET,
                          requests_per_sender=REQUESTS_PER_SENDER, trade_share=0.65, trade_prefix="t")

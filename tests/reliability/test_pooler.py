@@ -41,7 +41,7 @@ from integration import runs
 from ledger.db import create_engine
 from service import database
 from simulator import Simulator
-from tests.load import MixedLoad
+from tests.load import MixedLoad, open_accounts
 from tests.processes import free_port, stop
 from tests.reliability.conftest import report_figures
 from tests.replication import Cluster, PgBouncer
@@ -121,12 +121,7 @@ def test_two_servers_and_two_workers_behind_pgbouncer_keep_exact_totals(tmp_path
                     return False
             wait_until(up, timeout_s=60, what=f"{name} to be ready", interval_s=0.3)
         operator = {"Authorization": f"Bearer {create_key(direct, 'operator', 'pooler')}"}
-        account_ids = [f"pool-{uuid.uuid4().hex[:8]}" for _ in range(ACCOUNTS)]
-        for account_id in account_ids:
-            answer = httpx.post(random.choice(urls) + "/api/v1/accounts", headers=operator, timeout=30, json={
-                "account_id": account_id, "product_id": "p", "agent_type": "swing", "currency": "USD",
-                "initial_capital": str(INITIAL)})
-            assert answer.status_code == 201, answer.text
+        account_ids = open_accounts(urls, operator, "pool", ACCOUNTS, INITIAL)
 
         load = MixedLoad(urls, account_ids, INITIAL, headers=operator, secret=SECRET,
                          requests_per_sender=REQUESTS_PER_SENDER, trade_share=0.6, trade_prefix="p")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -138,6 +139,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      on_shutdown=[stop_jobs], jobs=actors.enqueue, reports_engine=rt.reports_engine)
     log.info("serving", extra={"url": f"http://{host}:{port}", "docs": f"http://{host}:{port}/schema",
                                "jobs": "in-process" if job_broker.is_in_process(broker) else "broker"})
+    # uvicorn shuts down gracefully on SIGTERM (what systemd, Docker and Kubernetes send), then raises the signal
+    # again once it has finished; with SIGTERM's default action that ends the process before this `finally` runs,
+    # and the embedded database serve started would be left running. As SystemExit it unwinds through it.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, server_header=False)
     finally:
@@ -149,6 +154,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log.info("the embedded database keeps running: it was running before serve started; "
                      "`invledger db stop` stops it", extra={"data_dir": str(settings.data_dir)})
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

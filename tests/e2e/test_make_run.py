@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -69,3 +70,25 @@ def test_make_run_listens_on_ledger_port_and_leaves_no_database_behind(tmp_path:
     finally:
         assert database.stop_embedded(tmp_path)
     assert not database.embedded_running(tmp_path)
+
+
+def test_sigterm_stops_serve_and_the_database_it_started(tmp_path: Path) -> None:
+    """What systemd, Docker and Kubernetes send: serve shuts down as on Ctrl-C, the embedded database with it
+    (uvicorn raises SIGTERM again after its graceful shutdown; by its default action that skipped serve's cleanup)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BROKER_URL", "LEDGER_HOST")}
+    env |= {"LEDGER_DATA_DIR": str(tmp_path), "LEDGER_PORT": str(port), "LOG_LEVEL": "INFO"}
+    invledger = Path(sys.executable).parent / "invledger"
+    process = subprocess.Popen([str(invledger), "serve"], env=env, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_healthy(process, port)
+        assert database.embedded_running(tmp_path)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert "embedded database stopped" in output, output[-3000:]
+    assert not database.embedded_running(tmp_path)
+    assert process.returncode == 128 + signal.SIGTERM

@@ -630,15 +630,20 @@ def test_ledger_state_machine(ledger: Ledger, engine: sa.Engine) -> None:
     LedgerMachine.ledger = ledger
     LedgerMachine.engine = engine
     LedgerMachine.seen.clear()
-    run_state_machine_as_test(LedgerMachine, settings=settings(
-        max_examples=25, stateful_step_count=50, deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
-    report = verify(engine)
-    assert report.ok, report.findings
-    seen = LedgerMachine.seen
     exercised = ("late trade", "overdraft refused", "conflict", "reversal", "second reversal refused",
                  "batch", "batch replay", "hold", "hold refused", "hold posted", "hold voided", "hold expired",
                  "hold resolved again", "at once")
+    seen = LedgerMachine.seen
+    # Random runs leave a rare behaviour out now and then (at 30 steps about one run in four): a run that missed one
+    # is followed by another, at most three in all — every run checks every invariant, so more runs only add checks.
+    for _ in range(3):
+        run_state_machine_as_test(LedgerMachine, settings=settings(
+            max_examples=25, stateful_step_count=50, deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+        if all(seen[what] for what in exercised):
+            break
+    report = verify(engine)
+    assert report.ok, report.findings
     assert [what for what in exercised if not seen[what]] == [], seen
     assert sum(n for what, n in seen.items() if what.endswith("replayed")), seen
 

@@ -23,17 +23,14 @@ def statement(ledger: Ledger, account_id: str, month: date, *, version: int | No
         if c.execute(sa.text("SELECT 1 FROM investment_account WHERE account_id = :a"),
                      {"a": account_id}).first() is None:
             raise UnknownAccount(f"investment account {account_id!r} does not exist")
-        rows = c.execute(sa.text(f"""
-            SELECT {STORED_COLUMNS} FROM investor_statement WHERE account_id = :a AND month = :m
-             ORDER BY version"""), {"a": account_id, "m": month.replace(day=1)}).all()  # noqa: S608 — constants
-    if not rows:
-        return None
-    if version is None:
-        return stored(rows[-1])
-    for i, row in enumerate(rows):
-        if row.version == version:
-            return stored(row, rows[i + 1].id if i + 1 < len(rows) else None)
-    return None
+        # One version's document and PDF, not every version's: the next version's id comes from the window.
+        row = c.execute(sa.text(f"""
+            SELECT {STORED_COLUMNS}, superseded_by FROM (
+                SELECT *, lead(id) OVER (ORDER BY version) AS superseded_by FROM investor_statement
+                 WHERE account_id = :a AND month = :m) s
+             WHERE CASE WHEN CAST(:v AS integer) IS NULL THEN superseded_by IS NULL ELSE version = :v END"""),  # noqa: S608 — constants
+            {"a": account_id, "m": month.replace(day=1), "v": version}).first()
+    return stored(row, row.superseded_by) if row is not None else None
 
 
 def versions(ledger: Ledger, account_id: str, month: date) -> list[dict[str, Any]]:

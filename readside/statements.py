@@ -28,7 +28,7 @@ def statement(ledger: Ledger, account_id: str, month: date, *, version: int | No
             SELECT {STORED_COLUMNS}, superseded_by FROM (
                 SELECT *, lead(id) OVER (ORDER BY version) AS superseded_by FROM investor_statement
                  WHERE account_id = :a AND month = :m) s
-             WHERE CASE WHEN CAST(:v AS integer) IS NULL THEN superseded_by IS NULL ELSE version = :v END"""),  # noqa: S608 — constants
+             WHERE {"superseded_by IS NULL" if version is None else "version = :v"}"""),  # noqa: S608 — constants
             {"a": account_id, "m": month.replace(day=1), "v": version}).first()
     return stored(row, row.superseded_by) if row is not None else None
 

@@ -369,6 +369,13 @@ class LedgerMachine(RuleBasedStateMachine):
         assert again.replayed and again.hold_id == hold.hold_id
         account.holds[hold.hold_id] = minor
         self.seen["hold"] += 1
+        # Resolving it at once too: swarm testing often disables the post and void rules, and a hold's whole life in
+        # one step keeps posting, voiding, expiry and a second resolution exercised in every run.
+        then = data.draw(st.sampled_from(["keep", "post", "void", "expire"]), label="then")
+        if then == "post":
+            self._post(account_id, hold.hold_id, data)
+        elif then != "keep":
+            self._void(account_id, hold.hold_id, data, expire=then == "expire")
 
     def _open_holds(self) -> list[tuple[str, int]]:
         return [(a, hold_id) for a, account in self.model.items() for hold_id in account.holds]
@@ -376,7 +383,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self._open_holds()))
     @rule(data=st.data())
     def post_hold(self, data: st.DataObject) -> None:
-        account_id, hold_id = data.draw(st.sampled_from(self._open_holds()), label="hold to post")
+        self._post(*data.draw(st.sampled_from(self._open_holds()), label="hold to post"), data)
+
+    def _post(self, account_id: str, hold_id: int, data: st.DataObject) -> None:
         account = self.model[account_id]
         minor = account.holds[hold_id]
         if account.balance_minor < minor:  # losses took the balance below the hold: refused, the hold stays
@@ -392,11 +401,14 @@ class LedgerMachine(RuleBasedStateMachine):
         self._record(account_id, "withdrawal", posted, -minor)
         assert account.available_minor == before  # posting moves the balance, not what is available
         self.seen["hold posted"] += 1
+        self._maybe_again(account_id, hold_id, data)
 
     @precondition(lambda self: bool(self._open_holds()))
     @rule(data=st.data(), expire=st.booleans())
     def void_hold(self, data: st.DataObject, expire: bool) -> None:
-        account_id, hold_id = data.draw(st.sampled_from(self._open_holds()), label="hold to void")
+        self._void(*data.draw(st.sampled_from(self._open_holds()), label="hold to void"), data, expire=expire)
+
+    def _void(self, account_id: str, hold_id: int, data: st.DataObject, *, expire: bool) -> None:
         account = self.model[account_id]
         if expire:  # its time is up: the expiry job's work, for this account
             expired = h.expire_due(self.ledger, now=datetime.now(UTC) + timedelta(days=2), account_id=account_id)
@@ -405,20 +417,28 @@ class LedgerMachine(RuleBasedStateMachine):
                 account.resolved[x.hold_id] = "expired"
             account.holds.clear()
             self.seen["hold expired"] += 1
-            return
-        hold = h.void_hold(self.ledger, hold_id, reason="cancelled", account_id=account_id)
-        assert hold.status == "voided"
-        del account.holds[hold_id]
-        account.resolved[hold_id] = "voided"
-        self.seen["hold voided"] += 1
+        else:
+            hold = h.void_hold(self.ledger, hold_id, reason="cancelled", account_id=account_id)
+            assert hold.status == "voided"
+            del account.holds[hold_id]
+            account.resolved[hold_id] = "voided"
+            self.seen["hold voided"] += 1
+        self._maybe_again(account_id, hold_id, data)
+
+    def _maybe_again(self, account_id: str, hold_id: int, data: st.DataObject) -> None:
+        if data.draw(st.booleans(), label="resolve again"):
+            self._again(hold_id, self.model[account_id].resolved[hold_id], post=data.draw(st.booleans(), label="post"))
 
     @precondition(lambda self: any(account.resolved for account in self.model.values()))
     @rule(data=st.data(), post=st.booleans())
     def resolve_again(self, data: st.DataObject, post: bool) -> None:
         """Posting a posted hold returns its entry; voiding a voided one changes nothing; any other second
         resolution is refused. The balances do not move (the invariants check it)."""
-        account_id, hold_id, status = data.draw(st.sampled_from(sorted(
+        _, hold_id, status = data.draw(st.sampled_from(sorted(
             (a, hold_id, status) for a, account in self.model.items() for hold_id, status in account.resolved.items())))
+        self._again(hold_id, status, post=post)
+
+    def _again(self, hold_id: int, status: str, *, post: bool) -> None:
         if post and status == "posted":
             hold, posted = h.post_hold(self.ledger, hold_id)
             assert hold.replayed and posted.replayed and posted.entry_id == hold.entry_id

@@ -335,12 +335,12 @@ class StatementPagesController(Controller):
     include_in_schema = False
 
     @get("/{account_id:str}/statements/{month:str}", sync_to_thread=True)
-    def statement(self, request: Request, ledger: LedgerDep, account_id: FromPath[str], month: FromPath[str],
-                  version: QueryInt = None) -> Template:
+    def statement(self, request: Request, reports_ledger: ReportsLedgerDep, account_id: FromPath[str],
+                  month: FromPath[str], version: QueryInt = None) -> Template:
         target = parse_month(month)
-        account = ledger.account(account_id)
-        stored = issued.statement(ledger, account_id, target, version=version)
-        body = stored.body if stored is not None else issued.draft(ledger, account_id, target)
+        account = reports_ledger.account(account_id)
+        stored = issued.statement(reports_ledger, account_id, target, version=version)
+        body = stored.body if stored is not None else issued.draft(reports_ledger, account_id, target)
         over = month_bounds(target)[1] <= datetime.now(UTC)
         f = body["figures"]
         chart = balance_chart([{"date": d["date"], "closing_balance": d["balance"]} for d in f["daily_balances"]],
@@ -348,13 +348,13 @@ class StatementPagesController(Controller):
         return _page(request, "statement.html", title=f"Statement {account_id} {month_key(target)}",
                      account_id=account_id, month=month_key(target), statement=body, figures=f, chart=chart,
                      stored=stored, digest=stored.digest.hex() if stored else None,
-                     versions=issued.versions(ledger, account_id, target), over=over)
+                     versions=issued.versions(reports_ledger, account_id, target), over=over)
 
     @get("/{account_id:str}/statements/{month:str}/pdf", sync_to_thread=True)
-    def statement_pdf(self, ledger: LedgerDep, account_id: FromPath[str], month: FromPath[str],
+    def statement_pdf(self, reports_ledger: ReportsLedgerDep, account_id: FromPath[str], month: FromPath[str],
                       version: QueryInt = None) -> Response:
         target = parse_month(month)
-        stored = issued.statement(ledger, account_id, target, version=version)
+        stored = issued.statement(reports_ledger, account_id, target, version=version)
         if stored is None:
             raise ApiError(404, "not_issued", f"the statement of {account_id} for {month} is not issued")
         return Response(stored.pdf, media_type="application/pdf", headers={
@@ -362,9 +362,9 @@ class StatementPagesController(Controller):
                 f'inline; filename="statement-{account_id}-{month_key(target)}-v{stored.version}.pdf"'})
 
     @get("/{account_id:str}/positions", sync_to_thread=True)
-    def positions(self, request: Request, ledger: LedgerDep, account_id: FromPath[str],
+    def positions(self, request: Request, reports_ledger: ReportsLedgerDep, account_id: FromPath[str],
                   days: QueryInt = None) -> Template:
-        report = views.positions(ledger, account_id, days=days or open_positions.DAYS_DEFAULT)
+        report = views.positions(reports_ledger, account_id, days=days or open_positions.DAYS_DEFAULT)
         return _page(request, "positions.html", title=f"Positions {account_id}", account_id=account_id,
                      report=report)
 

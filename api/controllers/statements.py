@@ -1,6 +1,8 @@
 """Monthly investor statements (PDF with `Accept: application/pdf`, JSON otherwise) and open positions; role finance.
 
 A statement is read as issued (readside.statements): the latest version, or `?version=N`; never recomputed here.
+Both read where the reports do (`reports_ledger`: the replica when REPORTS_DATABASE_URL is set, and the reply then
+says how far behind it was: `replica_lag_ms` in JSON, `X-Replica-Lag-Ms` on the PDF too).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from litestar.params import FromPath, Parameter
 
 from api.auth import require_role
 from api.errors import ApiError
-from api.params import LedgerDep
+from api.formats import as_json, lag_header
+from api.params import ReportsLedgerDep
 from ledger.statements import Stored, parse_month
 from ledger.times import rfc3339
 from readside import positions as open_positions
@@ -47,10 +50,11 @@ class StatementController(Controller):
                      "after its distribution. A correction of the month is a new version that names the one it "
                      "corrects; issued versions never change. 404 `not_issued` until the month's statement is "
                      "issued (`invledger statements --month`, or the job after the distribution).")
-    def statement(self, request: Request, ledger: LedgerDep, account_id: FromPath[str], month: FromPath[str],
+    def statement(self, request: Request, reports_ledger: ReportsLedgerDep, account_id: FromPath[str],
+                  month: FromPath[str],
                   version: Annotated[int | None, Parameter(ge=1, le=VERSION_MAX)] = None) -> Response:
         target = parse_month(month)
-        stored = issued.statement(ledger, account_id, target, version=version)
+        stored = issued.statement(reports_ledger, account_id, target, version=version)
         if stored is None:
             which = f"version {version} of " if version else ""
             raise ApiError(404, "not_issued", f"{which}the statement of {account_id} for {month} is not issued")
@@ -58,12 +62,12 @@ class StatementController(Controller):
             name = f"statement-{account_id}-{month}-v{stored.version}.pdf"
             return Response(stored.pdf, media_type=PDF, headers={
                 "Content-Disposition": f'inline; filename="{name}"', "X-Statement-Digest": stored.digest.hex(),
-                "X-Statement-Version": str(stored.version)})
-        return Response(statement_out(stored, issued.versions(ledger, account_id, target)))
+                "X-Statement-Version": str(stored.version), **lag_header(request)})
+        return as_json(request, statement_out(stored, issued.versions(reports_ledger, account_id, target)))
 
     @get("/{account_id:str}/positions", sync_to_thread=True,
          summary="Open positions per symbol and side from the engine's open trades, and the true-ups' split")
-    def positions(self, ledger: LedgerDep, account_id: FromPath[str],
+    def positions(self, request: Request, reports_ledger: ReportsLedgerDep, account_id: FromPath[str],
                   days: Annotated[int, Parameter(ge=1, le=open_positions.DAYS_MAX)] = open_positions.DAYS_DEFAULT,
-                  ) -> dict[str, Any]:
-        return views.positions(ledger, account_id, days=days)
+                  ) -> Response:
+        return as_json(request, views.positions(reports_ledger, account_id, days=days))

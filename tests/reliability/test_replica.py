@@ -20,9 +20,12 @@ import httpx
 import pytest
 
 from api.auth import create_key
-from ledger import AccountSpec, Ledger, Money
+from documents import statements as issuing
+from ledger import AccountSpec, Ledger, Money, rules
 from ledger.db import create_engine
+from ledger.statements import month_bounds, month_key
 from service import database
+from tests.api.test_statements_api import issued_account
 from tests.processes import free_port, stop
 from tests.reliability.conftest import report_figures
 from tests.replication import Cluster
@@ -92,6 +95,21 @@ def test_reports_read_on_the_replica_say_its_lag_and_match_the_primary_before_it
         assert isinstance(caught_up["replica_lag_ms"], int) and caught_up["replica_lag_ms"] >= 0
         assert "replica_lag_ms" not in get(on_primary, f"/api/v1/accounts/{account_id}/balance").json()
 
+        # Issued statements and positions are read there too, and say so.
+        statement_account, month = issued_account(ledger)
+        cluster.wait_replayed()
+        statement_path = f"/api/v1/accounts/{statement_account}/statements/{month_key(month)}"
+        positions_path = f"/api/v1/accounts/{statement_account}/positions"
+        for path in (statement_path, positions_path):
+            replica_body, primary_body = get(on_replica, path).json(), get(on_primary, path).json()
+            assert isinstance(replica_body.pop("replica_lag_ms"), int)
+            if path == positions_path:  # as of the moment each was read
+                assert replica_body.pop("as_of") <= primary_body.pop("as_of")
+            assert replica_body == primary_body, path
+        replica_pdf = get(on_replica, statement_path, accept="application/pdf")
+        assert replica_pdf.content == get(on_primary, statement_path, accept="application/pdf").content
+        assert int(replica_pdf.headers["x-replica-lag-ms"]) >= 0
+
         # The replica falls behind: it receives the WAL but replays none of it.
         cluster.standby.scalar("SELECT pg_wal_replay_pause()")
         paused = True
@@ -126,6 +144,16 @@ def test_reports_read_on_the_replica_say_its_lag_and_match_the_primary_before_it
         # … and now differs (the primary has five more deposits) until the replica catches up.
         now_path = f"/api/v1/accounts/{account_id}/statement"
         assert len(get(on_replica, now_path).json()["lines"]) < len(get(on_primary, now_path).json()["lines"])
+        # (After the as-of reports: a back-dated entry changes them.) A back-dated trade corrects the issued statement on the primary; the replica has not replayed it.
+        ledger.post(rules.gain_or_loss("trade", statement_account, Money.from_decimal("7.00", "USD"),
+                                       idempotency_key=f"{statement_account}:late",
+                                       effective_at=month_bounds(month)[0] + timedelta(days=20)))
+        corrected = issuing.issue(ledger, statement_account, month)
+        assert not isinstance(corrected, issuing.NotIssued) and corrected[1] == "corrected"
+        assert get(on_primary, statement_path).json()["statement"]["version"] == 2
+        replica_statement = get(on_replica, statement_path).json()
+        assert replica_statement["statement"]["version"] == 1 and replica_statement["superseded_by"] is None
+        assert replica_statement["replica_lag_ms"] >= PAUSE_S * 1000
 
         # The CLI's reports read there too (REPORTS_DATABASE_URL, as `serve` does).
         def cli_balance(extra: dict[str, str]) -> str:

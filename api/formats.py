@@ -24,7 +24,7 @@ def lag_header(request: Request) -> dict[str, str]:
     return {} if lag_ms is None else {REPLICA_LAG_HEADER: str(lag_ms)}
 
 
-def as_json(request: Request, body: dict[str, Any]) -> Response:
+def as_json(request: Request, body: dict[str, Any]) -> Response[dict[str, Any]]:
     """`body` as JSON; read on a replica, with `replica_lag_ms` in it and the `X-Replica-Lag-Ms` header."""
     lag_ms = request.state.get("replica_lag_ms")
     return Response(body if lag_ms is None else {**body, "replica_lag_ms": lag_ms}, headers=lag_header(request))

@@ -69,5 +69,5 @@ class StatementController(Controller):
          summary="Open positions per symbol and side from the engine's open trades, and the true-ups' split")
     def positions(self, request: Request, reports_ledger: ReportsLedgerDep, account_id: FromPath[str],
                   days: Annotated[int, Parameter(ge=1, le=open_positions.DAYS_MAX)] = open_positions.DAYS_DEFAULT,
-                  ) -> Response:
+                  ) -> Response[dict[str, Any]]:
         return as_json(request, views.positions(reports_ledger, account_id, days=days))

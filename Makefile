@@ -8,7 +8,7 @@ RUN_STAMP := $(VENV)/.installed-run
 # make command line (make run LEDGER_PORT=9000): make passes both to the recipe as they are.
 PYTEST_ARGS ?=
 
-.PHONY: help install browser pdftools docs-images pgbouncer run soak test test-slow test-all test-cluster test-restore bench lint fmt migrate verify clean
+.PHONY: help install browser pdftools docs-images openapi pgbouncer run soak test test-slow test-all test-cluster test-restore bench lint fmt migrate verify clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ soak: $(STAMP)  ## the 10-minute soak alone (SOAK_SECONDS to change it); prints 
 
 docs-images: $(STAMP) browser pdftools  ## the statement PDF page and the positions page as PNGs in docs/images (a test makes them)
 	INVLEDGER_DOCS_IMAGES=docs/images $(BIN)/python -m pytest -q tests/api/test_statements_browser.py $(PYTEST_ARGS)
+
+openapi: $(STAMP)  ## rewrite docs/openapi.json from the app (a test holds the app to it: its diff is the API change to review)
+	INVLEDGER_WRITE_OPENAPI=1 $(BIN)/python -m pytest -q tests/api/test_openapi.py -k docs $(PYTEST_ARGS)
 
 bench: $(STAMP)  ## benchmarks; QUICK=1 for the short run; writes bench/results.json
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)

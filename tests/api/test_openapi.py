@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import msgspec
 
 from service import database
 from tests.processes import ctrl_c, free_port
@@ -48,3 +49,14 @@ def test_schemathesis_with_every_check_finds_nothing(tmp_path: Path) -> None:
     finally:
         ctrl_c(server, 30)
         database.stop_embedded(tmp_path)
+
+
+def test_the_openapi_document_is_the_one_in_docs(app) -> None:
+    """The API's contract changes only on purpose: the generated document equals docs/openapi.json (a change of a
+    handler's return type once turned a response's schema into `{}` unnoticed). `make openapi` rewrites the file;
+    its diff is the change to review."""
+    generated = msgspec.json.format(msgspec.json.encode(app.openapi_schema.to_schema(), order="sorted"), indent=1)
+    if os.environ.get("INVLEDGER_WRITE_OPENAPI"):
+        (ROOT / "docs" / "openapi.json").write_bytes(generated + b"\n")
+    assert (ROOT / "docs" / "openapi.json").read_bytes() == generated + b"\n", (
+        "the OpenAPI document changed: if on purpose, `make openapi` and commit docs/openapi.json")

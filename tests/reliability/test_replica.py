@@ -144,7 +144,8 @@ def test_reports_read_on_the_replica_say_its_lag_and_match_the_primary_before_it
         # … and now differs (the primary has five more deposits) until the replica catches up.
         now_path = f"/api/v1/accounts/{account_id}/statement"
         assert len(get(on_replica, now_path).json()["lines"]) < len(get(on_primary, now_path).json()["lines"])
-        # (After the as-of reports: a back-dated entry changes them.) A back-dated trade corrects the issued statement on the primary; the replica has not replayed it.
+        # A back-dated trade (after the as-of reports, which it changes) corrects the issued statement on the primary;
+        # the replica has not replayed it.
         ledger.post(rules.gain_or_loss("trade", statement_account, Money.from_decimal("7.00", "USD"),
                                        idempotency_key=f"{statement_account}:late",
                                        effective_at=month_bounds(month)[0] + timedelta(days=20)))

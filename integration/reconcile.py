@@ -11,6 +11,10 @@ Per account the result is one of:
   webhook kept for review) that the ledger does not have;
 - `engine_unavailable`: a timeout, 5xx, unreadable answer or open circuit — an outage, never a break.
 
+Open withdrawal holds (ledger.holds) reserve part of a balance without moving it, and the engine's capital moves
+only when a hold posts (its `account.capital_changed`, in flight like any other): the comparison is of balances,
+and a line names what open holds reserve.
+
 "In flight" is what the ledger has told the engine through the outbox but not yet seen acknowledged (capital
 changes, status changes, the account's creation). The engine may not know it yet — or may have applied it
 already, in the window between its answer and the delivery being marked: so in-flight changes explain a
@@ -79,6 +83,8 @@ class LedgerSide(msgspec.Struct, frozen=True, kw_only=True):
     # signed: deposits +, withdrawals −
     status_in_flight: bool = False
     creation_in_flight: bool = False
+    held_minor: int = 0  # open withdrawal holds (ledger.holds): reserved, not withdrawn — neither the ledger balance
+    open_holds: int = 0  # nor the engine's capital moves until a hold posts, so they are shown, never subtracted
 
 
 class Line(msgspec.Struct, frozen=True, kw_only=True):
@@ -164,6 +170,9 @@ def judge(side: LedgerSide, answer: AccountStatus | EngineError, tolerance: Deci
     line = {**base, "engine_balance": answer.balance, "difference": difference, "in_flight": in_flight,
             "engine_status": answer.status}
     notes = []
+    if side.held_minor:
+        notes.append(f"{Money(minor=side.held_minor, currency=side.currency)} held by {side.open_holds} open "
+                     f"withdrawal hold{'s' if side.open_holds != 1 else ''} (balances move when a hold posts)")
     if in_flight:
         notes.append(f"{_amount(in_flight, side.currency)} of capital changes not yet marked delivered to the engine"
                      + ("" if not explained else " (the engine already shows them)" if explained[0] == 0
@@ -189,8 +198,10 @@ def ledger_sides(engine: sa.Engine, *, after: str | None = None, account_ids: li
     """Open (not closed) accounts by id after `after` — or exactly `account_ids` — with what is in flight."""
     with engine.connect() as c:
         rows = c.execute(sa.text(f"""
-            SELECT a.account_id, a.currency, a.status, -l.balance_minor AS balance_minor
+            SELECT a.account_id, a.currency, a.status, -l.balance_minor AS balance_minor,
+                   COALESCE(h.held_minor, 0) AS held_minor, COALESCE(h.open_count, 0) AS open_holds
               FROM investment_account a JOIN ledger_account l ON l.name = {chart.investors_sql("a.account_id")}
+              LEFT JOIN hold_state h ON h.ledger_account_id = l.id
              WHERE a.status <> 'closed'
                AND (CAST(:ids AS text[]) IS NULL OR a.account_id = ANY(CAST(:ids AS text[])))
                AND (CAST(:after AS text) IS NULL OR a.account_id > :after)
@@ -213,7 +224,8 @@ def ledger_sides(engine: sa.Engine, *, after: str | None = None, account_ids: li
         elif p.topic == "account.created":
             flight["creation_in_flight"] = True
     return [LedgerSide(account_id=r.account_id, currency=r.currency, balance_minor=r.balance_minor, status=r.status,
-                       **flights.get(r.account_id, {})) for r in rows]
+                       held_minor=r.held_minor, open_holds=r.open_holds, **flights.get(r.account_id, {}))
+            for r in rows]
 
 
 def engine_only_accounts(engine: sa.Engine) -> list[str]:

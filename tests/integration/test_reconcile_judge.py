@@ -48,6 +48,15 @@ def test_the_engine_having_applied_the_older_of_two_changes_matches() -> None:
     assert "engine − ledger = -200.00" in line.detail and "engine − (ledger − in flight) = -50.00" in line.detail
 
 
+def test_open_holds_are_named_and_never_subtracted() -> None:
+    """A hold reserves without moving the balance, and the engine's capital moves when the hold posts."""
+    held = LedgerSide(account_id="A", currency="USD", balance_minor=100_000, status="active", held_minor=25_000,
+                      open_holds=1)
+    line = judge(held, engine("1000.00"), NONE)
+    assert line.result == "matched" and "250.00 held by 1 open withdrawal hold" in line.detail
+    assert judge(held, engine("750.00"), NONE).result == "break"
+
+
 def test_a_break_without_anything_in_flight_names_one_reading() -> None:
     line = judge(side(100_000), engine("999.99"), NONE)
     assert line.result == "break" and line.detail == "engine − ledger = -0.01; tolerance 0"

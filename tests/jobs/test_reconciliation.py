@@ -16,6 +16,7 @@ from api.app import create_app
 from api.auth import create_key
 from integration import reconcile, runs
 from jobs import actors, context
+from ledger import holds
 from service.runtime import Runtime
 from simulator import Faults, Simulator, Target
 from tests.integration.support import Receiver
@@ -171,6 +172,8 @@ def test_what_is_in_flight_is_not_a_break_and_other_results(db: Db, sim: Simulat
     db.ledger.deposit(depositing, "250.00", idempotency_key="rec-deposit")
     db.ledger.change_status(pausing, "pause")
     db.ledger.change_status(told_nothing, "pause", notify=False)  # the engine was never told: a real mismatch
+    holding = open_known_account(db, setup, since=SINCE, account_id="rec-holding")
+    holds.place_hold(db.ledger, holding, "100.00", idempotency_key="rec-hold")  # reserved, not withdrawn
 
     actors.reconcile.send(period="2026-01-01")
     jobs.drain()
@@ -179,7 +182,9 @@ def test_what_is_in_flight_is_not_a_break_and_other_results(db: Db, sim: Simulat
     lines = {line.account_id: line.out() for line in reconcile.results(db.engine, run.id)}
     assert {a: line["result"] for a, line in lines.items()} == {
         depositing: "matched", pausing: "matched", told_nothing: "status_mismatch", unknown: "unknown_account",
-        being_created: "unknown_account"}
+        being_created: "unknown_account", holding: "matched"}
+    assert lines[holding]["difference"] == "0.00"
+    assert "100.00 held by 1 open withdrawal hold" in lines[holding]["detail"]
     assert (lines[depositing]["difference"], lines[depositing]["in_flight"]) == ("-250.00", "250.00")
     assert "not yet delivered" in lines[pausing]["detail"]
     assert (lines[told_nothing]["ledger_status"], lines[told_nothing]["engine_status"]) == ("paused", "active")
@@ -196,7 +201,7 @@ def test_what_is_in_flight_is_not_a_break_and_other_results(db: Db, sim: Simulat
     again = {line.account_id: line.result for line in reconcile.results(db.engine,
                                                                         runs.get(db.engine, "reconcile:2026-01-02").id)}
     assert again == {depositing: "matched", pausing: "matched", told_nothing: "status_mismatch",
-                     unknown: "unknown_account", being_created: "matched"}
+                     unknown: "unknown_account", being_created: "matched", holding: "matched"}
 
 
 def test_an_engine_outage_is_one_problem_not_one_alert_per_account(db: Db, sim: Simulator, runtime: Runtime,

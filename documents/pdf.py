@@ -135,6 +135,9 @@ def _render(body: dict[str, Any], platform: str) -> bytes:
                row("Mark-to-market true-ups (engine)", f["mark_to_market_true_ups"]),
                row("Adjustments", f["adjustments"]), row("Performance fee", f["performance_fee"]),
                row("Closing balance", f["closing_balance"], strong=True)]
+    if "held_at_close" in f:  # figures format 2 (ledger.statements)
+        summary += [row("Held for withdrawals at close", f["held_at_close"]),
+                    row("Available at close", f["available_at_close"])]
     returns = [row("Time-weighted return, month", _percent(f["time_weighted_return_month"])),
                row("Time-weighted return, year to date", _percent(f["time_weighted_return_year_to_date"])),
                row("Max drawdown, month", _percent(f["max_drawdown_month"])),

@@ -36,6 +36,8 @@ from ledger.statements import (
     differences,
     document,
     encode,
+    figures_format_of,
+    figures_out,
     month_bounds,
     month_key,
     read_inputs,
@@ -91,9 +93,8 @@ def issue(ledger: Ledger, account_id: str, month: date, *,
         figures = compute(read_inputs(c, account_id, month))
         last = _latest(c, account_id, month)
         corrects, correction = None, None
-        if last is not None:
-            changed = differences(last.body["figures"], document(figures, version=1, issued_at=issued_at,
-                                                                 issued_by="")["figures"])
+        if last is not None:  # compared in the format it was issued in: a figure added since is no correction
+            changed = differences(last.body["figures"], figures_out(figures, figures_format_of(last.body)))
             if not changed:
                 return last, "unchanged"
             corrects, correction = last.id, changed

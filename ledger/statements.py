@@ -14,7 +14,14 @@ A: every figure is a change of that balance, + to the investor, − from):
   performance report computes them (readside/reports.py: daily returns on the ledger's own end-of-day balances,
   flows as `ledger.policies.flows` says — taken to arrive at the start of the day), so a
   statement's returns equal `GET /accounts/A/performance` for the same days;
-- the balance at each day's end of M (the chart) and M's lines with their running balance, in effective order.
+- the balance at each day's end of M (the chart) and M's lines with their running balance, in effective order;
+- held at close: what A's open withdrawal holds (ledger.holds) reserved at M's end — holds are not effective-dated,
+  so those placed and not yet resolved by then as recorded — and available at close: closing balance − held.
+
+Figures formats. A stored statement names the format of its figures (`figures_format` in its issue; absent: 1),
+and its figures are recomputed in that format by `verify` and compared in it before a correction is issued: a
+figure added later (format 2 added held and available at close) never makes an issued statement unverifiable, nor
+corrects one whose books did not change. New statements are issued in FIGURES_FORMAT.
 
 `read_inputs(c, A, M, recorded_by=T)` reads only what was recorded at or before T: the books as they stood when
 a statement was issued at T. `invledger verify` recomputes each stored statement's figures that way
@@ -39,6 +46,7 @@ from ledger.returns import rounded
 from ledger.times import ONE_MICROSECOND, rfc3339
 
 CHAIN_START = bytes(32)
+FIGURES_FORMAT = 2  # 1: the first release's figures; 2: + held_at_close, available_at_close
 SUMMARY_KINDS = ("deposit", "withdrawal", "trade", "true_up", "adjustment", "fee")
 
 
@@ -79,6 +87,7 @@ class StatementInputs(msgspec.Struct, frozen=True, kw_only=True):
     year_opening_minor: int
     postings: tuple[StatementPosting, ...]
     distribution: DistributionFigures | None
+    held_at_close_minor: int = 0  # A's open holds at M's end (as recorded)
 
 
 class StatementLine(msgspec.Struct, frozen=True, kw_only=True):
@@ -111,6 +120,8 @@ class StatementFigures(msgspec.Struct, frozen=True, kw_only=True):
     adjustments: Money
     performance_fee: Money
     closing_balance: Money
+    held_at_close: Money  # open withdrawal holds at M's end (format 2)
+    available_at_close: Money  # closing balance − held at close (format 2)
     fee_rate: Decimal | None  # None: M not distributed (no fee computed yet)
     high_water_mark_before: Money | None
     high_water_mark_after: Money | None
@@ -215,6 +226,7 @@ def compute(inputs: StatementInputs) -> StatementFigures:
         withdrawals=money(sums["withdrawal"]), realised_trading_result=money(sums["trade"]),
         mark_to_market_true_ups=money(sums["true_up"]), adjustments=money(sums["adjustment"]),
         performance_fee=money(sums["fee"]), closing_balance=money(balance),
+        held_at_close=money(inputs.held_at_close_minor), available_at_close=money(balance - inputs.held_at_close_minor),
         fee_rate=d.rate if d else None,
         high_water_mark_before=money(d.opening_hwm_minor) if d else None,
         high_water_mark_after=money(d.new_hwm_minor) if d else None,
@@ -224,9 +236,10 @@ def compute(inputs: StatementInputs) -> StatementFigures:
 
 
 SUMMARY_FIELDS = ("opening_balance", "deposits", "withdrawals", "realised_trading_result", "mark_to_market_true_ups",
-                  "adjustments", "performance_fee", "closing_balance", "fee_rate", "high_water_mark_before",
-                  "high_water_mark_after", "time_weighted_return_month", "time_weighted_return_year_to_date",
-                  "max_drawdown_month", "trades_closed")
+                  "adjustments", "performance_fee", "closing_balance", "held_at_close", "available_at_close",
+                  "fee_rate", "high_water_mark_before", "high_water_mark_after", "time_weighted_return_month",
+                  "time_weighted_return_year_to_date", "max_drawdown_month", "trades_closed")
+ADDED_IN_FORMAT = {"held_at_close": 2, "available_at_close": 2}  # a field not listed is in every format
 
 
 def _text(value: object) -> str | None:
@@ -237,12 +250,13 @@ def _text(value: object) -> str | None:
     return str(value)
 
 
-def figures_out(f: StatementFigures) -> dict[str, Any]:
-    """The figures as JSON: money at the currency's scale, returns as decimal strings, times RFC 3339 UTC — the
-    API's body, the stored document and the PDF all show these strings."""
+def figures_out(f: StatementFigures, figures_format: int | None = None) -> dict[str, Any]:
+    """The figures as JSON in `figures_format` (the module docstring): money at the currency's scale, returns as
+    decimal strings, times RFC 3339 UTC — the API's body, the stored document and the PDF all show these strings."""
     body: dict[str, Any] = {"account_id": f.account_id, "currency": f.currency, "month": f.month,
                             "period_start": f.period_start.isoformat(), "period_end": f.period_end.isoformat()}
-    body.update({field: _text(getattr(f, field)) for field in SUMMARY_FIELDS if field != "trades_closed"})
+    body.update({field: _text(getattr(f, field)) for field in SUMMARY_FIELDS
+                 if field != "trades_closed" and ADDED_IN_FORMAT.get(field, 1) <= (figures_format or FIGURES_FORMAT)})
     body["trades_closed"] = f.trades_closed
     body["daily_balances"] = [{"date": d.date.isoformat(), "balance": str(d.balance)} for d in f.daily_balances]
     body["lines"] = [{"effective_at": rfc3339(line.effective_at), "entry_id": line.entry_id, "kind": line.kind,
@@ -250,8 +264,14 @@ def figures_out(f: StatementFigures) -> dict[str, Any]:
     return body
 
 
+def figures_format_of(body: dict[str, Any]) -> int:
+    """The format of a stored document's figures (1 when it names none: issued before formats were named)."""
+    return int(body["statement"].get("figures_format", 1))
+
+
 def differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """What changed between two statements' figures (as `figures_out` gives them), one phrase per figure."""
+    """What changed between two statements' figures (as `figures_out` gives them, in one format), one phrase per
+    figure."""
     changed = [f"{field.replace('_', ' ')} was {before.get(field) or 'none'}, now {after.get(field) or 'none'}"
                for field in SUMMARY_FIELDS if before.get(field) != after.get(field)]
     old_lines = {(line["entry_id"], line["effective_at"]) for line in before.get("lines", [])}
@@ -283,6 +303,11 @@ _POSTINGS = sa.text(f"""
      WHERE p.ledger_account_id = :id AND p.effective_at >= :start AND p.effective_at <= :end
        AND (CAST(:t AS timestamptz) IS NULL OR e.recorded_at <= :t)
      ORDER BY p.effective_at, p.seq""")  # noqa: S608 — constants
+_HELD_AT = sa.text("""
+    SELECT COALESCE(sum(p.amount_minor), 0)::bigint FROM hold_event p
+     WHERE p.investment_account_id = :a AND p.kind = 'placed' AND p.recorded_at <= :at
+       AND NOT EXISTS (SELECT 1 FROM hold_event r
+                        WHERE r.hold_id = p.id AND r.kind <> 'placed' AND r.recorded_at <= :at)""")
 _DISTRIBUTION = sa.text("""
     SELECT rate, opening_hwm_minor, adjusted_hwm_minor, computed_fee_minor, fee_minor, new_hwm_minor
       FROM distribution
@@ -310,8 +335,9 @@ def read_inputs(c: sa.Connection, account_id: str, month: date, *,
                                                     "t": recorded_by}))
     row = c.execute(_DISTRIBUTION, {"a": account_id, "m": month, "t": recorded_by}).first()
     distribution = DistributionFigures(**row._asdict()) if row is not None else None
+    held = int(c.execute(_HELD_AT, {"a": account_id, "at": min(end, recorded_by) if recorded_by else end}).scalar_one())
     return StatementInputs(account_id=account_id, currency=head.currency, month=month, year_opening_minor=opening,
-                           postings=postings, distribution=distribution)
+                           postings=postings, distribution=distribution, held_at_close_minor=held)
 
 
 # ------------------------------------------------------------------------------------------ stored statements
@@ -322,7 +348,7 @@ def document(figures: StatementFigures, *, version: int, issued_at: datetime, is
     figures."""
     return {"statement": {"account_id": figures.account_id, "month": figures.month, "version": version,
                           "issued_at": rfc3339(issued_at), "issued_by": issued_by, "corrects": corrects,
-                          "correction": list(correction or [])},
+                          "correction": list(correction or []), "figures_format": FIGURES_FORMAT},
             "figures": figures_out(figures)}
 
 
@@ -381,7 +407,8 @@ def statements_match(c: sa.Connection, limit: int = 20) -> list[str]:
             if (issue["version"] != row.version or issue["issued_at"] != rfc3339(row.issued_at)
                     or issue["account_id"] != row.account_id or issue["month"] != month_key(row.month)):
                 findings.append(f"{label}: its document names another statement")
-            recomputed = figures_out(compute(read_inputs(c, row.account_id, row.month, recorded_by=row.issued_at)))
+            recomputed = figures_out(compute(read_inputs(c, row.account_id, row.month, recorded_by=row.issued_at)),
+                                     figures_format_of(body))
             if recomputed != stored:
                 findings.append(f"{label}: its figures are not the books' as recorded when it was issued ("
                                 + "; ".join(differences(stored, recomputed)[:3]) + ")")

@@ -186,3 +186,53 @@ def test_statements_are_append_only_and_tampering_is_found(books: Ledger) -> Non
     as_insider("UPDATE investor_statement SET pdf = :p WHERE id = :id", p=b"%PDF-1.4 forged", id=stored.id)
     found = [f.detail for f in verify(books.engine).findings if f.check == "statements_match"]
     assert any("digest does not cover" in f for f in found)
+
+
+def test_held_and_available_at_close_and_a_first_format_statement_still_verifies(
+        books: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Format 2 shows what open withdrawal holds reserved at the month's end and what was available; a statement
+    issued in format 1 (as the first release issued them: FIGURES_FORMAT patched to 1 for its issue, the one
+    stand-in here) still verifies, is not "corrected" for the figures it lacks, and its correction is in format 2.
+    Holds are recorded, not effective-dated, so the month is this one, issued as if it were over."""
+    import ledger.statements as figures
+    from ledger import holds
+
+    month = datetime.now(UTC).date().replace(day=1)
+    after_it = month_bounds(month)[1] + timedelta(days=1)
+    open_plain(books, "inv-4")
+    books.deposit("inv-4", "1000.00", idempotency_key="inv-4:d")
+    hold = holds.place_hold(books, "inv-4", "250.00", idempotency_key="inv-4:h")
+    books.transact(lambda tx: distribute_account(tx, "inv-4", month, require_snapshot=False, now=after_it))
+    with monkeypatch.context() as patched:
+        patched.setattr(figures, "FIGURES_FORMAT", 1)
+        first, _ = issued.issue(books, "inv-4", month, now=after_it)
+    assert first.body["statement"]["figures_format"] == 1 and "held_at_close" not in first.body["figures"]
+    assert "Available at close" not in pdf_text(first.pdf, tmp_path)
+    report = verify(books.engine)
+    assert report.ok, report.findings
+    again, outcome = issued.issue(books, "inv-4", month, now=after_it)
+    assert outcome == "unchanged" and again.id == first.id  # a figure added since is no correction
+
+    books.deposit("inv-4", "50.00", idempotency_key="inv-4:d2")  # the month's books change: a correction
+    holds.void_hold(books, hold.hold_id)  # released after the first issue: the second shows none held
+    second, outcome = issued.issue(books, "inv-4", month, now=after_it)
+    assert outcome == "corrected" and second.body["statement"]["figures_format"] == 2
+    f = second.body["figures"]
+    assert (f["closing_balance"], f["held_at_close"], f["available_at_close"]) == ("1050.00", "0.00", "1050.00")
+    assert second.body["statement"]["correction"] == [
+        "deposits was 1000.00, now 1050.00", "closing balance was 1000.00, now 1050.00", "entries added: #"
+        + str(second.body["figures"]["lines"][-1]["entry_id"])]
+    report = verify(books.engine)
+    assert report.ok, report.findings
+
+    holds.place_hold(books, "inv-4", "300.00", idempotency_key="inv-4:h2")
+    books.deposit("inv-4", "1.00", idempotency_key="inv-4:d3")
+    third, _ = issued.issue(books, "inv-4", month, now=after_it)
+    f = third.body["figures"]
+    assert (f["closing_balance"], f["held_at_close"], f["available_at_close"]) == ("1051.00", "300.00", "751.00")
+    text = pdf_text(third.pdf, tmp_path)
+    assert "Held for withdrawals at close" in text and "300.00" in text and "751.00" in text
+    draft = reads.draft(books, "inv-4", month)["figures"]
+    assert (draft["held_at_close"], draft["available_at_close"]) == ("300.00", "751.00")
+    report = verify(books.engine)
+    assert report.ok, report.findings

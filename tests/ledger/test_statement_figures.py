@@ -35,14 +35,19 @@ def postings(draw) -> tuple[int, tuple[StatementPosting, ...]]:
 
 
 @settings(max_examples=200, deadline=None)
-@given(postings())
-def test_the_figures_add_up_whatever_the_postings(made: tuple[int, tuple[StatementPosting, ...]]) -> None:
+@given(postings(), st.integers(min_value=0, max_value=10**9))
+def test_the_figures_add_up_whatever_the_postings(made: tuple[int, tuple[StatementPosting, ...]], held: int) -> None:
     opening, posted = made
     inputs = StatementInputs(account_id="acc-1", currency="USD", month=MONTH, year_opening_minor=opening,
                              postings=posted, distribution=DistributionFigures(
                                  rate=Decimal("0.2"), opening_hwm_minor=0, adjusted_hwm_minor=0, computed_fee_minor=0,
-                                 fee_minor=0, new_hwm_minor=0))
+                                 fee_minor=0, new_hwm_minor=0), held_at_close_minor=held)
     f = compute(inputs)
+    assert (f.held_at_close.minor, f.available_at_close.minor) == (held, f.closing_balance.minor - held)
+    # Each format shows its own figures: the first release's lack what format 2 added, and nothing else differs.
+    first, second = figures_out(f, 1), figures_out(f)
+    assert set(second) - set(first) == {"held_at_close", "available_at_close"}
+    assert {k: v for k, v in second.items() if k in first} == first
     in_month = [p for p in posted if p.effective_at >= datetime(2026, 6, 1, tzinfo=UTC)]
     assert f.opening_balance.minor == opening + sum(p.amount_minor for p in posted) - sum(
         p.amount_minor for p in in_month)

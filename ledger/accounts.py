@@ -136,12 +136,12 @@ def _move_capital(tx: Tx, operation: str, account_id: str, amount: object, *, id
     rule = rules.deposit if operation == "deposit" else rules.withdrawal
     draft = rule(account_id, parse_amount(amount, account.currency), idempotency_key=idempotency_key,
                  memo=reference, effective_at=effective_at, metadata=_capital_metadata(reference, source))
-    replay = tx.existing(draft)
-    if replay is not None:
+    if operation == "deposit" and account.status == "closed":  # refused, unless it is a replay of an earlier one
+        replay = tx.existing(draft)
+        if replay is None:
+            raise AccountStateConflict(f"account {account_id!r} is closed; deposits are refused")
         return replay
-    if operation == "deposit" and account.status == "closed":
-        raise AccountStateConflict(f"account {account_id!r} is closed; deposits are refused")
-    posted = tx.post(draft)
+    posted = tx.post(draft)  # answers a replay itself (or DuplicateConflict), before any overdraft check
     _capital_changed(tx, account_id, operation, draft.legs[0].amount, posted)
     return posted
 

@@ -189,8 +189,8 @@ def post(tx: Tx, hold_id: int, *, account_id: str | None = None) -> tuple[Hold, 
     return get(tx, hold_id), posted
 
 
-def void(tx: Tx, hold_id: int, *, reason: str = "", account_id: str | None = None, expired: bool = False) -> Hold:
-    """Release the hold (cancelled, or `expired`). Voiding a voided or expired hold changes nothing."""
+def void(tx: Tx, hold_id: int, *, reason: str = "", account_id: str | None = None) -> Hold:
+    """Release the hold (cancelled). Voiding a voided or expired hold changes nothing."""
     if len(reason) > 1000:
         raise InvalidAmount("the reason must be at most 1000 characters")
     hold = _locked(tx, hold_id, account_id)
@@ -198,7 +198,12 @@ def void(tx: Tx, hold_id: int, *, reason: str = "", account_id: str | None = Non
         return msgspec.structs.replace(hold, replayed=True)
     if hold.status == "posted":
         raise HoldStateConflict(f"hold {hold_id} was posted (entry {hold.entry_id}) and cannot be voided")
-    kind = "expired" if expired else "voided"
+    return _release(tx, hold, "voided", reason)
+
+
+def _release(tx: Tx, hold: Hold, kind: Literal["voided", "expired"], reason: str) -> Hold:
+    """Resolve an open `hold`, read under its investment account's lock (`_locked`), as voided or expired."""
+    hold_id = hold.hold_id
     tx.connection.execute(sa.text("""
         INSERT INTO hold_event (hold_id, kind, investment_account_id, ledger_account_id, amount_minor, currency,
                                 reason, recorded_by, chain_seq, chain_hash)
@@ -293,7 +298,7 @@ def expire_due(ledger: Ledger, *, now: datetime | None = None, limit: int = EXPI
         hold = _locked(tx, hold_id, None)
         if hold.status != "open":
             return None
-        return void(tx, hold_id, reason="expired", expired=True)
+        return _release(tx, hold, "expired", "expired")
 
     at = now or ledger.read_only(lambda tx: tx.connection.execute(sa.text("SELECT clock_timestamp()")).scalar_one())
     expired = []

@@ -1,0 +1,47 @@
+"""A delivery the ledger refuses books nothing: a balance update whose late-fact offset cannot be posted (its
+idempotency key, made of the dedup key, is too long) must not leave the adjustment booked while the engine is told
+422 and the event is stored as rejected."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import msgspec
+import sqlalchemy as sa
+
+from integration.booking import Bookkeeper
+from integration.events import PerformanceData
+from integration.webhooks import Delivery, WebhookProcessor
+from ledger import Ledger
+
+
+def test_a_refused_balance_update_leaves_no_entry(ledger: Ledger, engine: sa.Engine,
+                                                  open_account: Callable[..., str]) -> None:
+    account_id = open_account("1000.00")
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    Bookkeeper(ledger).book_performance(PerformanceData(
+        account_id=account_id, date=yesterday, opening_balance=Decimal("1000.00"),
+        closing_balance=Decimal("1000.00"), daily_return=Decimal("0"), trades_executed=0, winning_trades=0,
+        losing_trades=0))  # yesterday is trued up: an update effective in it needs an offset
+    balance_before = ledger.balance(account_id)
+    with engine.connect() as c:
+        entries_before = c.execute(sa.text("SELECT count(*) FROM journal_entry WHERE investment_account_id = :a"),
+                                   {"a": account_id}).scalar_one()
+    # A signed webhook-id short enough for the adjustment's key ("adjustment:webhook:…", 255 at most) but not for the
+    # offset's ("offset:ACCOUNT:webhook:…").
+    webhook_id = "w" * (255 - len("adjustment:webhook:"))
+    body = msgspec.json.encode({"event_type": "account.balance_updated",
+                                "occurred_at": datetime.combine(yesterday, datetime.min.time(), UTC).isoformat(),
+                                "data": {"account_id": account_id, "new_balance": "1500.00", "reason": "fix"}})
+    [outcome] = WebhookProcessor(ledger).receive_many(
+        [Delivery(body=body, webhook_id=webhook_id, signature_scheme="standard")])
+    assert outcome.result == "invalid" and outcome.entry_ids == (), outcome
+    with engine.connect() as c:
+        entries_after = c.execute(sa.text("SELECT count(*) FROM journal_entry WHERE investment_account_id = :a"),
+                                  {"a": account_id}).scalar_one()
+        stored = c.execute(sa.text("SELECT status FROM webhook_event WHERE id = :id"),
+                           {"id": outcome.event_id}).scalar_one()
+    assert (entries_after, stored) == (entries_before, "rejected")
+    assert ledger.balance(account_id) == balance_before

@@ -40,6 +40,8 @@ _LOCK_KEYS = sa.text("""
       FROM (SELECT DISTINCT hashtextextended(k, 0) AS h FROM unnest(CAST(:keys AS text[])) AS k
              ORDER BY h) AS ordered""")
 _SEEN_KEYS = sa.text("SELECT DISTINCT dedup_key FROM webhook_event WHERE dedup_key = ANY(:keys)")
+_PREVIOUS = sa.text("SELECT id, content_sha256, status, reason, entry_ids FROM webhook_event WHERE dedup_key = :k "
+                    "ORDER BY id")
 _STORE_EVENTS = sa.text("""
     INSERT INTO webhook_event (dedup_key, content_sha256, event_type, account_id, body, signature_scheme,
                                status, reason, entry_ids, occurred_at)
@@ -163,7 +165,7 @@ class WebhookProcessor:
                 continue
             outcomes |= self._book_trade_deliveries(tx, run, accounts)
             run = []
-            outcomes[i] = self._receive(tx, delivery, item, accounts)
+            outcomes[i] = self._receive(tx, delivery, item, accounts, new=new)
         outcomes |= self._book_trade_deliveries(tx, run, accounts)
         return [outcomes[i] for i in range(len(items))]
 
@@ -222,16 +224,15 @@ class WebhookProcessor:
                                "s": delivery.signature_scheme, "r": rejected.reason[:2000]}).scalar_one()
         return msgspec.structs.replace(rejected, event_id=event_id)
 
-    def _receive(self, tx: Tx, delivery: Delivery, item: _Item,
-                 accounts: Mapping[str, InvestmentAccount]) -> Outcome:
-        """One delivery, its key's lock and its account's lock already held (`_receive_batch`)."""
+    def _receive(self, tx: Tx, delivery: Delivery, item: _Item, accounts: Mapping[str, InvestmentAccount], *,
+                 new: bool) -> Outcome:
+        """One delivery, its key's lock and its account's lock already held (`_receive_batch`). `new`: no event was
+        stored under its key (`_SEEN_KEYS`, read under the key's lock, and none earlier in the batch), so there is no
+        earlier delivery to read."""
         c = tx.connection
         event, key = item.event, item.key
         event_type = event_type_of(event)
-        previous = c.execute(sa.text("""
-            SELECT id, content_sha256, status, reason, entry_ids FROM webhook_event
-             WHERE dedup_key = :k ORDER BY id"""),
-            {"k": key}).all()
+        previous = [] if new else c.execute(_PREVIOUS, {"k": key}).all()
         same = next((row for row in previous if bytes(row.content_sha256) == item.content_sha256), None)
         if same is not None:  # a redelivery: answer as the first time, change nothing
             c.execute(sa.text("""UPDATE webhook_event SET delivery_count = delivery_count + 1, last_received_at = now()

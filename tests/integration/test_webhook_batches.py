@@ -289,3 +289,33 @@ def test_close_applies_what_is_queued_and_a_later_submit_starts_again() -> None:
     assert sorted(applied) == list(range(50)) and all(f.done() for f in futures)
     assert group.submit(7).result(10) == 7
     group.close()
+
+
+def test_a_new_key_reads_no_earlier_delivery(ledger: Ledger, engine: sa.Engine,
+                                             open_account: Callable[..., str]) -> None:
+    """The one-delivery path reads the events stored under a key only when the batch's read of the seen keys found
+    it (or an earlier delivery of the batch had it): a new snapshot costs no such read; its redelivery, in the same
+    batch and in a later one, does, and is answered as the first."""
+    processor = WebhookProcessor(ledger)
+    names = {0: open_account("1000.00")}
+    tag = uuid.uuid4().hex[:10]
+    body = _render({"kind": "performance", "account": 0, "days_ago": 1, "closing": "1010.00", "event": 1}, names, tag)
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    def reads_of_earlier_deliveries() -> int:
+        return sum("FROM webhook_event WHERE dedup_key = %(k)s" in " ".join(s.split()) for s in statements)
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        first = processor.receive_many([Delivery(body=body, signature_scheme="ml")])
+        assert reads_of_earlier_deliveries() == 0
+        again = processor.receive_many([Delivery(body=body, signature_scheme="ml")] * 2)
+        assert reads_of_earlier_deliveries() == 2
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert first[0].result == "applied" and not first[0].duplicate and len(first[0].entry_ids) == 1
+    assert [(o.result, o.duplicate, o.entry_ids, o.event_id) for o in again] == [
+        ("applied", True, first[0].entry_ids, first[0].event_id)] * 2

@@ -94,11 +94,16 @@ class WithdrawalRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class WithdrawalConfirmedEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """Webhook `withdrawal.confirmed` (ours): the capital of hold `hold_id` is free; the ledger posts the hold."""
+    """Webhook `withdrawal.confirmed` (ours): the capital of hold `hold_id` is free; the ledger posts the hold.
+    One definition with the webhook's (`integration.events.WithdrawalConfirmedData`): a hold id past bigint or an
+    amount not above zero is refused where it is decoded (422), by the simulator as by the ledger."""
 
     account_id: AccountId
-    hold_id: Annotated[int, msgspec.Meta(ge=1)]
+    hold_id: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
     amount: Decimal
+
+    def __post_init__(self) -> None:
+        check_decimal("amount", self.amount, sign=">0")
 
 
 class CapitalUpdate(msgspec.Struct, frozen=True, kw_only=True):
@@ -263,7 +268,9 @@ def decode(data: bytes, kind: type[T]) -> T:
     return _decoder(kind).decode(data)
 
 
-def decode_event_data(envelope: WebhookEnvelope) -> Trade | Performance | BalanceUpdated | AccountErrorEvent:
+def decode_event_data(
+    envelope: WebhookEnvelope,
+) -> Trade | Performance | BalanceUpdated | AccountErrorEvent | WithdrawalConfirmedEvent:
     """The typed `data` of a webhook; ValueError for an unknown event type, DecodeError for bad data."""
     kind = EVENT_DATA_TYPES.get(envelope.event_type)
     if kind is None:

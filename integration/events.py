@@ -13,7 +13,15 @@ from typing import Annotated
 
 import msgspec
 
-from integration.engine_api import NO_NUL, AccountId, Performance, Trade, UtcTime, check_decimal
+from integration.engine_api import (
+    NO_NUL,
+    AccountId,
+    Performance,
+    Trade,
+    UtcTime,
+    WithdrawalConfirmedEvent,
+    check_decimal,
+)
 from ledger.model import MEMO_LENGTH_MAX
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=NO_NUL)]
@@ -25,6 +33,7 @@ WEBHOOK_BODY_MAX_BYTES = 1024 * 1024
 # so a webhook and a back-filled fact are the same struct with the same validation.
 TradeData = Trade
 PerformanceData = Performance
+WithdrawalConfirmedData = WithdrawalConfirmedEvent  # ours (docs/holds.md): the engine freed a hold's capital
 
 
 class BalanceUpdatedData(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,17 +49,6 @@ class AccountErrorData(msgspec.Struct, frozen=True, kw_only=True):
     account_id: AccountId
     error_type: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_NUL)]
     error_message: Text
-
-
-class WithdrawalConfirmedData(msgspec.Struct, frozen=True, kw_only=True):
-    """Ours (docs/holds.md): the engine freed the capital a withdrawal hold asked for; the ledger posts the hold."""
-
-    account_id: AccountId
-    hold_id: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
-    amount: Decimal
-
-    def __post_init__(self) -> None:
-        check_decimal("amount", self.amount, sign=">0")
 
 
 class _Envelope(msgspec.Struct, frozen=True, kw_only=True, tag_field="event_type"):

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import msgspec
+import pytest
 import sqlalchemy as sa
 
 from integration.booking import Bookkeeper
@@ -45,3 +46,17 @@ def test_a_refused_balance_update_leaves_no_entry(ledger: Ledger, engine: sa.Eng
                            {"id": outcome.event_id}).scalar_one()
     assert (entries_after, stored) == (entries_before, "rejected")
     assert ledger.balance(account_id) == balance_before
+
+
+def test_a_withdrawal_confirmation_has_one_definition() -> None:
+    """The webhook's data and the engine API's (the simulator sends it) are one struct: what one refuses, so does the
+    other — a hold id past bigint (else a 500 at its query) and an amount not above zero."""
+    from integration import engine_api, events
+
+    assert events.WithdrawalConfirmedData is engine_api.WithdrawalConfirmedEvent
+    for data in ({"account_id": "a-1", "hold_id": 2**63, "amount": "1.00"},
+                 {"account_id": "a-1", "hold_id": 1, "amount": "0"}):
+        envelope = engine_api.WebhookEnvelope(event_type="withdrawal.confirmed",
+                                              data=msgspec.Raw(msgspec.json.encode(data)))
+        with pytest.raises(msgspec.ValidationError):
+            engine_api.decode_event_data(envelope)

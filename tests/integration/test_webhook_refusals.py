@@ -1,6 +1,7 @@
-"""A delivery the ledger refuses books nothing: a balance update whose late-fact offset cannot be posted (its
-idempotency key, made of the dedup key, is too long) must not leave the adjustment booked while the engine is told
-422 and the event is stored as rejected."""
+"""Webhook deliveries at the edge of what the ledger can book: one it refuses books nothing (a balance update whose
+late-fact offset cannot be posted must not leave the adjustment booked under a delivery stored as rejected), one it
+cannot act on fully is still stored and answered (a critical error on a closed account), and the withdrawal
+confirmation has one definition."""
 
 from __future__ import annotations
 
@@ -60,3 +61,20 @@ def test_a_withdrawal_confirmation_has_one_definition() -> None:
                                               data=msgspec.Raw(msgspec.json.encode(data)))
         with pytest.raises(msgspec.ValidationError):
             engine_api.decode_event_data(envelope)
+
+
+def test_a_critical_error_on_a_closed_account_is_stored_and_alerted(ledger: Ledger, engine: sa.Engine,
+                                                                    open_account: Callable[..., str]) -> None:
+    """A closed account cannot be paused (AccountStateConflict): the engine's critical error for one is stored,
+    applied (the account stays closed) and alerted — it failed the whole group commit before, went unstored and was
+    answered 409."""
+    closed = open_account(None)
+    ledger.change_status(closed, "close", reason="investor left")
+    body = msgspec.json.encode({"event_type": "account.error", "event_id": f"{closed}-critical",
+                                "data": {"account_id": closed, "error_type": "critical", "error_message": "halt"}})
+    [outcome] = WebhookProcessor(ledger).receive_many([Delivery(body=body, signature_scheme="ml")])
+    assert outcome.result == "applied" and outcome.event_id is not None, outcome
+    assert ledger.account(closed).status == "closed"
+    with engine.connect() as c:
+        alerts = c.execute(sa.text("SELECT kind, message FROM alert WHERE account_id = :a"), {"a": closed}).all()
+    assert [tuple(a) for a in alerts] == [("engine_critical_error", f"account {closed} is closed, not paused: halt")]

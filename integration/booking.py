@@ -171,8 +171,9 @@ class Bookkeeper:
                     for row in c.execute(_KNOWN_TRADES, {"ids": [t.trade_id for t in trades]})}
         first_days: dict[str, date] = {}
         for t in trades:
-            day = t.executed_at.astimezone(UTC).date()
-            first_days[t.account_id] = min(day, first_days.get(t.account_id, day))
+            if t.status == "closed":  # only a close books an entry, and so may need an offset: open trades read none
+                day = t.executed_at.astimezone(UTC).date()
+                first_days[t.account_id] = min(day, first_days.get(t.account_id, day))
         snapshot_days = self._snapshot_days_of(c, {a: d for a, d in first_days.items() if a in currencies})
         answers: list[Booked | Review | LedgerError | None] = [None] * len(trades)
         closed_at: dict[str, int] = {}  # trade id -> index of the trade that closed it in this batch
@@ -185,7 +186,8 @@ class Bookkeeper:
                 if currency is None:
                     raise InvalidEntry(f"trade {trade.trade_id} belongs to {trade.account_id}, "
                                        f"not {' or '.join(currencies)}")
-                booking = book_trade(trade, currency, recorded.get(trade.trade_id), snapshot_days[trade.account_id])
+                booking = book_trade(trade, currency, recorded.get(trade.trade_id),
+                                     snapshot_days.get(trade.account_id, []))
             except LedgerError as error:
                 answers[i] = error
                 continue

@@ -319,3 +319,33 @@ def test_a_new_key_reads_no_earlier_delivery(ledger: Ledger, engine: sa.Engine,
     assert first[0].result == "applied" and not first[0].duplicate and len(first[0].entry_ids) == 1
     assert [(o.result, o.duplicate, o.entry_ids, o.event_id) for o in again] == [
         ("applied", True, first[0].entry_ids, first[0].event_id)] * 2
+
+
+def test_open_trades_read_no_trued_up_days(ledger: Ledger, engine: sa.Engine,
+                                           open_account: Callable[..., str]) -> None:
+    """Only a close books an entry that may need a late-fact offset: a batch of open trades does not read the
+    trued-up days; closing them does (once for the batch), and books each close."""
+    processor = WebhookProcessor(ledger)
+    names = {0: open_account("1000.00")}
+    tag = uuid.uuid4().hex[:10]
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    def deliver(status: str) -> list[Outcome]:
+        plans = [{"kind": "trade", "account": 0, "trade": n, "status": status, "pnl": "12.50", "hours_ago": 1,
+                  "event": None} for n in range(3)]
+        return processor.receive_many([Delivery(body=_render(p, names, tag), signature_scheme="ml") for p in plans])
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        opened = deliver("open")
+        reads_when_open = sum("JOIN daily_performance" in s for s in statements)
+        closed = deliver("closed")
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert [(o.result, o.entry_ids) for o in opened] == [("applied", ())] * 3
+    assert reads_when_open == 0
+    assert sum("JOIN daily_performance" in s for s in statements) == 1
+    assert [(o.result, len(o.entry_ids)) for o in closed] == [("applied", 1)] * 3

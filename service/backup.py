@@ -207,15 +207,20 @@ def take(url: str, backup_dir: Path, *, progress: Callable[[str], None] = lambda
     base = backup_dir / "base"
     base.mkdir(parents=True, exist_ok=True)
     partial = base / f"{label}.partial"
-    began = time.perf_counter()
-    _run([str(database.pg_program("pg_basebackup", major)), "-d", uri, "-D", str(partial), "-F", "p", "-X", "stream",
-          "-c", "fast", "-l", f"invledger {label}", "--manifest-checksums", "CRC32C"], env=env, what="pg_basebackup")
-    seconds = time.perf_counter() - began
-    finished = _server_facts(uri)["now"]
-    progress(f"base backup {label} copied in {seconds:.1f}s; checking it with pg_verifybackup")
-    began = time.perf_counter()
-    _run([str(database.pg_program("pg_verifybackup", major)), "-q", str(partial)], what="pg_verifybackup")
-    verify_seconds = time.perf_counter() - began
+    try:  # a backup that failed is no backup: its copy (as large as the database) is not left behind for each try
+        began = time.perf_counter()
+        _run([str(database.pg_program("pg_basebackup", major)), "-d", uri, "-D", str(partial), "-F", "p",
+              "-X", "stream", "-c", "fast", "-l", f"invledger {label}", "--manifest-checksums", "CRC32C"], env=env,
+             what="pg_basebackup")
+        seconds = time.perf_counter() - began
+        finished = _server_facts(uri)["now"]
+        progress(f"base backup {label} copied in {seconds:.1f}s; checking it with pg_verifybackup")
+        began = time.perf_counter()
+        _run([str(database.pg_program("pg_verifybackup", major)), "-q", str(partial)], what="pg_verifybackup")
+        verify_seconds = time.perf_counter() - began
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     final = base / label
     partial.rename(final)
     start_lsn, start_wal, timeline = _backup_label(final)

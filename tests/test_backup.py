@@ -104,3 +104,24 @@ def test_prune_removes_the_old_backups_and_says_so(tmp_path: Path, monkeypatch: 
     assert backup.prune(tmp_path, 1) == ([kept[0].label, kept[1].label], 0)
     assert [b.label for b in backup.backups(tmp_path)] == [kept[2].label]
     assert sorted(p.name for p in (tmp_path / "base").iterdir()) == [kept[2].label, f"{kept[2].label}.json"]
+
+
+def test_a_failed_backup_leaves_no_copy_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pg_verifybackup refusing the copy fails the backup with its reason, and the copy (as large as the database)
+    is removed: nothing for a restore to choose, nothing piling up night after night."""
+    monkeypatch.setattr(backup, "_server_facts", lambda uri: {
+        "now": T0, "version": 180006, "archive_mode": "on", "system_identifier": "1", "receiver_slot": False})
+
+    def run(args: list[str], *, what: str, **_: object) -> str:
+        if what == "pg_basebackup":
+            copy = Path(args[args.index("-D") + 1])
+            copy.mkdir(parents=True)
+            (copy / "PG_VERSION").write_text("18")
+            return ""
+        raise backup.BackupError(f"{what} failed: checksum mismatch for file base/1/1259")
+
+    monkeypatch.setattr(backup, "_run", run)
+    with pytest.raises(backup.BackupError, match="pg_verifybackup failed: checksum mismatch"):
+        backup.take("postgresql://postgres@localhost/postgres", tmp_path)
+    assert list((tmp_path / "base").iterdir()) == []
+    assert backup.backups(tmp_path) == []

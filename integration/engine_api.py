@@ -18,7 +18,7 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
-from ledger.model import ACCOUNT_ID_PATTERN, AGENT_TYPE_LENGTH_MAX, PRODUCT_ID_LENGTH_MAX
+from ledger.model import ACCOUNT_ID_PATTERN, AGENT_TYPE_LENGTH_MAX, MEMO_LENGTH_MAX, PRODUCT_ID_LENGTH_MAX
 from ledger.money import DIGITS_MAX
 
 ACCOUNT_ID_LENGTH_MAX: Final[int] = 128
@@ -31,6 +31,9 @@ NO_NUL: Final[str] = r"^[^\x00]*$"
 AccountId = Annotated[str, msgspec.Meta(pattern=ACCOUNT_ID_PATTERN)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=ACCOUNT_ID_LENGTH_MAX, pattern=NO_NUL)]
 Text = Annotated[str, msgspec.Meta(max_length=TEXT_LENGTH_MAX, pattern=NO_NUL)]
+Reason = Annotated[str, msgspec.Meta(max_length=MEMO_LENGTH_MAX, pattern=NO_NUL)]  # a reason becomes a memo
+ERROR_TYPE_LENGTH_MAX: Final[int] = 64
+ErrorType = Annotated[str, msgspec.Meta(min_length=1, max_length=ERROR_TYPE_LENGTH_MAX, pattern=NO_NUL)]
 ProductId = Annotated[str, msgspec.Meta(min_length=1, max_length=PRODUCT_ID_LENGTH_MAX, pattern=NO_NUL)]
 AgentType = Annotated[str, msgspec.Meta(min_length=1, max_length=AGENT_TYPE_LENGTH_MAX, pattern=NO_NUL)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=10**9)]
@@ -212,21 +215,23 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class BalanceUpdated(msgspec.Struct, frozen=True, kw_only=True):
-    """Webhook `account.balance_updated`: the engine says the account's balance is now `new_balance`."""
+    """Webhook `account.balance_updated`: the engine says the account's balance is now `new_balance` (never below
+    zero: the engine cannot lose more than it holds). One definition with the webhook's (`integration.events`)."""
 
     account_id: AccountId
     new_balance: Decimal
-    reason: Text
+    reason: Reason
 
     def __post_init__(self) -> None:
         check_decimal("new_balance", self.new_balance, sign=">=0")
 
 
 class AccountErrorEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """Webhook `account.error`; `error_type: critical` means the account must be paused."""
+    """Webhook `account.error`; `error_type: critical` means the account must be paused. One definition with the
+    webhook's (`integration.events`)."""
 
     account_id: AccountId
-    error_type: Name
+    error_type: ErrorType
     error_message: Text
 
 

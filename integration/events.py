@@ -8,24 +8,21 @@ straight to Decimal (never through float); its scale is checked later against th
 from __future__ import annotations
 
 import hashlib
-from decimal import Decimal
 from typing import Annotated
 
 import msgspec
 
 from integration.engine_api import (
     NO_NUL,
-    AccountId,
+    AccountErrorEvent,
+    BalanceUpdated,
     Performance,
     Trade,
     UtcTime,
     WithdrawalConfirmedEvent,
-    check_decimal,
 )
-from ledger.model import MEMO_LENGTH_MAX
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=NO_NUL)]
-Text = Annotated[str, msgspec.Meta(max_length=MEMO_LENGTH_MAX, pattern=NO_NUL)]  # a reason becomes a memo
 WEBHOOK_BODY_MAX_BYTES = 1024 * 1024
 
 
@@ -34,21 +31,8 @@ WEBHOOK_BODY_MAX_BYTES = 1024 * 1024
 TradeData = Trade
 PerformanceData = Performance
 WithdrawalConfirmedData = WithdrawalConfirmedEvent  # ours (docs/holds.md): the engine freed a hold's capital
-
-
-class BalanceUpdatedData(msgspec.Struct, frozen=True, kw_only=True):
-    account_id: AccountId
-    new_balance: Decimal
-    reason: Text
-
-    def __post_init__(self) -> None:
-        check_decimal("new_balance", self.new_balance)
-
-
-class AccountErrorData(msgspec.Struct, frozen=True, kw_only=True):
-    account_id: AccountId
-    error_type: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_NUL)]
-    error_message: Text
+BalanceUpdatedData = BalanceUpdated  # a negative new balance is refused: the engine cannot lose more than it holds
+AccountErrorData = AccountErrorEvent
 
 
 class _Envelope(msgspec.Struct, frozen=True, kw_only=True, tag_field="event_type"):

@@ -49,6 +49,28 @@ def test_a_refused_balance_update_leaves_no_entry(ledger: Ledger, engine: sa.Eng
     assert ledger.balance(account_id) == balance_before
 
 
+@pytest.mark.parametrize(("event_type", "webhook", "engine", "refused"), [
+    ("account.balance_updated", "BalanceUpdatedData", "BalanceUpdated",
+     ({"account_id": "a-1", "new_balance": "-0.01", "reason": "r"},
+      {"account_id": "a-1", "new_balance": "1.00", "reason": "r" * 1001})),
+    ("account.error", "AccountErrorData", "AccountErrorEvent",
+     ({"account_id": "a-1", "error_type": "e" * 65, "error_message": "m"},
+      {"account_id": "a-1", "error_type": "", "error_message": "m"})),
+])
+def test_balance_updates_and_errors_have_one_definition(event_type: str, webhook: str, engine: str,
+                                                        refused: tuple[dict, ...]) -> None:
+    """As for withdrawal confirmations: the engine API's structs (the simulator builds them) are the webhook's, so
+    the simulator cannot send what the ledger refuses — a negative new balance (the engine cannot lose more than it
+    holds), a reason longer than a memo, an error type longer than 64 characters or empty."""
+    from integration import engine_api, events
+
+    assert getattr(events, webhook) is getattr(engine_api, engine)
+    for data in refused:
+        envelope = engine_api.WebhookEnvelope(event_type=event_type, data=msgspec.Raw(msgspec.json.encode(data)))
+        with pytest.raises(msgspec.ValidationError):
+            engine_api.decode_event_data(envelope)
+
+
 def test_a_withdrawal_confirmation_has_one_definition() -> None:
     """The webhook's data and the engine API's (the simulator sends it) are one struct: what one refuses, so does the
     other — a hold id past bigint (else a 500 at its query) and an amount not above zero."""

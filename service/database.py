@@ -58,6 +58,7 @@ def embedded_url(data_dir: Path, database: str = "postgres", *, archive_dir: Pat
     `serve` on its way out when it was the one that started it. With `archive_dir` it archives its WAL there
     (service/backup.py: point-in-time restore), set up before its first start.
     """
+    was_running = embedded_running(data_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -71,7 +72,11 @@ def embedded_url(data_dir: Path, database: str = "postgres", *, archive_dir: Pat
             server = backup.archiving_server(_pgdata(data_dir), archive_dir)
     info = server.get_postmaster_info()
     socket_dir = str(info.socket_dir)
-    log.info("embedded postgresql ready", extra={"socket_dir": socket_dir, "pid": info.pid})
+    if was_running:
+        log.info("embedded postgresql ready", extra={"socket_dir": socket_dir, "pid": info.pid})
+    else:  # a newcomer should know it outlives this command
+        log.info("embedded postgresql started; it keeps running for the next commands",
+                 extra={"socket_dir": socket_dir, "pid": info.pid, "stop_with": "invledger db stop"})
     return f"postgresql+psycopg://postgres@/{database}?host={quote(socket_dir)}&port={info.port}"
 
 

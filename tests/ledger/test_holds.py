@@ -4,7 +4,8 @@ concurrency never overdraw; the database guards the hold events; verify checks t
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -194,7 +195,10 @@ def test_the_database_guards_the_holds(ledger: Ledger, engine: sa.Engine, open_a
     assert verify(ledger.engine).ok
 
 
-def test_verify_finds_a_changed_hold(fresh_database: Callable[..., tuple[str, Callable[[], None]]]) -> None:
+@contextmanager
+def books_with_a_hold(fresh_database: Callable[..., tuple[str, Callable[[], None]]],
+                      account_id: str) -> Iterator[tuple[sa.Engine, Ledger, h.Hold]]:
+    """A database of its own (an insider's changes stay there) with one account of 100.00 and a hold of 10.00."""
     from ledger import AccountSpec
     from ledger.db import create_engine
 
@@ -202,9 +206,16 @@ def test_verify_finds_a_changed_hold(fresh_database: Callable[..., tuple[str, Ca
     engine = create_engine(url)
     try:
         ledger = Ledger(engine)
-        ledger.open_account(AccountSpec(account_id="v1", product_id="p", agent_type="swing", currency="USD",
+        ledger.open_account(AccountSpec(account_id=account_id, product_id="p", agent_type="swing", currency="USD",
                                         fee_rate=Decimal("0.2"), initial_capital=usd("100.00")))
-        hold = h.place_hold(ledger, "v1", "10.00", idempotency_key="v1:k")
+        yield engine, ledger, h.place_hold(ledger, account_id, "10.00", idempotency_key=f"{account_id}:k")
+    finally:
+        engine.dispose()
+        drop()
+
+
+def test_verify_finds_a_changed_hold(fresh_database: Callable[..., tuple[str, Callable[[], None]]]) -> None:
+    with books_with_a_hold(fresh_database, "v1") as (engine, ledger, hold):
         h.post_hold(ledger, hold.hold_id)
         assert verify(engine).ok
         with engine.begin() as c:  # an insider with the guards off
@@ -214,9 +225,6 @@ def test_verify_finds_a_changed_hold(fresh_database: Callable[..., tuple[str, Ca
         assert not report.ok
         failed = {f.check for f in report.findings}
         assert {"hold_chains_match", "posted_holds_match_entries"} <= failed
-    finally:
-        engine.dispose()
-        drop()
 
 
 def test_an_anchor_signs_the_hold_chains(fresh_database: Callable[..., tuple[str, Callable[[], None]]]) -> None:
@@ -224,16 +232,9 @@ def test_an_anchor_signs_the_hold_chains(fresh_database: Callable[..., tuple[str
     the anchor made before catches it."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from ledger import AccountSpec, chain
-    from ledger.db import create_engine
+    from ledger import chain
 
-    url, drop = fresh_database()
-    engine = create_engine(url)
-    try:
-        ledger = Ledger(engine)
-        ledger.open_account(AccountSpec(account_id="an1", product_id="p", agent_type="swing", currency="USD",
-                                        fee_rate=Decimal("0.2"), initial_capital=usd("100.00")))
-        hold = h.place_hold(ledger, "an1", "10.00", idempotency_key="an1:k")
+    with books_with_a_hold(fresh_database, "an1") as (engine, _, hold):
         key = Ed25519PrivateKey.generate()
         chain.make_anchor(engine, key, "test")
         public = chain.public_key_bytes(key)
@@ -250,6 +251,3 @@ def test_an_anchor_signs_the_hold_chains(fresh_database: Callable[..., tuple[str
         failed = {f.check for f in report.findings}
         assert failed == {"hash_chains_and_anchors"}, report.findings
         assert any("hold events up to #1" in f.detail for f in report.findings)
-    finally:
-        engine.dispose()
-        drop()

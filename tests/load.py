@@ -19,6 +19,10 @@ import httpx
 from integration.signature import sign
 
 ACKNOWLEDGED = (200, 201)
+# The multi-instance tests' load (test_instances, test_pooler): accounts, concurrent senders, each account's capital.
+ACCOUNTS = 6
+SENDERS = 12
+INITIAL = Decimal("5000.00")
 
 
 class MixedLoad:

@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from api.auth import create_key
 from ledger.verify import verify
 from simulator import Simulator
-from tests.load import MixedLoad, open_accounts
+from tests.load import ACCOUNTS, INITIAL, SENDERS, MixedLoad, open_accounts
 from tests.processes import stop
 from tests.waiting import wait_until
 
@@ -45,10 +45,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
 SECRET = "instances-webhook-secret-0123456789"
 ENGINE_KEY = "instances-engine-key"
-ACCOUNTS = 6
-SENDERS = 12
 REQUESTS_PER_SENDER = 60
-INITIAL = Decimal("5000.00")
 BIN = Path(sys.executable).parent
 
 

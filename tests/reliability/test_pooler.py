@@ -41,7 +41,7 @@ from integration import runs
 from ledger.db import create_engine
 from service import database
 from simulator import Simulator
-from tests.load import MixedLoad, open_accounts
+from tests.load import ACCOUNTS, INITIAL, SENDERS, MixedLoad, open_accounts
 from tests.processes import free_port, stop
 from tests.reliability.conftest import report_figures
 from tests.replication import Cluster, PgBouncer
@@ -51,10 +51,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 SECRET = "pooler-webhook-secret-0123456789"
 ENGINE_KEY = "pooler-engine-key"
-ACCOUNTS = 6
-SENDERS = 12
 REQUESTS_PER_SENDER = 50
-INITIAL = Decimal("5000.00")
 SERVER_POOL_SIZE = 6  # server connections PgBouncer keeps for all the processes together
 BIN = Path(sys.executable).parent
 

@@ -79,6 +79,16 @@ class MixedLoad:
                 if answer.status_code in ACKNOWLEDGED:
                     sent.append((kind, payload, extra))
 
+    def check_books(self, headers: dict[str, str], engine_accounts: dict[str, dict]) -> None:
+        """Every acknowledged request is in the books: each account's ledger balance (asked of one of the URLs) is
+        what the 2xx answers promised, and the engine's capital what the acknowledged deposits and withdrawals
+        made it (`engine_accounts`: the simulator's state)."""
+        for account_id in self.account_ids:
+            balance = httpx.get(f"{random.choice(self.urls)}/api/v1/accounts/{account_id}/balance", headers=headers,
+                                timeout=10).json()["balance"]
+            assert Decimal(balance) == self.expected[account_id], account_id
+            assert Decimal(str(engine_accounts[account_id]["capital"])) == self.capital[account_id], account_id
+
     @property
     def acknowledged(self) -> int:
         return sum(self.statuses[status] for status in ACKNOWLEDGED)

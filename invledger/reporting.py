@@ -57,7 +57,9 @@ def body_of(ledger: Ledger, args: argparse.Namespace) -> tuple[dict[str, Any], C
         raise ReportError(f"report {kind} takes no --as-of, --from or --to")
     engine = ledger.engine
     if kind == "trial-balance":
-        body = _all_pages(lambda cursor: views.trial_balance(engine, args.as_of, after=cursor), "rows", keep_first=True)
+        # One read, not page by page: each page recomputed every account's balance (as of a time, the costly part)
+        # for its totals, and a later page read the books at another moment than the totals kept from the first.
+        body = views.trial_balance(engine, args.as_of, limit=None)
         return body, tabular.trial_balance_rows, tabular.TRIAL_BALANCE_HEADERS
     if kind == "balance-sheet":
         return views.balance_sheet(engine, args.as_of), tabular.balance_sheet_rows, tabular.BALANCE_SHEET_HEADERS

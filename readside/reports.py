@@ -194,9 +194,14 @@ def _limit(limit: int) -> int:
 
 
 def trial_balance(engine: sa.Engine, as_of: datetime | None = None, *, after: str | None = None,
-                  limit: int = PAGE_LIMIT_MAX) -> TrialBalancePage:
-    """Every ledger account's balance as a debit or a credit, by name, after the account name `after`."""
+                  limit: int | None = PAGE_LIMIT_MAX) -> TrialBalancePage:
+    """Every ledger account's balance as a debit or a credit, by name, after the account name `after`.
+
+    `limit` None: every row in this one read (the command line's whole report) — page by page, each page would
+    compute every account's balance again for its totals, and read the books at another moment than the first.
+    """
     at = _aware(as_of)
+    size = None if limit is None else _limit(limit)
     with _snapshot(engine) as c:
         now = c.execute(sa.text("SELECT now()")).scalar_one()
         # The page's rows, then a total row per currency. As of a time, the balances are computed once
@@ -215,11 +220,12 @@ def trial_balance(engine: sa.Engine, as_of: datetime | None = None, *, after: st
             SELECT 1, NULL, NULL, currency, NULL, COALESCE(sum(GREATEST(b, 0)), 0)::bigint,
                    COALESCE(sum(GREATEST(-b, 0)), 0)::bigint
               FROM s GROUP BY currency
-             ORDER BY part, name, currency"""), {"at": at, "after": after, "limit": _limit(limit) + 1}).all()  # noqa: S608 — module constants
+             ORDER BY part, name, currency"""),  # noqa: S608 — module constants
+            {"at": at, "after": after, "limit": None if size is None else size + 1}).all()
     rows = [r for r in found if r.part == 0]
     totals_rows = [r for r in found if r.part == 1]
-    more = len(rows) > _limit(limit)
-    rows = rows[:_limit(limit)]
+    more = size is not None and len(rows) > size
+    rows = rows[:size]
     lines = tuple(TrialBalanceLine(
         account=r.name, type=r.type, currency=r.currency,
         debit=Money(minor=max(r.balance_minor, 0), currency=r.currency),

@@ -32,8 +32,9 @@ PROBLEMS_SHOWN_MAX = 200  # a run's lines that are not `matched`, as the reconci
 # ------------------------------------------------------------------------------------------ reports
 
 def trial_balance(engine: sa.Engine, as_of: datetime | None = None, *, after: str | None = None,
-                  limit: int = reports.PAGE_LIMIT_MAX) -> dict[str, Any]:
-    """A page of the trial balance by account name, after `after`; its totals cover every ledger account."""
+                  limit: int | None = reports.PAGE_LIMIT_MAX) -> dict[str, Any]:
+    """A page of the trial balance by account name, after `after`; its totals cover every ledger account.
+    `limit` None: the whole trial balance in one read."""
     return tabular.trial_balance_out(reports.trial_balance(engine, as_of, after=after, limit=limit))
 
 

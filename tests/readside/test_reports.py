@@ -135,6 +135,18 @@ def test_trial_balance_pages_and_totals_match_the_postings(ledger: Ledger, open_
         assert all(r.debit.minor >= 0 and r.credit.minor >= 0 and not (r.debit.minor and r.credit.minor) for r in rows)
 
 
+def test_whole_trial_balance_in_one_read_is_every_page(ledger: Ledger, open_account) -> None:
+    """limit=None (the command line's report): the rows of every page and the same totals, with no next page."""
+    open_account("10.00")
+    as_of = datetime.now(UTC) - timedelta(hours=1)
+    whole = reports.trial_balance(ledger.engine, as_of, limit=None)
+    paged = whole_trial_balance(ledger.engine, as_of)
+    assert whole.next_cursor is None and whole.totals == paged.totals
+    assert whole.rows == paged.rows and len(whole.rows) == len(sums_as_of(ledger.engine, as_of))
+    part = reports.trial_balance(ledger.engine, as_of, after=whole.rows[0].account, limit=None)
+    assert part.rows == whole.rows[1:] and part.next_cursor is None
+
+
 def test_balance_sheet_balances_and_agrees_with_the_trial_balance(ledger: Ledger, open_account) -> None:
     account_id = open_account("1000.00")
     ledger.post(rules.performance_fee(account_id, usd("25.00"), idempotency_key=f"{account_id}:fee",

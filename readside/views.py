@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from integration import outbox, reconcile, runs
 from ledger import Ledger, chart, holds
+from ledger.errors import UnknownAccount
 from ledger.model import ACCOUNT_STATUSES
 from ledger.reads import decode_cursor, encode_cursor
 from readside import positions as open_positions
@@ -90,10 +91,14 @@ def account_hold(ledger: Ledger, account_id: str, hold_id: int) -> dict[str, Any
 def balance(ledger: Ledger, account_id: str, as_of: datetime | None = None) -> dict[str, Any]:
     """What A's investor is owed, now or as of an effective time; now, also what is `available` (the balance less
     what open withdrawal holds reserve: holds have no as-of)."""
-    body = tabular.balance_out(account_id, ledger.balance(account_id, as_of=as_of), as_of)
-    if as_of is None:
-        body["available"] = str(holds.account_balances(ledger, [account_id])[account_id].available)
-    return body
+    if as_of is not None:
+        return tabular.balance_out(account_id, ledger.balance(account_id, as_of=as_of), as_of)
+    # Now: the balance and the available from one statement (holds.balances reads both) — read apart, as they were,
+    # it took two connections, and a deposit or a hold between them showed an available that was not balance − held.
+    found = holds.account_balances(ledger, [account_id]).get(account_id)
+    if found is None:
+        raise UnknownAccount(f"investment account {account_id!r} does not exist")
+    return {**tabular.balance_out(account_id, found.balance, None), "available": str(found.available)}
 
 
 def statement(ledger: Ledger, account_id: str, *, start: datetime | None = None, end: datetime | None = None,

@@ -38,7 +38,7 @@ from api.errors import STATUS_OF, ApiError
 from api.params import LedgerDep, QueryInt, QueryText, ReportsLedgerDep, SettingsDep
 from api.schemas import PeriodStart, parse_time
 from integration import reconcile
-from ledger import holds, times
+from ledger import times
 from ledger.errors import LedgerError
 from ledger.principal import PRINCIPAL
 from ledger.statements import month_bounds, month_key, parse_month
@@ -258,9 +258,7 @@ class PagesController(Controller):
     def account(self, request: Request, reports_ledger: ReportsLedgerDep, account_id: FromPath[str],
                 from_: PeriodStart = None, to: QueryText = None,
                 as_of: QueryText = None, cursor: QueryText = None) -> Template:
-        held = holds.account_balances(reports_ledger, [account_id]).get(account_id)
-        account = views.account(reports_ledger, account_id)
-        account |= {"held": str(held.held), "open_holds": held.open_holds} if held else {}
+        account = views.account(reports_ledger, account_id, with_holds=True)
         at = parse_time(as_of, "as_of", end_of_day=True)
         balance_as_of = views.balance(reports_ledger, account_id, at) if at else None
         perf = views.performance(reports_ledger.engine, account_id, _day(from_, "from"), _day(to, "to", end=True))

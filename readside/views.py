@@ -65,9 +65,14 @@ def accounts(ledger: Ledger, *, status: str | None = None, cursor: str | None = 
                  found[-1].account_id if len(found) == limit else None)
 
 
-def account(ledger: Ledger, account_id: str) -> dict[str, Any]:
-    account = ledger.account(account_id)
-    return tabular.account_out(account, holds.account_balances(ledger, [account_id]).get(account_id))
+def account(ledger: Ledger, account_id: str, *, with_holds: bool = False) -> dict[str, Any]:
+    """One account with its `available`; `with_holds` adds what open holds reserve (`held`, `open_holds`: the page)."""
+    found, balances = ledger.read_only(lambda tx: (tx.account(account_id),
+                                                   holds.balances(tx, [account_id]).get(account_id)))
+    body = tabular.account_out(found, balances)
+    if with_holds and balances is not None:
+        body |= {"held": str(balances.held), "open_holds": balances.open_holds}
+    return body
 
 
 def account_holds(ledger: Ledger, account_id: str, *, status: str | None = None, cursor: int | None = None,

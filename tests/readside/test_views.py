@@ -35,3 +35,13 @@ def test_balance_now_is_one_read(ledger: Ledger, open_account) -> None:
     assert len(taken) == 1  # balance and available read together, never apart
     with pytest.raises(UnknownAccount, match="does not exist"):
         views.balance(ledger, "no-such-account")
+
+
+def test_account_is_one_read_and_the_page_adds_the_holds(ledger: Ledger, open_account) -> None:
+    account_id = open_account("250.00")
+    with checkouts(ledger.engine) as taken:
+        account = views.account(ledger, account_id, with_holds=True)
+    assert (account["balance"], account["available"], account["held"], account["open_holds"]) == \
+        ("250.00", "250.00", "0.00", 0)
+    assert len(taken) == 1  # the account and its holds on one connection; the page read the holds twice
+    assert "held" not in views.account(ledger, account_id)  # the API's body is unchanged

@@ -38,7 +38,12 @@ def ratio(value: Decimal | None) -> str | None:
 # ----------------------------------------------------------------------------------------------- csv
 
 def _cell(value: object) -> str:
-    """A CSV cell; text that a spreadsheet would run as a formula is prefixed with ' (numbers are left)."""
+    """A CSV cell; text that a spreadsheet would run as a formula is prefixed with ' (numbers are left).
+
+    A carriage return is written as a line feed: csv.writer quotes a field for the line terminator's "\n" but not
+    for a bare "\r", which a spreadsheet reads as the end of the row — a memo "x\r=cmd" started a row of its own
+    with a formula. A line feed keeps the line break inside the quoted field.
+    """
     if value is None:
         return ""
     text = str(value)
@@ -46,8 +51,8 @@ def _cell(value: object) -> str:
         try:
             Decimal(text)
         except ArithmeticError:
-            return "'" + text
-    return text
+            text = "'" + text
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def to_csv(rows: list[Row], headers: list[str] | None = None) -> str:

@@ -20,7 +20,7 @@ from integration import outbox, reconcile, runs
 from ledger import Ledger, chart, holds
 from ledger.errors import UnknownAccount
 from ledger.model import ACCOUNT_STATUSES
-from ledger.reads import decode_cursor, encode_cursor
+from ledger.reads import PAGE_LIMIT_MAX, decode_cursor, encode_cursor
 from readside import positions as open_positions
 from readside import reports, tabular
 from readside.errors import InvalidQuery, NotFound
@@ -57,6 +57,7 @@ def performance(engine: sa.Engine, account_id: str, start: date | None = None,
 def accounts(ledger: Ledger, *, status: str | None = None, cursor: str | None = None,
              limit: int = 100) -> dict[str, Any]:
     """Investment accounts by id, `limit` at a time after the id `cursor`."""
+    limit = _bounded(limit)
     if status is not None and status not in ACCOUNT_STATUSES:
         raise InvalidQuery("status must be active, paused or closed")
     found = ledger.accounts(status=status, after=cursor, limit=limit)
@@ -78,6 +79,7 @@ def account(ledger: Ledger, account_id: str, *, with_holds: bool = False) -> dic
 def account_holds(ledger: Ledger, account_id: str, *, status: str | None = None, cursor: int | None = None,
                   limit: int = 100) -> dict[str, Any]:
     """An account's withdrawal holds by id, `limit` at a time after the hold id `cursor`."""
+    limit = _bounded(limit)
     if status is not None and status not in holds.HOLD_STATUSES:
         raise InvalidQuery("status must be open, posted, voided or expired")
     ledger.account(account_id)  # UnknownAccount for an unknown account
@@ -124,6 +126,7 @@ def ledger_account_statement(ledger: Ledger, name: str, *, start: datetime | Non
 def journal(ledger: Ledger, *, account_id: str | None = None, start: datetime | None = None,
             end: datetime | None = None, cursor: str | None = None, limit: int = 100) -> dict[str, Any]:
     """Entries in effective-time order (ties by id), `limit` at a time after `cursor`."""
+    limit = _bounded(limit)
     entries = ledger.journal(account_id=account_id, start=start, end=end,
                              after=decode_cursor(cursor) if cursor else None, limit=limit)
     last = entries[-1] if len(entries) == limit else None
@@ -144,6 +147,7 @@ def positions(ledger: Ledger, account_id: str, *, days: int = open_positions.DAY
 def alerts(engine: sa.Engine, *, status: str | None = None, cursor: int | None = None,
            limit: int = 100) -> dict[str, Any]:
     """Alerts newest first (by id), `limit` at a time below the id `cursor` (None or 0: from the newest)."""
+    limit = _bounded(limit)
     if status is not None and status not in ALERT_STATUSES:
         raise InvalidQuery("status must be open, acknowledged or resolved")
     with engine.connect() as c:
@@ -160,6 +164,7 @@ def alerts(engine: sa.Engine, *, status: str | None = None, cursor: int | None =
 def outbox_events(engine: sa.Engine, *, status: str | None = None, cursor: int | None = None,
                   limit: int = 100) -> dict[str, Any]:
     """Notifications owed to the ML Engine, oldest first, `limit` at a time after the id `cursor`."""
+    limit = _bounded(limit)
     if status is not None and status not in outbox.STATUSES:
         raise InvalidQuery("status must be pending, delivered or dead")
     rows = outbox.listing(engine, status=status, after=cursor, limit=limit)
@@ -170,6 +175,7 @@ def outbox_events(engine: sa.Engine, *, status: str | None = None, cursor: int |
 
 def reconciliation_runs(engine: sa.Engine, *, cursor: int | None = None, limit: int = 20) -> dict[str, Any]:
     """Reconciliation runs newest first, `limit` at a time below the run id `cursor` (None or 0: the newest)."""
+    limit = _bounded(limit)
     found = runs.listing(engine, "reconcile", before=cursor or None, limit=limit)
     return _page([tabular.run_out(r) for r in found], found[-1].id if len(found) == limit else None)
 
@@ -177,6 +183,7 @@ def reconciliation_runs(engine: sa.Engine, *, cursor: int | None = None, limit: 
 def reconciliation_run(engine: sa.Engine, run_id: int, *, result: str | None = None, cursor: str | None = None,
                        limit: int = 100) -> dict[str, Any]:
     """A run with a page of its per-account results (after the account id `cursor`)."""
+    limit = _bounded(limit)
     run = runs.by_id(engine, run_id)
     if run is None or run.job != "reconcile":
         raise NotFound(f"reconciliation run {run_id} does not exist")
@@ -221,6 +228,13 @@ def reconciliation_overview(engine: sa.Engine, limit: int = 20) -> list[Reconcil
 
 
 _LINE_FIELDS = set(ReconciliationLine.__struct_fields__)
+
+
+def _bounded(limit: int) -> int:
+    """A page size as the listings beneath read it (1 to PAGE_LIMIT_MAX): a full page is compared with this one —
+    with the size as asked, a page cut to the maximum looked like the last (no next cursor), and a limit of 0 was
+    an IndexError."""
+    return max(1, min(int(limit), PAGE_LIMIT_MAX))
 
 
 def _page(items: list[dict[str, Any]], next_cursor: object) -> dict[str, Any]:

@@ -45,3 +45,17 @@ def test_account_is_one_read_and_the_page_adds_the_holds(ledger: Ledger, open_ac
         ("250.00", "250.00", "0.00", 0)
     assert len(taken) == 1  # the account and its holds on one connection; the page read the holds twice
     assert "held" not in views.account(ledger, account_id)  # the API's body is unchanged
+
+
+def test_a_page_size_beyond_the_bounds_is_read_as_the_bound(ledger: Ledger, open_account) -> None:
+    """A listing compares its page with the size it read (1 to 1000): as asked, 0 was an IndexError on an empty
+    listing and a one-row page with no next cursor on a longer one (`invledger outbox list --limit 0`)."""
+    open_account("1.00")
+    open_account("2.00")
+    first = views.journal(ledger, limit=0)
+    assert len(first["items"]) == 1 and first["next_cursor"] is not None  # more entries follow
+    assert views.accounts(ledger, limit=-3)["next_cursor"] is not None
+    # Past their last row (alerts and runs go newest first, below the cursor; the outbox oldest first, after it):
+    # an empty page, not an error.
+    for listing, cursor in ((views.alerts, 1), (views.reconciliation_runs, 1), (views.outbox_events, 2**62)):
+        assert listing(ledger.engine, cursor=cursor, limit=0) == {"items": [], "next_cursor": None}

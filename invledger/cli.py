@@ -35,6 +35,21 @@ def parse_time(text: str, *, end_of_day: bool = False) -> datetime:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+BIGINT_MAX = 2**63 - 1  # PostgreSQL bigint: every id
+
+
+def row_id(text: str) -> int:
+    """An id option (--id): a whole number the database can hold; else a usage error, not a database error's
+    traceback in the log."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= BIGINT_MAX:
+        raise argparse.ArgumentTypeError(f"{text} is not an id (1 to {BIGINT_MAX})")
+    return value
+
+
 def emit_table(rows: list[dict[str, object]], fmt: str, out=None) -> None:
     out = out or sys.stdout
     if fmt == "json":
@@ -715,7 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("list", "retry"))
     p.add_argument("--status", choices=("pending", "delivered", "dead", "all"), default="dead",
                    help="for list (default dead)")
-    p.add_argument("--id", type=int, help="for retry: one notification (default: every dead one)")
+    p.add_argument("--id", type=row_id, help="for retry: one notification (default: every dead one)")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
@@ -724,7 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--account", help="for list: one investment account")
     p.add_argument("--status", choices=("open", "posted", "voided", "expired", "all"), default="all",
                    help="for list (default all)")
-    p.add_argument("--id", type=int, help="for post and void: the hold")
+    p.add_argument("--id", type=row_id, help="for post and void: the hold")
     p.add_argument("--reason", default="", help="for void")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")

@@ -337,7 +337,7 @@ class StatementPagesController(Controller):
                   month: FromPath[str], version: QueryInt = None) -> Template:
         target = parse_month(month)
         account = reports_ledger.account(account_id)
-        stored = issued.statement(reports_ledger, account_id, target, version=version)
+        stored, versions = issued.statement_with_versions(reports_ledger, account_id, target, version=version)
         body = stored.body if stored is not None else issued.draft(reports_ledger, account_id, target)
         over = month_bounds(target)[1] <= datetime.now(UTC)
         f = body["figures"]
@@ -346,7 +346,7 @@ class StatementPagesController(Controller):
         return _page(request, "statement.html", title=f"Statement {account_id} {month_key(target)}",
                      account_id=account_id, month=month_key(target), statement=body, figures=f, chart=chart,
                      stored=stored, digest=stored.digest.hex() if stored else None,
-                     versions=issued.versions(reports_ledger, account_id, target), over=over)
+                     versions=versions, over=over)
 
     @get("/{account_id:str}/statements/{month:str}/pdf", sync_to_thread=True)
     def statement_pdf(self, reports_ledger: ReportsLedgerDep, account_id: FromPath[str], month: FromPath[str],

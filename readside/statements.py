@@ -20,26 +20,44 @@ from ledger.statements import STORED_COLUMNS, Stored, compute, document, read_in
 def statement(ledger: Ledger, account_id: str, month: date, *, version: int | None = None) -> Stored | None:
     """A's issued statement for M: the latest version, or the one asked for (None: not issued)."""
     with ledger.engine.connect() as c:
-        if c.execute(sa.text("SELECT 1 FROM investment_account WHERE account_id = :a"),
-                     {"a": account_id}).first() is None:
-            raise UnknownAccount(f"investment account {account_id!r} does not exist")
-        # One version's document and PDF, not every version's: the next version's id comes from the window.
-        row = c.execute(sa.text(f"""
-            SELECT {STORED_COLUMNS}, superseded_by FROM (
-                SELECT *, lead(id) OVER (ORDER BY version) AS superseded_by FROM investor_statement
-                 WHERE account_id = :a AND month = :m) s
-             WHERE {"superseded_by IS NULL" if version is None else "version = :v"}"""),  # noqa: S608 — constants
-            {"a": account_id, "m": month.replace(day=1), "v": version}).first()
-    return stored(row, row.superseded_by) if row is not None else None
+        return _statement(c, account_id, month, version)
 
 
 def versions(ledger: Ledger, account_id: str, month: date) -> list[dict[str, Any]]:
     """Every issued version of A's statement for M, oldest first: id, version, issued_at, digest, corrects."""
     with ledger.engine.connect() as c:
-        rows = c.execute(sa.text("""
-            SELECT id, version, issued_at, issued_by, corrects_id, encode(digest, 'hex') AS digest
-              FROM investor_statement WHERE account_id = :a AND month = :m ORDER BY version"""),
-            {"a": account_id, "m": month.replace(day=1)}).mappings().all()
+        return _versions(c, account_id, month)
+
+
+def statement_with_versions(ledger: Ledger, account_id: str, month: date, *,
+                            version: int | None = None) -> tuple[Stored | None, list[dict[str, Any]]]:
+    """`statement` and `versions` in one snapshot (what the JSON answer and the page show): read apart, on a replica
+    that replays a correction between the two, the statement said it was the latest while the list named a newer."""
+    with ledger.engine.connect() as c:
+        c.execution_options(isolation_level="REPEATABLE READ")
+        found = _statement(c, account_id, month, version)
+        return found, _versions(c, account_id, month)
+
+
+def _statement(c: sa.Connection, account_id: str, month: date, version: int | None) -> Stored | None:
+    if c.execute(sa.text("SELECT 1 FROM investment_account WHERE account_id = :a"),
+                 {"a": account_id}).first() is None:
+        raise UnknownAccount(f"investment account {account_id!r} does not exist")
+    # One version's document and PDF, not every version's: the next version's id comes from the window.
+    row = c.execute(sa.text(f"""
+        SELECT {STORED_COLUMNS}, superseded_by FROM (
+            SELECT *, lead(id) OVER (ORDER BY version) AS superseded_by FROM investor_statement
+             WHERE account_id = :a AND month = :m) s
+         WHERE {"superseded_by IS NULL" if version is None else "version = :v"}"""),  # noqa: S608 — constants
+        {"a": account_id, "m": month.replace(day=1), "v": version}).first()
+    return stored(row, row.superseded_by) if row is not None else None
+
+
+def _versions(c: sa.Connection, account_id: str, month: date) -> list[dict[str, Any]]:
+    rows = c.execute(sa.text("""
+        SELECT id, version, issued_at, issued_by, corrects_id, encode(digest, 'hex') AS digest
+          FROM investor_statement WHERE account_id = :a AND month = :m ORDER BY version"""),
+        {"a": account_id, "m": month.replace(day=1)}).mappings().all()
     return [dict(r) for r in rows]
 
 

@@ -54,16 +54,18 @@ class StatementController(Controller):
                   month: FromPath[str],
                   version: Annotated[int | None, Parameter(ge=1, le=VERSION_MAX)] = None) -> Response:
         target = parse_month(month)
-        stored = issued.statement(reports_ledger, account_id, target, version=version)
+        pdf = wants_pdf(request)
+        stored, versions = ((issued.statement(reports_ledger, account_id, target, version=version), []) if pdf
+                            else issued.statement_with_versions(reports_ledger, account_id, target, version=version))
         if stored is None:
             which = f"version {version} of " if version else ""
             raise ApiError(404, "not_issued", f"{which}the statement of {account_id} for {month} is not issued")
-        if wants_pdf(request):
+        if pdf:
             name = f"statement-{account_id}-{month}-v{stored.version}.pdf"
             return Response(stored.pdf, media_type=PDF, headers={
                 "Content-Disposition": f'inline; filename="{name}"', "X-Statement-Digest": stored.digest.hex(),
                 "X-Statement-Version": str(stored.version), **lag_header(request)})
-        return as_json(request, statement_out(stored, issued.versions(reports_ledger, account_id, target)))
+        return as_json(request, statement_out(stored, versions))
 
     @get("/{account_id:str}/positions", sync_to_thread=True,
          summary="Open positions per symbol and side from the engine's open trades, and the true-ups' split")

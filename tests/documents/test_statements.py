@@ -146,6 +146,12 @@ def test_a_back_dated_trade_issues_a_corrected_statement_never_a_changed_one(boo
     assert kept is not None and kept.digest == first.digest and kept.pdf == first.pdf
     assert kept.superseded_by == second.id
     assert [v["version"] for v in reads.versions(books, "inv-2", month)] == [1, 2]
+    # The API's JSON answer and the page read the statement and its versions together, as the two reads say.
+    for version in (None, 1, 3):
+        together = reads.statement_with_versions(books, "inv-2", month, version=version)
+        assert together == (reads.statement(books, "inv-2", month, version=version),
+                            reads.versions(books, "inv-2", month))
+    assert reads.statement_with_versions(books, "inv-2", month)[0].id == second.id
     assert issued.corrections_due(books) == []
     report = verify(books.engine)
     assert report.ok, report.findings

@@ -12,7 +12,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import msgspec
-import sqlalchemy as sa
 
 from ledger import LedgerError, acting_as, times
 from ledger.times import rfc3339
@@ -377,16 +376,9 @@ def cmd_statements(args: argparse.Namespace) -> int:
         counts = statements.issue_month(rt.ledger, month, progress=_Progress("statements"),
                                         account_ids=args.account or None)
         written = 0
-        if out is not None:
-            with rt.engine.connect() as c:
-                ids = list(c.execute(sa.text("""
-                    SELECT DISTINCT ON (account_id) account_id FROM investor_statement WHERE month = :m
-                     ORDER BY account_id, version DESC"""), {"m": month}).scalars())
-            for account_id in ids if not args.account else [a for a in ids if a in args.account]:
-                stored = issued.statement(rt.ledger, account_id, month)
-                if stored is None:  # pragma: no cover — listed just above
-                    continue
-                stem = f"statement-{account_id}-{month_key(month)}-v{stored.version}"
+        if out is not None:  # one read, not two round trips per account
+            for stored in issued.latest_of_month(rt.ledger, month, args.account or None):
+                stem = f"statement-{stored.account_id}-{month_key(month)}-v{stored.version}"
                 (out / f"{stem}.pdf").write_bytes(stored.pdf)
                 (out / f"{stem}.json").write_bytes(msgspec.json.encode(
                     {"id": stored.id, **stored.body, "digest": stored.digest.hex()}))

@@ -7,6 +7,7 @@ be shown as a draft: what the books say now, computed by the same function, mark
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date
 from typing import Any
 
@@ -15,6 +16,8 @@ import sqlalchemy as sa
 from ledger import Ledger
 from ledger.errors import UnknownAccount
 from ledger.statements import STORED_COLUMNS, Stored, compute, document, read_inputs, stored
+
+STREAM_ROWS = 50  # statements (document and PDF) held in memory at a time while they are written out
 
 
 def statement(ledger: Ledger, account_id: str, month: date, *, version: int | None = None) -> Stored | None:
@@ -37,6 +40,19 @@ def statement_with_versions(ledger: Ledger, account_id: str, month: date, *,
         c.execution_options(isolation_level="REPEATABLE READ")
         found = _statement(c, account_id, month, version)
         return found, _versions(c, account_id, month)
+
+
+def latest_of_month(ledger: Ledger, month: date, account_ids: list[str] | None = None) -> Iterator[Stored]:
+    """The latest issued version of each account's statement for M (of `account_ids`, or every account), by
+    account id: one read, streamed (a PDF each), not a round trip per account."""
+    with ledger.engine.connect() as c:
+        rows = c.execution_options(yield_per=STREAM_ROWS).execute(sa.text(f"""
+            SELECT DISTINCT ON (account_id) {STORED_COLUMNS} FROM investor_statement
+             WHERE month = :m AND (CAST(:ids AS text[]) IS NULL OR account_id = ANY(:ids))
+             ORDER BY account_id, version DESC"""),  # noqa: S608 — ledger.statements' constant
+            {"m": month.replace(day=1), "ids": account_ids})
+        for row in rows:
+            yield stored(row)
 
 
 def _statement(c: sa.Connection, account_id: str, month: date, version: int | None) -> Stored | None:

@@ -152,6 +152,10 @@ def test_a_back_dated_trade_issues_a_corrected_statement_never_a_changed_one(boo
         assert together == (reads.statement(books, "inv-2", month, version=version),
                             reads.versions(books, "inv-2", month))
     assert reads.statement_with_versions(books, "inv-2", month)[0].id == second.id
+    # `invledger statements --out` writes the latest version of each account, read in one go.
+    assert list(reads.latest_of_month(books, month, ["inv-2", "nobody"])) == [reads.statement(books, "inv-2", month)]
+    every = {s.account_id: s for s in reads.latest_of_month(books, month)}
+    assert every["inv-2"].id == second.id and list(every) == sorted(every)
     assert issued.corrections_due(books) == []
     report = verify(books.engine)
     assert report.ok, report.findings

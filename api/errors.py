@@ -60,8 +60,13 @@ def code_of(status: int) -> str:
         return "http_" + str(status)
 
 
+def status_of(error: ledger_errors.LedgerError) -> int:
+    """The HTTP status of a ledger (or read side) error: the API's answers and the pages' error pages."""
+    return next((s for cls, s in STATUS_OF.items() if isinstance(error, cls)), 400)
+
+
 def on_ledger_error(_: Request, error: ledger_errors.LedgerError) -> Response:
-    status = next((s for cls, s in STATUS_OF.items() if isinstance(error, cls)), 400)
+    status = status_of(error)
     if status >= 500:
         log.error("integrity violation", extra={"detail": error.detail})
     return answer(status, error.code, error.detail)

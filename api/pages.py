@@ -33,8 +33,9 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from api.auth import RANK, KeyStore, principal_of
-from api.controllers.alerts import acknowledge
-from api.errors import STATUS_OF, ApiError
+from api.controllers.alerts import acknowledge, principal
+from api.controllers.reports import parse_day
+from api.errors import ApiError, status_of
 from api.params import LedgerDep, QueryInt, QueryText, ReportsLedgerDep, SettingsDep
 from api.schemas import PeriodStart, parse_time
 from integration import reconcile
@@ -167,8 +168,7 @@ def _on_api_error(request: Request, error: ApiError) -> Template:
 
 
 def _on_ledger_error(request: Request, error: LedgerError) -> Template:
-    status = next((s for cls, s in STATUS_OF.items() if isinstance(error, cls)), 400)
-    return _page(request, "error.html", status, title="Cannot show this", message=error.detail)
+    return _page(request, "error.html", status_of(error), title="Cannot show this", message=error.detail)
 
 
 @get("/login", sync_to_thread=False, include_in_schema=False)
@@ -233,11 +233,6 @@ def balance_chart(days: list[dict[str, Any]], currency: str) -> dict[str, Any] |
 
 # -------------------------------------------------------------------------------------------- pages
 
-def _day(text: str | None, name: str, *, end: bool = False) -> date | None:
-    at = parse_time(text, name, end_of_day=end)
-    return None if at is None else at.date()
-
-
 class PagesController(Controller):
     path = "/"
     guards = [page_guard]
@@ -261,7 +256,7 @@ class PagesController(Controller):
         account = views.account(reports_ledger, account_id, with_holds=True)
         at = parse_time(as_of, "as_of", end_of_day=True)
         balance_as_of = views.balance(reports_ledger, account_id, at) if at else None
-        perf = views.performance(reports_ledger.engine, account_id, _day(from_, "from"), _day(to, "to", end=True))
+        perf = views.performance(reports_ledger.engine, account_id, parse_day(from_, "from"), parse_day(to, "to"))
         statement = views.statement(
             reports_ledger, account_id, start=times.start_of_day(date.fromisoformat(perf["from"])),
             end=times.end_of_day(date.fromisoformat(perf["to"])), cursor=cursor, limit=STATEMENT_PAGE_SIZE)
@@ -318,8 +313,7 @@ class PagesController(Controller):
     @post("/alerts/{alert_id:int}/ack", opt={"role": "operator"})
     async def acknowledge_alert(self, request: Request, ledger: LedgerDep, alert_id: FromPath[int]) -> Response:
         await _check_post(request)
-        principal = request.scope.get("state", {}).get("principal", "unknown")
-        await to_thread.run_sync(acknowledge, ledger, alert_id, f"{principal} (page)")
+        await to_thread.run_sync(acknowledge, ledger, alert_id, f"{principal(request)} (page)")
         return Redirect(path=f"/alerts?acknowledged={alert_id}", status_code=303, headers=SECURITY_HEADERS)
 
 

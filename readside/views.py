@@ -111,9 +111,11 @@ def balance(ledger: Ledger, account_id: str, as_of: datetime | None = None) -> d
 def statement(ledger: Ledger, account_id: str, *, start: datetime | None = None, end: datetime | None = None,
               cursor: str | None = None, limit: int = 100) -> dict[str, Any]:
     """A page of investment account A's statement (what its investor is owed, line by line)."""
-    ledger.account(account_id)  # UnknownAccount names the investment account, not its ledger account
-    return ledger_account_statement(ledger, chart.investors(account_id), start=start, end=end, cursor=cursor,
-                                    limit=limit)
+    try:  # investors:A exists exactly when A does (as ledger.reads.balance): no read of A first
+        return ledger_account_statement(ledger, chart.investors(account_id), start=start, end=end, cursor=cursor,
+                                        limit=limit)
+    except UnknownAccount:  # named as the investment account, not its ledger account
+        raise UnknownAccount(f"investment account {account_id!r} does not exist") from None
 
 
 def ledger_account_statement(ledger: Ledger, name: str, *, start: datetime | None = None,

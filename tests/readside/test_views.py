@@ -59,3 +59,14 @@ def test_a_page_size_beyond_the_bounds_is_read_as_the_bound(ledger: Ledger, open
     # an empty page, not an error.
     for listing, cursor in ((views.alerts, 1), (views.reconciliation_runs, 1), (views.outbox_events, 2**62)):
         assert listing(ledger.engine, cursor=cursor, limit=0) == {"items": [], "next_cursor": None}
+
+
+def test_a_statement_page_is_one_read(ledger: Ledger, open_account) -> None:
+    """The statement no longer reads the investment account first: its ledger account exists exactly when it does."""
+    account_id = open_account("75.00")
+    views.statement(ledger, account_id)  # the ledger account's name is cached from here on, as in a running server
+    with checkouts(ledger.engine) as taken:
+        body = views.statement(ledger, account_id)
+    assert (body["account"], body["closing_balance"], len(taken)) == (f"liabilities:investors:{account_id}", "75.00", 1)
+    with pytest.raises(UnknownAccount, match="investment account 'no-such-account' does not exist"):
+        views.statement(ledger, "no-such-account")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -874,6 +875,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`invledger report … | head`): nothing failed to report, so no "failed" line and no
+        # traceback in the log. Python would raise again flushing stdout at exit: the rest goes nowhere. The exit
+        # status is a process ended by SIGPIPE's, as cat's or grep's.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except Exception as error:  # one clear line, the traceback goes to the JSON log
         from ledger.errors import LedgerError
 

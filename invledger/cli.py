@@ -64,7 +64,7 @@ def emit_table(rows: list[dict[str, object]], fmt: str, out=None) -> None:
 
         out.write(tabular.to_csv(rows, headers))
         return
-    cells = [[str(row[h]) for h in headers] for row in rows]
+    cells = [["" if row[h] is None else str(row[h]) for h in headers] for row in rows]  # no "None" on a terminal
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
     numeric = [all(_looks_numeric(c[i]) or c[i] == "" for c in cells) for i in range(len(headers))]
     def line(values: Sequence[str]) -> str:

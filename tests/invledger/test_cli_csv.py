@@ -16,3 +16,11 @@ def test_cli_csv_quotes_formulas_and_keeps_numbers() -> None:
     assert lines[0] == "id,last_error,amount"
     assert lines[1] == '1,"\'=HYPERLINK(""http://evil.example"",""click"")",-12.50'
     assert lines[2] == "2,'@SUM(A1),+3"
+
+
+def test_a_table_shows_nothing_for_a_missing_value() -> None:
+    """`invledger reconcile`'s problems: an account the ledger lacks has no ledger balance — an empty cell, as in
+    the CSV, not the word None."""
+    out = io.StringIO()
+    emit_table([{"account_id": "acc-1", "ledger_balance": None, "engine_balance": "5.00"}], "table", out)
+    assert "None" not in out.getvalue() and out.getvalue().splitlines()[2].split() == ["acc-1", "5.00"]

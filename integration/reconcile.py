@@ -454,10 +454,20 @@ def results(engine: sa.Engine, run_id: int, *, result: str | None = None, after:
 
 def problems(engine: sa.Engine, run_id: int, *, limit: int = 100) -> list[Line]:
     """A run's lines that are not `matched`, by account id."""
+    return problems_of_runs(engine, [run_id], limit=limit)[run_id]
+
+
+def problems_of_runs(engine: sa.Engine, run_ids: list[int], *, limit: int = 100) -> dict[int, list[Line]]:
+    """Each run's first `limit` lines that are not `matched`, by account id: one read for a page of runs."""
     with engine.connect() as c:
         rows = c.execute(sa.text("""
-            SELECT account_id, result, currency, ledger_balance_minor, engine_balance, difference, in_flight,
-                   ledger_status, engine_status, detail
-              FROM reconciliation_result WHERE run_id = :run AND result <> 'matched'
-             ORDER BY account_id LIMIT :limit"""), {"run": run_id, "limit": max(1, min(limit, RESULTS_PAGE_MAX))})
-        return [Line(**row) for row in rows.mappings()]
+            SELECT r.run_id, l.* FROM unnest(CAST(:runs AS bigint[])) AS r(run_id) CROSS JOIN LATERAL (
+                SELECT account_id, result, currency, ledger_balance_minor, engine_balance, difference, in_flight,
+                       ledger_status, engine_status, detail
+                  FROM reconciliation_result WHERE run_id = r.run_id AND result <> 'matched'
+                 ORDER BY account_id LIMIT :limit) l"""),
+            {"runs": list(run_ids), "limit": max(1, min(limit, RESULTS_PAGE_MAX))})
+        found: dict[int, list[Line]] = {run_id: [] for run_id in run_ids}
+        for row in rows.mappings():
+            found[row["run_id"]].append(Line(**{k: v for k, v in row.items() if k != "run_id"}))
+        return found

@@ -220,9 +220,11 @@ class ReconciliationRun(msgspec.Struct, frozen=True, kw_only=True):
 def reconciliation_overview(engine: sa.Engine, limit: int = 20) -> list[ReconciliationRun]:
     """The latest runs, newest first, each with its problem lines (what the reconciliation page shows)."""
     out = []
-    for run in runs.listing(engine, "reconcile", limit=max(1, min(limit, RUNS_LIMIT_MAX))):
+    found = runs.listing(engine, "reconcile", limit=max(1, min(limit, RUNS_LIMIT_MAX)))
+    problems = reconcile.problems_of_runs(engine, [run.id for run in found], limit=PROBLEMS_SHOWN_MAX)  # not per run
+    for run in found:
         lines = [ReconciliationLine(**{k: v for k, v in line.out().items() if k in _LINE_FIELDS})
-                 for line in reconcile.problems(engine, run.id, limit=PROBLEMS_SHOWN_MAX)]
+                 for line in problems[run.id]]
         out.append(ReconciliationRun(run_id=str(run.id), started_at=run.started_at or run.created_at,
                                      finished_at=run.finished_at, status=run.status,
                                      counts=tabular.run_out(run)["counts"], problems=tuple(lines)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -70,3 +71,32 @@ def test_a_statement_page_is_one_read(ledger: Ledger, open_account) -> None:
     assert (body["account"], body["closing_balance"], len(taken)) == (f"liabilities:investors:{account_id}", "75.00", 1)
     with pytest.raises(UnknownAccount, match="investment account 'no-such-account' does not exist"):
         views.statement(ledger, "no-such-account")
+
+
+def test_the_reconciliation_overview_reads_every_run_s_problems_at_once(ledger: Ledger) -> None:
+    """The reconciliations page: each run with its lines that are not matched (by account id, at most 200), read
+    for the page of runs together — it was a read per run."""
+    engine = ledger.engine
+    with engine.begin() as c:
+        run_ids = [c.execute(sa.text("""
+            INSERT INTO job_run (job, run_key, period, trigger, status, started_at, finished_at)
+            VALUES ('reconcile', :k, '2026-01-01', 'cli', 'done', now(), now()) RETURNING id"""),
+            {"k": f"reconcile:test-overview:{uuid.uuid4().hex}"}).scalar_one() for _ in range(3)]
+        lines = {run_ids[0]: [("b-acc", "break"), ("a-acc", "unknown_account"), ("c-acc", "matched")],
+                 run_ids[1]: [(f"acc-{i:03}", "break") for i in range(views.PROBLEMS_SHOWN_MAX + 5)],
+                 run_ids[2]: [("z-acc", "matched")]}
+        for run_id, results in lines.items():
+            for account_id, result in results:
+                c.execute(sa.text("""
+                    INSERT INTO reconciliation_result (run_id, account_id, currency, ledger_balance_minor,
+                                                       engine_balance, difference, result)
+                    VALUES (:r, :a, 'USD', 100, 1.01, 0.01, :res)"""), {"r": run_id, "a": account_id, "res": result})
+    with checkouts(engine) as taken:
+        shown = {int(run.run_id): run for run in views.reconciliation_overview(engine, limit=3)}
+    assert len(taken) == 2  # the runs, then every run's problems
+    assert [line.account_id for line in shown[run_ids[0]].problems] == ["a-acc", "b-acc"]
+    assert shown[run_ids[0]].problems[1] == views.ReconciliationLine(
+        account_id="b-acc", ledger_balance="1.00", engine_balance="1.01", difference="0.01", ledger_status=None,
+        engine_status=None, result="break")
+    assert len(shown[run_ids[1]].problems) == views.PROBLEMS_SHOWN_MAX
+    assert shown[run_ids[2]].problems == ()

@@ -35,7 +35,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _LEDGER_ACCOUNTS_NAMED = sa.text("SELECT id, name, type, currency FROM ledger_account WHERE name = ANY(:names)")
-_LEDGER_ACCOUNT_BY_ID = sa.text("SELECT id, name, type, currency FROM ledger_account WHERE id = :id")
+_LEDGER_ACCOUNTS_BY_ID = sa.text("SELECT id, name, type, currency FROM ledger_account WHERE id = ANY(:ids)")
 
 
 Unit = Literal["transaction", "statement", "read"]
@@ -133,13 +133,24 @@ class Tx(_Commands):
         return functools.partial(function, self)
 
     def account_by_id(self, ledger_account_id: int) -> LedgerAccount:
-        account = self.ledger._accounts_by_id.get(ledger_account_id)
-        if account is None:
-            account = next((a for a in self._created.values() if a.id == ledger_account_id), None)
-        if account is None:
-            row = self.connection.execute(_LEDGER_ACCOUNT_BY_ID, {"id": ledger_account_id}).one()
-            account = self.ledger._remember(LedgerAccount(row.id, row.name, row.type, row.currency))
-        return account
+        return self.accounts_by_id([ledger_account_id])[ledger_account_id]
+
+    def accounts_by_id(self, ids: Iterable[int]) -> dict[int, LedgerAccount]:
+        """The ledger accounts with these ids (KeyError for one that does not exist): from the cache, the rest in
+        one read — a journal page's legs name up to hundreds of accounts a fresh process has not seen."""
+        found: dict[int, LedgerAccount] = {}
+        missing = []
+        for ledger_account_id in set(ids):
+            account = self.ledger._accounts_by_id.get(ledger_account_id) or next(
+                (a for a in self._created.values() if a.id == ledger_account_id), None)
+            if account is None:
+                missing.append(ledger_account_id)
+            else:
+                found[ledger_account_id] = account
+        if missing:
+            for row in self.connection.execute(_LEDGER_ACCOUNTS_BY_ID, {"ids": missing}):
+                found[row.id] = self.ledger._remember(LedgerAccount(row.id, row.name, row.type, row.currency))
+        return found
 
     def created(self, made: Iterable[LedgerAccount]) -> None:
         """Ledger accounts this transaction made: resolved through it, cached by the ledger once it commits."""

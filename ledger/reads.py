@@ -95,11 +95,13 @@ def entries(tx: Tx, ids: list[int]) -> list[Entry]:
           FROM journal_entry e LEFT JOIN journal_entry r ON r.reverses_entry_id = e.id
          WHERE e.id = ANY(:ids)"""), {"ids": ids}).mappings().all()
     legs: dict[int, list[PostingView]] = {i: [] for i in ids}
-    for row in tx.connection.execute(sa.text("""
+    rows = tx.connection.execute(sa.text("""
             SELECT entry_id, ledger_account_id, side, amount_minor, currency, seq, balance_after_minor
               FROM posting WHERE entry_id = ANY(:ids) ORDER BY entry_id, ledger_account_id, seq"""),
-            {"ids": ids}):
-        ledger_account = tx.account_by_id(row.ledger_account_id)
+            {"ids": ids}).all()
+    accounts = tx.accounts_by_id(row.ledger_account_id for row in rows)  # one read for those not cached
+    for row in rows:
+        ledger_account = accounts[row.ledger_account_id]
         legs[row.entry_id].append(PostingView(
             account=ledger_account.name, side=row.side, amount=Money(minor=row.amount_minor, currency=row.currency),
             seq=row.seq, balance_after=chart.normal_balance(row.balance_after_minor, ledger_account)))

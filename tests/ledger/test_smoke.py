@@ -27,7 +27,8 @@ def test_a_journal_page_names_its_accounts_in_one_read(engine: sa.Engine, open_a
     sa.event.listen(engine, "before_cursor_execute", record)
     try:
         page = fresh.journal(limit=100)
-        assert len({p.account for e in page for p in e.postings}) >= 8
+        # One read however many accounts the page names (a read per account made one per name).
+        assert len({p.account for e in page for p in e.postings}) >= 2
         assert len(lookups) == 1
         fresh.journal(limit=100)
         assert len(lookups) == 1

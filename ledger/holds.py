@@ -331,6 +331,19 @@ HOLD_DIGEST = (
     "h.recorded_by)::text, 'UTF8'))")
 
 
+_HELD_AT = sa.text("""
+    SELECT COALESCE(sum(p.amount_minor), 0)::bigint FROM hold_event p
+     WHERE p.investment_account_id = :a AND p.kind = 'placed' AND p.recorded_at <= :at
+       AND NOT EXISTS (SELECT 1 FROM hold_event r
+                        WHERE r.hold_id = p.id AND r.kind <> 'placed' AND r.recorded_at <= :at)""")
+
+
+def held_at(c: sa.Connection, account_id: str, at: datetime) -> int:
+    """What A's open holds reserved at `at` (minor units), from the hold events as recorded: holds are not
+    effective-dated, so those placed by then and not yet posted, voided or expired by then (a statement's close)."""
+    return int(c.execute(_HELD_AT, {"a": account_id, "at": at}).scalar_one())
+
+
 def hold_totals_match(c: sa.Connection) -> list[str]:
     """What each account's open holds reserve (hold_state), recomputed from the hold events."""
     return [f"{r.name}: holds cached {r.held_minor}/{r.open_count} open, recomputed {r.total}/{r.n}"

@@ -38,6 +38,7 @@ from typing import Any
 import msgspec
 import sqlalchemy as sa
 
+from ledger import holds
 from ledger.chart import investors_sql
 from ledger.errors import InvalidEntry, UnknownAccount
 from ledger.money import Money
@@ -303,11 +304,6 @@ _POSTINGS = sa.text(f"""
      WHERE p.ledger_account_id = :id AND p.effective_at >= :start AND p.effective_at <= :end
        AND (CAST(:t AS timestamptz) IS NULL OR e.recorded_at <= :t)
      ORDER BY p.effective_at, p.seq""")  # noqa: S608 — constants
-_HELD_AT = sa.text("""
-    SELECT COALESCE(sum(p.amount_minor), 0)::bigint FROM hold_event p
-     WHERE p.investment_account_id = :a AND p.kind = 'placed' AND p.recorded_at <= :at
-       AND NOT EXISTS (SELECT 1 FROM hold_event r
-                        WHERE r.hold_id = p.id AND r.kind <> 'placed' AND r.recorded_at <= :at)""")
 _DISTRIBUTION = sa.text("""
     SELECT rate, opening_hwm_minor, adjusted_hwm_minor, computed_fee_minor, fee_minor, new_hwm_minor
       FROM distribution
@@ -335,7 +331,7 @@ def read_inputs(c: sa.Connection, account_id: str, month: date, *,
                                                     "t": recorded_by}))
     row = c.execute(_DISTRIBUTION, {"a": account_id, "m": month, "t": recorded_by}).first()
     distribution = DistributionFigures(**row._asdict()) if row is not None else None
-    held = int(c.execute(_HELD_AT, {"a": account_id, "at": min(end, recorded_by) if recorded_by else end}).scalar_one())
+    held = holds.held_at(c, account_id, min(end, recorded_by) if recorded_by else end)
     return StatementInputs(account_id=account_id, currency=head.currency, month=month, year_opening_minor=opening,
                            postings=postings, distribution=distribution, held_at_close_minor=held)
 

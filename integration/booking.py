@@ -20,7 +20,7 @@ cannot book a LedgerError; the caller decides what that means to whom.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -44,7 +44,6 @@ from ledger.errors import AccountStateConflict, InsufficientFunds, InvalidEntry,
 from ledger.policies import balance_update, true_up
 from ledger.policies.trades import RecordedTrade, TradeConflict, book_trade, trade_key
 from ledger.policies.true_up import RecordedSnapshot
-from ledger.posting import validate
 from ledger.times import end_of_day
 
 Booked = tuple[tuple[int, ...], bool]  # a fact's entry ids, and whether it was booked before (a duplicate)
@@ -70,17 +69,6 @@ _SNAPSHOT_DAYS = sa.text("""
       FROM unnest(CAST(:a AS text[]), CAST(:d AS date[])) AS f(a, d)
       JOIN daily_performance p ON p.account_id = f.a AND p.date >= f.d
      ORDER BY p.account_id, p.date""")
-
-
-def _post_all(tx: Tx, drafts: Sequence[EntryDraft]) -> list[int]:
-    """Post one fact's drafts (an entry, then its late-fact offset) all or none: each is checked before the first is
-    written. A webhook whose booking the ledger refuses (InvalidEntry: e.g. the offset's idempotency key, made of a
-    long dedup key, too long) is stored as invalid in the same transaction — it must not leave the first entry booked.
-    """
-    accounts = tx.resolve(leg.account for draft in drafts for leg in draft.legs)
-    for draft in drafts:
-        validate(draft, accounts)
-    return [tx.post(draft).entry_id for draft in drafts]
 
 
 class Booking(msgspec.Struct, frozen=True, kw_only=True):
@@ -249,7 +237,7 @@ class Bookkeeper:
             return ((replay.true_up_entry_id,) if replay.true_up_entry_id else ()), True
         ledger_balance = tx.balance(perf.account_id, as_of=end_of_day(perf.date))
         booked = true_up.true_up(perf.account_id, perf.date, closing, ledger_balance, [row.date for row in days])
-        entry_ids = _post_all(tx, booked.drafts)  # the true-up, then its offset
+        entry_ids = [p.entry_id for p in tx.post_many(booked.drafts)]  # the true-up, then its offset: all or none
         if entry_ids:
             self._alert_if_large(c, perf.account_id, booked.difference, f"true-up of {perf.date}",
                                  f"performance:{perf.account_id}:{perf.date.isoformat()}")
@@ -272,7 +260,7 @@ class Bookkeeper:
         booked = balance_update.adjustment(data.account_id, new_balance, ledger_balance, at=at,
                                            occurred=event.occurred_at is not None, reason=data.reason,
                                            event_key=key, snapshot_days=days)
-        entry_ids = _post_all(tx, booked.drafts)  # the adjustment, then its offset
+        entry_ids = [p.entry_id for p in tx.post_many(booked.drafts)]  # the adjustment, then its offset: all or none
         if entry_ids:
             self._alert_if_large(tx.connection, data.account_id, booked.difference,
                                  f"balance update ({data.reason})", key)

@@ -112,11 +112,14 @@ def post_many(tx: Tx, drafts: Sequence[EntryDraft]) -> list[Posted]:
     content is the same, DuplicateConflict if not), legs stamped in order — set-based by
     `ledger_post_entries`, exactly as the posting trigger stamps them one by one (migration 0006).
     Drafts with a no-overdraft rule are checked one by one, so a list holding one is posted one by one (`post`);
-    so is a list of one (`post` books it with a cheaper statement).
+    so is a list of one (`post` books it with a cheaper statement). Either way every draft is validated before the
+    first is written: a draft the core refuses leaves none of the others booked in the caller's transaction.
     """
-    if len(drafts) == 1 or any(draft.no_overdraft for draft in drafts):
-        return [post(tx, draft) for draft in drafts]
     accounts = tx.resolve(leg.account for draft in drafts for leg in draft.legs)
+    if len(drafts) == 1 or any(draft.no_overdraft for draft in drafts):
+        for draft in drafts:
+            validate(draft, accounts)
+        return [post(tx, draft) for draft in drafts]
     hashes: list[bytes] = []
     first_of: dict[str, int] = {}  # idempotency key -> index of its first draft
     for i, draft in enumerate(drafts):

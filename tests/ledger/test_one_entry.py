@@ -79,3 +79,25 @@ def test_a_connection_the_server_closed_is_replaced_without_a_ping(migrated_url:
             assert c.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() != pid_before
     finally:
         own.dispose()
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_post_many_validates_every_draft_before_writing_any(ledger: Ledger, open_account: Callable[..., str],
+                                                            guarded: bool) -> None:
+    """All or none inside the caller's transaction, on both of post_many's paths (set-based; one by one when a draft
+    has a no-overdraft rule): a refused second draft leaves the first unbooked, so the caller may record the refusal
+    and commit (a webhook stored as invalid) without a half-booked fact."""
+    from ledger import InvalidEntry
+
+    account_id = open_account("100.00")
+    first = (rules.withdrawal(account_id, Money.from_decimal("1.00", "USD"), idempotency_key=f"{account_id}:w")
+             if guarded else _trade(account_id, 100, f"{account_id}:t"))
+    refused = _trade(account_id, 100, "k" * 300)  # an idempotency key past 255 characters
+
+    def work(tx: Tx) -> None:
+        with pytest.raises(InvalidEntry, match="idempotency key"):
+            tx.post_many([first, refused])
+
+    ledger.transact(work)
+    assert ledger.balance(account_id) == Money.from_decimal("100.00", "USD")
+    assert [e.kind for e in ledger.journal(account_id=account_id, limit=10)] == ["deposit"]

@@ -56,17 +56,19 @@ def latest_of_month(ledger: Ledger, month: date, account_ids: list[str] | None =
 
 
 def _statement(c: sa.Connection, account_id: str, month: date, version: int | None) -> Stored | None:
-    if c.execute(sa.text("SELECT 1 FROM investment_account WHERE account_id = :a"),
-                 {"a": account_id}).first() is None:
-        raise UnknownAccount(f"investment account {account_id!r} does not exist")
-    # One version's document and PDF, not every version's: the next version's id comes from the window.
+    # One round trip: the account (its absence is UnknownAccount, not "not issued") with the one version asked for —
+    # its document and PDF only, not every version's; the next version's id comes from the window.
     row = c.execute(sa.text(f"""
-        SELECT {STORED_COLUMNS}, superseded_by FROM (
-            SELECT *, lead(id) OVER (ORDER BY version) AS superseded_by FROM investor_statement
-             WHERE account_id = :a AND month = :m) s
-         WHERE {"superseded_by IS NULL" if version is None else "version = :v"}"""),  # noqa: S608 — constants
+        SELECT s.* FROM investment_account a LEFT JOIN LATERAL (
+            SELECT {STORED_COLUMNS}, superseded_by FROM (
+                SELECT *, lead(id) OVER (ORDER BY version) AS superseded_by FROM investor_statement
+                 WHERE account_id = a.account_id AND month = :m) w
+             WHERE {"superseded_by IS NULL" if version is None else "version = :v"}) s ON true
+         WHERE a.account_id = :a"""),  # noqa: S608 — constants
         {"a": account_id, "m": month.replace(day=1), "v": version}).first()
-    return stored(row, row.superseded_by) if row is not None else None
+    if row is None:
+        raise UnknownAccount(f"investment account {account_id!r} does not exist")
+    return stored(row, row.superseded_by) if row.id is not None else None
 
 
 def _versions(c: sa.Connection, account_id: str, month: date) -> list[dict[str, Any]]:
